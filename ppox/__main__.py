@@ -1,0 +1,3 @@
+from ppox.cli import main
+
+raise SystemExit(main())

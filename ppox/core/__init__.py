@@ -1,0 +1,29 @@
+"""The PPO core shared by classic RL and language-model training.
+
+Pure functions for the math (objective, advantages, KL estimators) and one short update loop.
+"""
+
+from ppox.core.advantages import gae, normalize
+from ppox.core.kl import AdaptiveKLController, KL_ESTIMATORS, kl_estimate
+from ppox.core.losses import (
+    LOSS_AGG_MODES,
+    aggregate,
+    clipped_surrogate,
+    entropy_bonus,
+    explained_variance,
+    value_loss,
+)
+
+__all__ = [
+    "AdaptiveKLController",
+    "KL_ESTIMATORS",
+    "LOSS_AGG_MODES",
+    "aggregate",
+    "clipped_surrogate",
+    "entropy_bonus",
+    "explained_variance",
+    "gae",
+    "kl_estimate",
+    "normalize",
+    "value_loss",
+]

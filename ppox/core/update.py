@@ -1,0 +1,189 @@
+"""The PPO update: K epochs of shuffled minibatch steps on one rollout (Schulman et al. 2017, Alg. 1).
+
+Shared by classic RL (one element per transition) and language models (one element per token,
+with a mask). The caller supplies `forward(minibatch) -> PolicyOutput`, which evaluates the
+current policy and critic on the stored observations/actions; everything else is here.
+
+Per minibatch, with r = exp(log pi(a|s) - log pi_old(a|s)):
+    L = -L^CLIP(r, A) + vf_coef * L^VF - ent_coef * H[pi] + kl_coef * KL(pi_old || pi)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+
+from ppox.core.advantages import normalize
+from ppox.core.kl import kl_estimate
+from ppox.core.losses import aggregate, clip_fraction, clipped_surrogate, value_loss
+
+
+@dataclass(frozen=True)
+class LossSettings:
+    """The loss hyperparameters the update needs (a view of a trainer's config)."""
+
+    clip_coef: float | None = 0.2  # None: no ratio clipping (pure PPO-Penalty)
+    clip_coef_high: float | None = None
+    dual_clip: float | None = None
+    clip_vloss: bool = True
+    vf_clip_coef: float | None = None  # None: use clip_coef for the value clip, as CleanRL does
+    vf_coef: float = 0.5
+    ent_coef: float = 0.0
+    kl_estimator: str = "k3"
+    use_kl_penalty: bool = False
+    norm_adv: bool = True
+    loss_agg_mode: str = "token-mean"
+
+
+@dataclass
+class PolicyOutput:
+    """What `forward` returns for a minibatch; shapes match the minibatch's `logprobs`."""
+
+    logprobs: torch.Tensor
+    entropy: torch.Tensor
+    values: torch.Tensor | None  # None when the critic is trained elsewhere
+    extra_loss: torch.Tensor | None = None  # e.g. a KL-to-reference term of an LLM trainer
+
+
+def ppo_loss(
+    out: PolicyOutput,
+    mb: dict[str, torch.Tensor],
+    s: LossSettings,
+    kl_coef: float = 0.0,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The PPO objective on one minibatch. `mb` holds logprobs, advantages, returns, values, [mask]."""
+    mask = mb.get("mask")
+    log_ratio = out.logprobs - mb["logprobs"]
+    ratio = log_ratio.exp()
+
+    advantages = mb["advantages"]
+    if s.norm_adv:
+        advantages = normalize(advantages, mask)
+
+    if s.clip_coef is None:
+        objective = ratio * advantages
+    else:
+        objective = clipped_surrogate(ratio, advantages, s.clip_coef, s.clip_coef_high, s.dual_clip)
+    policy_loss = -aggregate(objective, mask, s.loss_agg_mode)
+
+    entropy = aggregate(out.entropy, mask, s.loss_agg_mode)
+    kl_penalty = aggregate(kl_estimate(log_ratio, s.kl_estimator), mask, s.loss_agg_mode)
+    loss = policy_loss - s.ent_coef * entropy
+    if s.use_kl_penalty:
+        loss = loss + kl_coef * kl_penalty
+
+    v_loss = torch.zeros((), device=loss.device)
+    if out.values is not None:
+        vf_clip = (s.vf_clip_coef if s.vf_clip_coef is not None else s.clip_coef) if s.clip_vloss else None
+        v_loss = aggregate(value_loss(out.values, mb["returns"], mb["values"], vf_clip), mask, s.loss_agg_mode)
+        loss = loss + s.vf_coef * v_loss
+    if out.extra_loss is not None:
+        loss = loss + out.extra_loss
+
+    with torch.no_grad():
+        stats = {
+            "policy_loss": policy_loss.detach(),
+            "value_loss": v_loss.detach(),
+            "entropy": entropy.detach(),
+            "kl_penalty": kl_penalty.detach(),
+            "approx_kl": aggregate(kl_estimate(log_ratio, "k3"), mask),
+            "old_approx_kl": aggregate(kl_estimate(log_ratio, "k1"), mask),
+            "clipfrac": aggregate(
+                clip_fraction(ratio, s.clip_coef if s.clip_coef is not None else float("inf"), s.clip_coef_high),
+                mask,
+            ),
+        }
+    return loss, stats
+
+
+@dataclass
+class UpdateResult:
+    stats: dict[str, float]
+    epochs_run: int
+    minibatch_updates: int  # micro-batches whose loss was finite
+    optimizer_steps: int
+    skipped_updates: int
+
+
+def ppo_update(
+    batch: dict[str, torch.Tensor],
+    forward: Callable[[dict[str, torch.Tensor]], PolicyOutput],
+    optimizer: torch.optim.Optimizer,
+    params: Iterable[torch.nn.Parameter],
+    settings: LossSettings,
+    *,
+    update_epochs: int,
+    num_minibatches: int,
+    max_grad_norm: float | None,
+    target_kl: float | None = None,
+    kl_coef: float = 0.0,
+    grad_accum_steps: int = 1,
+    generator: torch.Generator | None = None,
+    on_nonfinite: Callable[[], None] | None = None,
+    all_reduce_grads: Callable[[list[torch.nn.Parameter]], None] | None = None,
+) -> UpdateResult:
+    """Run the PPO epochs on `batch` (every tensor has the batch dimension first).
+
+    Each minibatch is split into `grad_accum_steps` micro-batches whose gradients are summed
+    before one optimizer step. A minibatch whose loss or gradient is not finite is skipped
+    (the weights stay untouched) and counted; `on_nonfinite` is called for each.
+    `target_kl` stops the epoch loop early once the mean approx_kl of an epoch exceeds it.
+    """
+    params = [p for p in params if p.requires_grad]
+    batch_size = next(iter(batch.values())).shape[0]
+    if batch_size % num_minibatches:
+        raise ValueError(f"batch size {batch_size} is not divisible by num_minibatches {num_minibatches}")
+    minibatch_size = batch_size // num_minibatches
+    if minibatch_size % grad_accum_steps:
+        raise ValueError(f"minibatch size {minibatch_size} is not divisible by grad_accum_steps {grad_accum_steps}")
+    micro_size = minibatch_size // grad_accum_steps
+    device = next(iter(batch.values())).device
+
+    totals: dict[str, torch.Tensor] = {}
+    count = 0
+    skipped = 0
+    optimizer_steps = 0
+    epochs_run = 0
+    for _epoch in range(update_epochs):
+        epochs_run += 1
+        perm = torch.randperm(batch_size, generator=generator).to(device)
+        epoch_kl = torch.zeros((), device=device)
+        epoch_count = 0
+        for start in range(0, batch_size, minibatch_size):
+            optimizer.zero_grad(set_to_none=True)
+            loss_finite = True
+            for micro in range(grad_accum_steps):
+                idx = perm[start + micro * micro_size : start + (micro + 1) * micro_size]
+                mb = {k: v[idx] for k, v in batch.items()}
+                loss, stats = ppo_loss(forward(mb), mb, settings, kl_coef)
+                if not torch.isfinite(loss):
+                    loss_finite = False
+                    break
+                (loss / grad_accum_steps).backward()
+                for k, v in stats.items():
+                    totals[k] = totals.get(k, 0.0) + v
+                count += 1
+                epoch_kl = epoch_kl + stats["approx_kl"]
+                epoch_count += 1
+            if all_reduce_grads is not None and loss_finite:
+                all_reduce_grads(params)
+            grad_norm = (
+                torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+                if max_grad_norm is not None
+                else torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+            )
+            if not loss_finite or not torch.isfinite(grad_norm):
+                skipped += 1
+                optimizer.zero_grad(set_to_none=True)
+                if on_nonfinite is not None:
+                    on_nonfinite()
+                continue
+            optimizer.step()
+            optimizer_steps += 1
+        if target_kl is not None and epoch_count and float(epoch_kl / epoch_count) > target_kl:
+            break
+
+    result = {k: float(v / max(count, 1)) for k, v in totals.items()}
+    return UpdateResult(result, epochs_run, count, optimizer_steps, skipped)

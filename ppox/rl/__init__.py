@@ -1,0 +1,1 @@
+"""Classic RL: PPO on gymnasium environments."""

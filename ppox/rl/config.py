@@ -1,0 +1,250 @@
+"""PPOConfig: every hyperparameter of the classic-RL trainer, validated at construction.
+
+The CLI (`ppox train --help`) is generated from this dataclass: each field's comment-free
+docstring below becomes its help text and its default the flag's default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import tomllib
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, Literal
+
+from ppox.errors import ConfigError
+
+KLEstimator = Literal["k1", "k2", "k3"]
+
+
+@dataclass
+class PPOConfig:
+    """Configuration of a PPO run on a gymnasium environment."""
+
+    env_id: str = "CartPole-v1"
+    """Gymnasium environment id (any registered id, e.g. CartPole-v1, HalfCheetah-v5)."""
+    seed: int = 1
+    """Seed of the environments, the network initialisation and the minibatch shuffling."""
+    total_timesteps: int = 500_000
+    """Environment steps to train for (summed over all envs)."""
+
+    # rollout
+    num_envs: int = 4
+    """Parallel environments."""
+    num_steps: int = 128
+    """Steps per environment per rollout; the batch is num_envs * num_steps transitions."""
+    env_backend: Literal["gymnasium", "torch"] = "gymnasium"
+    """'gymnasium' (the registered env) or 'torch' (ppox's batched tensor envs: CartPole, Acrobot,
+    MountainCar, MountainCarContinuous, Pendulum; same dynamics, many envs at once)."""
+    vectorization: Literal["auto", "sync", "async"] = "auto"
+    """How gymnasium envs are vectorised: sync (one process), async (a worker process per env), auto = sync."""
+
+    # optimisation
+    learning_rate: float = 2.5e-4
+    """Adam learning rate (eps 1e-5)."""
+    anneal_lr: bool = True
+    """Anneal the learning rate linearly to 0 over training."""
+    update_epochs: int = 4
+    """PPO epochs over each rollout (K)."""
+    num_minibatches: int = 4
+    """Minibatches per epoch; must divide num_envs * num_steps."""
+    max_grad_norm: float = 0.5
+    """Global gradient-norm clip."""
+
+    # advantages
+    gamma: float = 0.99
+    """Discount factor, in (0, 1]."""
+    gae_lambda: float = 0.95
+    """GAE lambda, in [0, 1]."""
+    norm_adv: bool = True
+    """Normalise advantages per minibatch."""
+
+    # objective
+    clip_coef: float | None = 0.2
+    """Ratio clip epsilon (lower side, and upper side unless clip_coef_high is set); None disables clipping."""
+    clip_coef_high: float | None = None
+    """Upper clip epsilon for asymmetric 'clip-higher' (DAPO); None = clip_coef."""
+    dual_clip: float | None = None
+    """Dual-clip constant c > 1 bounding the objective by c*A for negative advantages; None = off."""
+    clip_vloss: bool = True
+    """Clip the value loss around the rollout's values."""
+    vf_coef: float = 0.5
+    """Value-loss coefficient."""
+    ent_coef: float = 0.01
+    """Entropy-bonus coefficient."""
+    kl_penalty: bool = False
+    """PPO-Penalty: add kl_coef * KL(pi_old || pi) to the loss (alone or with clipping)."""
+    kl_coef: float = 1.0
+    """Initial KL-penalty coefficient beta."""
+    kl_target: float | None = 0.01
+    """Target KL for the adaptive beta rule (x2 above 1.5*target, /2 below target/1.5); None = fixed beta."""
+    kl_estimator: KLEstimator = "k3"
+    """KL estimator for the penalty: k1, k2 or k3 (Schulman 2020)."""
+    target_kl: float | None = None
+    """Stop the epochs of an update early once the epoch's mean approx_kl exceeds this."""
+
+    # networks
+    hidden_sizes: tuple[int, ...] = (64, 64)
+    """Hidden layer widths of the actor and critic MLPs."""
+    activation: Literal["tanh", "relu"] = "tanh"
+    """Hidden activation."""
+    shared_trunk: bool = False
+    """Share one MLP trunk between actor and critic (default: separate networks)."""
+    init_log_std: float = 0.0
+    """Initial log standard deviation of the Gaussian policy (continuous actions)."""
+
+    # continuous-control wrappers
+    norm_obs: bool = False
+    """Normalise observations with running mean/std (clipped to +-10); frozen at evaluation."""
+    norm_reward: bool = False
+    """Scale rewards by the running std of the discounted return (clipped to +-10)."""
+    clip_obs: float = 10.0
+    """Clip normalised observations to +-clip_obs."""
+    clip_reward: float = 10.0
+    """Clip scaled rewards to +-clip_reward."""
+
+    # run
+    device: str = "cpu"
+    """Torch device: cpu, cuda, cuda:1, auto (cuda when available)."""
+    torch_threads: int = 1
+    """Torch intra-op threads; 1 is fastest for small MLPs (see docs/performance.md); 0 = torch default."""
+    compile: bool = False
+    """Compile the policy step and the minibatch update with torch.compile."""
+    eval_episodes: int = 20
+    """Episodes of the final deterministic evaluation (0 to skip)."""
+    run_dir: str | None = None
+    """Run directory; default runs/<env>__<seed>__<timestamp>."""
+    overwrite: bool = False
+    """Allow writing into an existing run directory."""
+    checkpoint_every: int = 0
+    """Write a resumable checkpoint every N iterations (0 = only at the end and on interrupt)."""
+    keep_checkpoints: int = 2
+    """How many checkpoints to keep."""
+    tensorboard: bool = True
+    """Write TensorBoard event files."""
+    progress: bool = True
+    """Show a progress bar."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.hidden_sizes, list):
+            self.hidden_sizes = tuple(self.hidden_sizes)
+        self.validate()
+
+    # ------------------------------------------------------------------ validation
+    @property
+    def batch_size(self) -> int:
+        return self.num_envs * self.num_steps
+
+    @property
+    def minibatch_size(self) -> int:
+        return self.batch_size // self.num_minibatches
+
+    @property
+    def num_iterations(self) -> int:
+        return max(1, self.total_timesteps // self.batch_size)
+
+    def validate(self) -> None:
+        def positive(name: str) -> None:
+            value = getattr(self, name)
+            if not value > 0:
+                raise ConfigError(f"{name} must be > 0, got {value}")
+
+        for name in ("total_timesteps", "num_envs", "num_steps", "update_epochs", "num_minibatches"):
+            positive(name)
+            if not isinstance(getattr(self, name), int):
+                raise ConfigError(f"{name} must be an integer, got {getattr(self, name)!r}")
+        for name in ("learning_rate", "max_grad_norm", "clip_obs", "clip_reward"):
+            positive(name)
+        if not 0.0 < self.gamma <= 1.0:
+            raise ConfigError(f"gamma must be in (0, 1], got {self.gamma}")
+        if not 0.0 <= self.gae_lambda <= 1.0:
+            raise ConfigError(f"gae_lambda must be in [0, 1], got {self.gae_lambda}")
+        if self.clip_coef is not None and not 0.0 < self.clip_coef < 1.0:
+            raise ConfigError(f"clip_coef must be in (0, 1) or None, got {self.clip_coef}")
+        if self.clip_coef_high is not None:
+            if self.clip_coef is None:
+                raise ConfigError("clip_coef_high needs clip_coef (the lower bound) to be set")
+            if not self.clip_coef_high > 0:
+                raise ConfigError(f"clip_coef_high must be > 0, got {self.clip_coef_high}")
+        if self.dual_clip is not None and not self.dual_clip > 1.0:
+            raise ConfigError(f"dual_clip must be > 1, got {self.dual_clip}")
+        if self.clip_coef is None and not self.kl_penalty:
+            raise ConfigError("with clip_coef None there is no trust region: set --kl-penalty True")
+        for name in ("vf_coef", "ent_coef", "kl_coef"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("kl_target", "target_kl"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ConfigError(f"{name} must be > 0 or None, got {value}")
+        if self.kl_estimator not in ("k1", "k2", "k3"):
+            raise ConfigError(f"unknown kl_estimator {self.kl_estimator!r}; choose k1, k2 or k3")
+        if self.batch_size % self.num_minibatches:
+            raise ConfigError(
+                f"num_envs * num_steps = {self.batch_size} is not divisible by num_minibatches = "
+                f"{self.num_minibatches}"
+            )
+        if not self.hidden_sizes or any(h <= 0 for h in self.hidden_sizes):
+            raise ConfigError(f"hidden_sizes must be positive widths, got {self.hidden_sizes}")
+        if self.activation not in ("tanh", "relu"):
+            raise ConfigError(f"activation must be tanh or relu, got {self.activation!r}")
+        if self.env_backend not in ("gymnasium", "torch"):
+            raise ConfigError(f"env_backend must be gymnasium or torch, got {self.env_backend!r}")
+        if self.vectorization not in ("auto", "sync", "async"):
+            raise ConfigError(f"unknown vectorization {self.vectorization!r}")
+        for name in ("eval_episodes", "checkpoint_every", "torch_threads"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.keep_checkpoints < 1:
+            raise ConfigError(f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
+
+    # ------------------------------------------------------------------ (de)serialisation
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["hidden_sizes"] = list(self.hidden_sizes)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PPOConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ConfigError(f"unknown config field(s): {', '.join(unknown)}")
+        return cls(**d)
+
+    def replace(self, **changes: Any) -> PPOConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+
+def load_presets() -> dict[str, dict[str, Any]]:
+    """Presets shipped with the package: {name: {field: value}} (names are env ids or aliases)."""
+    text = resources.files("ppox").joinpath("presets/presets.toml").read_text()
+    return tomllib.loads(text)
+
+
+def preset_config(env_id: str, preset: str | None = None, **overrides: Any) -> PPOConfig:
+    """The config for `env_id`: the named preset, else the env's own preset, else CleanRL's defaults.
+
+    Without a preset, continuous-action envs get CleanRL's continuous defaults (1 env x 2048 steps,
+    32 minibatches, 10 epochs, lr 3e-4, observation and reward normalisation).
+    """
+    presets = load_presets()
+    values: dict[str, Any] = {}
+    if preset is not None:
+        if preset not in presets:
+            close = difflib.get_close_matches(preset, presets, n=3)
+            hint = f" (did you mean {', '.join(close)}?)" if close else f"; available: {', '.join(sorted(presets))}"
+            raise ConfigError(f"unknown preset {preset!r}{hint}")
+        values.update(presets[preset])
+    elif env_id in presets:
+        values.update(presets[env_id])
+    values = {k: v for k, v in values.items() if k != "description"}
+    values["env_id"] = env_id
+    values.update(overrides)
+    return PPOConfig.from_dict(values)
+

@@ -1,0 +1,68 @@
+"""Running statistics for observation normalisation and reward scaling (details c4-c7)."""
+
+from __future__ import annotations
+
+import torch
+
+
+class RunningMeanStd:
+    """Mean and variance of a stream of batches (parallel algorithm of Chan et al.), in float64."""
+
+    def __init__(self, shape: tuple[int, ...] = (), device: torch.device | str = "cpu", epsilon: float = 1e-4):
+        self.mean = torch.zeros(shape, dtype=torch.float64, device=device)
+        self.var = torch.ones(shape, dtype=torch.float64, device=device)
+        self.count = torch.tensor(epsilon, dtype=torch.float64, device=device)
+
+    def update(self, x: torch.Tensor) -> None:
+        x = x.to(torch.float64)
+        batch_mean = x.mean(dim=0)
+        batch_var = x.var(dim=0, unbiased=False)
+        batch_count = x.shape[0]
+        delta = batch_mean - self.mean
+        total = self.count + batch_count
+        self.mean = self.mean + delta * batch_count / total
+        m2 = self.var * self.count + batch_var * batch_count + delta**2 * self.count * batch_count / total
+        self.var = m2 / total
+        self.count = total
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"mean": self.mean, "var": self.var, "count": self.count}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.mean = state["mean"].to(torch.float64).clone()
+        self.var = state["var"].to(torch.float64).clone()
+        self.count = state["count"].to(torch.float64).clone()
+
+
+class ObsNormalizer:
+    """(obs - mean) / sqrt(var + eps), clipped; statistics update only while training."""
+
+    def __init__(self, dim: int, clip: float = 10.0, device: torch.device | str = "cpu", eps: float = 1e-8):
+        self.rms = RunningMeanStd((dim,), device)
+        self.clip = clip
+        self.eps = eps
+
+    def __call__(self, obs: torch.Tensor, update: bool) -> torch.Tensor:
+        if update:
+            self.rms.update(obs)
+        normed = (obs - self.rms.mean) / torch.sqrt(self.rms.var + self.eps)
+        return torch.clamp(normed, -self.clip, self.clip).to(torch.float32)
+
+
+class RewardScaler:
+    """Divide rewards by the running std of the discounted return (not of the reward itself)."""
+
+    def __init__(self, num_envs: int, gamma: float, clip: float = 10.0, device: torch.device | str = "cpu",
+                 eps: float = 1e-8):
+        self.rms = RunningMeanStd((), device)
+        self.returns = torch.zeros(num_envs, dtype=torch.float64, device=device)
+        self.gamma = gamma
+        self.clip = clip
+        self.eps = eps
+
+    def __call__(self, reward: torch.Tensor, episode_end: torch.Tensor) -> torch.Tensor:
+        self.returns = self.returns * self.gamma + reward.to(torch.float64)
+        self.rms.update(self.returns)
+        self.returns = torch.where(episode_end, torch.zeros_like(self.returns), self.returns)
+        scaled = reward / torch.sqrt(self.rms.var + self.eps)
+        return torch.clamp(scaled, -self.clip, self.clip).to(torch.float32)

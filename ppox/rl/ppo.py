@@ -1,0 +1,522 @@
+"""PPO on gymnasium environments: rollout, advantages, update, logging, saving.
+
+The math lives in ppox.core (losses, GAE, KL, the update loop); this module holds the state:
+environments, networks, optimizer, normalisers, buffers and the run directory.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ppox import __version__
+from ppox.core import AdaptiveKLController, explained_variance, gae, kl_estimate
+from ppox.core.update import LossSettings, PolicyOutput, ppo_update
+from ppox.errors import ConfigError, EnvError, ModelFileError, PPOXError, TrainingHalted
+from ppox.io import FORMAT_VERSION, atomic_write_json, check_format_version, load_tensors, read_json, save_tensors
+from ppox.logger import MetricsLogger
+from ppox.rl.agent import Agent
+from ppox.rl.config import PPOConfig, preset_config
+from ppox.rl.envs import EnvFn, VecEnv
+from ppox.rl.normalize import ObsNormalizer, RewardScaler
+from ppox.rl.spaces import ActionSpec, encode_obs, to_env_action
+
+MAX_CONSECUTIVE_SKIPS = 10
+TIMING_KEYS = ("sps", "wall_time")  # the only metrics that differ between two runs with one seed
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {name!r}; use cpu, cuda, cuda:N or auto") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device cuda requested but no CUDA GPU is available; use --device cpu")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@dataclass
+class Rollout:
+    """Preallocated rollout storage, time first: every tensor is (num_steps, num_envs, ...)."""
+
+    obs: torch.Tensor
+    actions: torch.Tensor
+    logprobs: torch.Tensor
+    rewards: torch.Tensor
+    values: torch.Tensor
+    terminated: torch.Tensor
+    episode_end: torch.Tensor
+    final_values: torch.Tensor  # V(final obs) at truncations, 0 elsewhere
+
+    @classmethod
+    def allocate(cls, num_steps: int, num_envs: int, obs_dim: int, spec: ActionSpec, device) -> Rollout:
+        action_dtype = torch.float32 if spec.kind == "continuous" else torch.long
+
+        def zeros(*shape, dtype=torch.float32):
+            return torch.zeros(shape, dtype=dtype, device=device)
+
+        return cls(
+            obs=zeros(num_steps, num_envs, obs_dim),
+            actions=zeros(num_steps, num_envs, *spec.action_shape, dtype=action_dtype),
+            logprobs=zeros(num_steps, num_envs),
+            rewards=zeros(num_steps, num_envs),
+            values=zeros(num_steps, num_envs),
+            terminated=zeros(num_steps, num_envs, dtype=torch.bool),
+            episode_end=zeros(num_steps, num_envs, dtype=torch.bool),
+            final_values=zeros(num_steps, num_envs),
+        )
+
+
+class PPO:
+    """Proximal Policy Optimization for a gymnasium environment.
+
+    >>> agent = PPO("CartPole-v1", seed=1)      # the env's preset, with overrides
+    >>> agent.learn(100_000)
+    >>> agent.evaluate(episodes=20)["mean"]
+    """
+
+    def __init__(self, config: PPOConfig | str = "CartPole-v1", env_fn: EnvFn | None = None, **overrides: Any):
+        if isinstance(config, str):
+            config = preset_config(config, **overrides)
+        elif isinstance(config, PPOConfig):
+            config = config.replace(**overrides) if overrides else config
+        else:
+            raise ConfigError(f"PPO() takes a PPOConfig or an env id, got {type(config).__name__}")
+        self.config = config
+        self.env_fn = env_fn
+        self.device = resolve_device(config.device)
+        if config.torch_threads > 0:
+            torch.set_num_threads(config.torch_threads)
+        if env_fn is not None:
+            _check_user_env(env_fn)
+
+        seed_everything(config.seed)
+        self._start_time = time.perf_counter()
+        self.envs = VecEnv(
+            config.env_id, config.num_envs, config.seed, self.device,
+            backend=config.env_backend, vectorization=config.vectorization, env_fn=env_fn,
+        )
+        self.spec = self.envs.spec
+        self.observation_space = self.envs.single_observation_space
+        self.agent = Agent(
+            self.envs.obs_dim, self.spec, config.hidden_sizes, config.activation, config.shared_trunk,
+            config.init_log_std,
+        ).to(self.device)
+        self.optimizer = torch.optim.Adam(self.agent.parameters(), lr=config.learning_rate, eps=1e-5)
+        self.obs_norm = ObsNormalizer(self.envs.obs_dim, config.clip_obs, self.device) if config.norm_obs else None
+        self.reward_scaler = (
+            RewardScaler(config.num_envs, config.gamma, config.clip_reward, self.device) if config.norm_reward else None
+        )
+        self.kl_controller = AdaptiveKLController(config.kl_coef, config.kl_target)
+        self.loss_settings = LossSettings(
+            clip_coef=config.clip_coef, clip_coef_high=config.clip_coef_high, dual_clip=config.dual_clip,
+            clip_vloss=config.clip_vloss, vf_coef=config.vf_coef, ent_coef=config.ent_coef,
+            kl_estimator=config.kl_estimator, use_kl_penalty=config.kl_penalty, norm_adv=config.norm_adv,
+        )
+        self.global_step = 0
+        self.iteration = 0
+        self.recent_returns: deque[float] = deque(maxlen=100)
+        self.skipped_updates = 0
+        self.run_dir: Path | None = None
+        self._next_obs: torch.Tensor | None = None
+        self._wall_seconds = 0.0
+
+    # ------------------------------------------------------------------ observations
+    def _normalize(self, obs: torch.Tensor, update: bool) -> torch.Tensor:
+        return self.obs_norm(obs, update) if self.obs_norm is not None else obs
+
+    # ------------------------------------------------------------------ rollout
+    def _collect(self, buf: Rollout, finished: list[tuple[float, int]]) -> torch.Tensor:
+        """Fill `buf` with num_steps steps of every env; return V(s_T) for bootstrapping."""
+        agent, envs = self.agent, self.envs
+        obs = self._next_obs
+        for step in range(self.config.num_steps):
+            buf.obs[step] = obs
+            actions, logprobs, values = agent.act(obs)
+            buf.actions[step] = actions
+            buf.logprobs[step] = logprobs
+            buf.values[step] = values
+
+            result = envs.step(actions)
+            episode_end = result.terminated | result.truncated
+            reward = result.reward
+            if self.reward_scaler is not None:
+                reward = self.reward_scaler(reward, episode_end)
+            buf.rewards[step] = reward
+            buf.terminated[step] = result.terminated
+            buf.episode_end[step] = episode_end
+            buf.final_values[step] = 0.0
+            if result.truncated.any():
+                # bootstrap from the true last state of a truncated episode, not the reset state
+                idx = torch.nonzero(result.truncated).squeeze(-1)
+                final = self._normalize(result.final_obs[idx], update=False)
+                with torch.no_grad():
+                    buf.final_values[step, idx] = agent.value(final)
+            obs = self._normalize(result.obs, update=True)
+            finished.extend(zip(result.finished_returns, result.finished_lengths, strict=True))
+        self._next_obs = obs
+        with torch.no_grad():
+            return agent.value(obs)
+
+    def _advantages(self, buf: Rollout, last_value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        next_values = torch.cat([buf.values[1:], last_value.unsqueeze(0)], dim=0)  # (num_steps, num_envs)
+        truncated = buf.episode_end & ~buf.terminated
+        next_values = torch.where(truncated, buf.final_values, next_values)
+        return gae(buf.rewards, buf.values, next_values, buf.terminated, buf.episode_end,
+                   self.config.gamma, self.config.gae_lambda)
+
+    # ------------------------------------------------------------------ training
+    def learn(self, total_timesteps: int | None = None, run_dir: str | Path | None = None) -> PPO:
+        """Train until `total_timesteps` env steps (default: the config's), logging to the run directory."""
+        cfg = self.config
+        if total_timesteps is not None:
+            if total_timesteps <= 0:
+                raise ConfigError(f"total_timesteps must be > 0, got {total_timesteps}")
+            cfg = self.config = cfg.replace(total_timesteps=int(total_timesteps))
+        self.run_dir = self._prepare_run_dir(run_dir or cfg.run_dir)
+        atomic_write_json(self.run_dir / "config.json", cfg.to_dict())
+        logger = MetricsLogger(self.run_dir, cfg.tensorboard)
+
+        buf = Rollout.allocate(cfg.num_steps, cfg.num_envs, self.envs.obs_dim, self.spec, self.device)
+        if self._next_obs is None:
+            self._next_obs = self._normalize(self.envs.reset(), update=True)
+        num_iterations = cfg.num_iterations
+        shuffle_gen = torch.Generator().manual_seed(cfg.seed)
+        progress = _Progress(cfg.progress, num_iterations * cfg.batch_size, cfg.env_id)
+        interrupted = False
+        consecutive_skips = 0
+        try:
+            with progress:
+                while self.iteration < num_iterations:
+                    self.iteration += 1
+                    iter_start = time.perf_counter()
+                    if cfg.anneal_lr:
+                        frac = 1.0 - (self.iteration - 1.0) / num_iterations
+                        self.optimizer.param_groups[0]["lr"] = frac * cfg.learning_rate
+
+                    finished: list[tuple[float, int]] = []
+                    last_value = self._collect(buf, finished)
+                    self.global_step += cfg.batch_size
+                    advantages, returns = self._advantages(buf, last_value)
+
+                    batch = {
+                        "obs": buf.obs.reshape(-1, self.envs.obs_dim),
+                        "actions": buf.actions.reshape(-1, *self.spec.action_shape),
+                        "logprobs": buf.logprobs.reshape(-1),
+                        "advantages": advantages.reshape(-1),
+                        "returns": returns.reshape(-1),
+                        "values": buf.values.reshape(-1),
+                    }
+                    result = ppo_update(
+                        batch, self._forward, self.optimizer, self.agent.parameters(), self.loss_settings,
+                        update_epochs=cfg.update_epochs, num_minibatches=cfg.num_minibatches,
+                        max_grad_norm=cfg.max_grad_norm, target_kl=cfg.target_kl,
+                        kl_coef=self.kl_controller.coef, generator=shuffle_gen,
+                    )
+                    self.skipped_updates += result.skipped_updates
+                    all_skipped = result.skipped_updates > 0 and result.optimizer_steps == 0
+                    consecutive_skips = consecutive_skips + result.skipped_updates if all_skipped else 0
+                    kl_coef_used = self.kl_controller.coef
+                    if cfg.kl_penalty:
+                        self.kl_controller.update(self._measure_kl(batch))
+
+                    record = self._record(result.stats, finished, batch, kl_coef_used, iter_start)
+                    logger.log(record)
+                    self._wall_seconds = time.perf_counter() - self._start_time
+                    progress.update(self.global_step, record, self.recent_returns)
+                    if consecutive_skips >= MAX_CONSECUTIVE_SKIPS:
+                        raise TrainingHalted(
+                            f"training stopped at iteration {self.iteration}: {self.skipped_updates} minibatch "
+                            "updates had non-finite losses or gradients; likely causes: learning rate too high, "
+                            "unscaled rewards (try --norm-reward True), unnormalised observations "
+                            "(try --norm-obs True)"
+                        )
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:
+            logger.close()
+            self._wall_seconds = time.perf_counter() - self._start_time
+            if self.iteration > 0:
+                self.save(self.run_dir)
+        self.interrupted = interrupted
+        self.summary = self._write_summary(evaluate=not interrupted)
+        return self
+
+    def _forward(self, mb: dict[str, torch.Tensor]) -> PolicyOutput:
+        logprobs, entropy, values = self.agent.evaluate(mb["obs"], mb["actions"])
+        return PolicyOutput(logprobs, entropy, values)
+
+    @torch.no_grad()
+    def _measure_kl(self, batch: dict[str, torch.Tensor]) -> float:
+        """KL(pi_old || pi_new) over the whole rollout, for the adaptive penalty rule."""
+        logprobs, _, _ = self.agent.evaluate(batch["obs"], batch["actions"])
+        return float(kl_estimate(logprobs - batch["logprobs"], self.config.kl_estimator).mean())
+
+    def _record(self, stats, finished, batch, kl_coef, iter_start) -> dict[str, Any]:
+        returns = [r for r, _ in finished]
+        lengths = [n for _, n in finished]
+        self.recent_returns.extend(returns)
+        elapsed = time.perf_counter() - iter_start
+        return {
+            "iteration": self.iteration,
+            "global_step": self.global_step,
+            "wall_time": round(time.perf_counter() - self._start_time, 4),
+            "episodes": len(returns),
+            "episodic_return_mean": float(np.mean(returns)) if returns else None,
+            "episodic_return_min": float(np.min(returns)) if returns else None,
+            "episodic_return_max": float(np.max(returns)) if returns else None,
+            "episodic_length_mean": float(np.mean(lengths)) if lengths else None,
+            "policy_loss": stats.get("policy_loss", float("nan")),
+            "value_loss": stats.get("value_loss", float("nan")),
+            "entropy": stats.get("entropy", float("nan")),
+            "approx_kl": stats.get("approx_kl", float("nan")),
+            "old_approx_kl": stats.get("old_approx_kl", float("nan")),
+            "clipfrac": stats.get("clipfrac", float("nan")),
+            "explained_variance": explained_variance(batch["values"], batch["returns"]),
+            "kl_coef": kl_coef if self.config.kl_penalty else 0.0,
+            "learning_rate": self.optimizer.param_groups[0]["lr"],
+            "skipped_updates": self.skipped_updates,
+            "sps": round(self.config.batch_size / max(elapsed, 1e-9), 1),
+        }
+
+    def _prepare_run_dir(self, run_dir: str | Path | None) -> Path:
+        cfg = self.config
+        if run_dir is None:
+            safe_env = (cfg.env_id or "custom").replace("/", "_")
+            run_dir = Path("runs") / f"{safe_env}__{cfg.seed}__{int(time.time())}"
+        run_dir = Path(run_dir)
+        if self.run_dir is not None and run_dir == self.run_dir:
+            return run_dir  # a second learn() call continues the same run
+        if run_dir.exists() and any(run_dir.iterdir()) and not cfg.overwrite:
+            raise PPOXError(f"run directory {run_dir} already exists; pass --overwrite True or choose another --run-dir")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        return run_dir
+
+    def _write_summary(self, evaluate: bool) -> dict[str, Any]:
+        cfg = self.config
+        summary: dict[str, Any] = {
+            "env_id": cfg.env_id,
+            "seed": cfg.seed,
+            "total_timesteps": self.global_step,
+            "iterations": self.iteration,
+            "wall_seconds": round(self._wall_seconds, 3),
+            "sps": round(self.global_step / max(self._wall_seconds, 1e-9), 1),
+            "interrupted": bool(getattr(self, "interrupted", False)),
+            "eval_return_mean": None,
+            "eval_return_std": None,
+            "eval_episodes": 0,
+            "final_train_return_mean": float(np.mean(self.recent_returns)) if self.recent_returns else None,
+            "ppox_version": __version__,
+        }
+        if evaluate and cfg.eval_episodes > 0:
+            ev = self.evaluate(cfg.eval_episodes)
+            summary.update(eval_return_mean=ev["mean"], eval_return_std=ev["std"], eval_episodes=ev["episodes"])
+        if self.run_dir is not None:
+            atomic_write_json(self.run_dir / "summary.json", summary)
+        return summary
+
+    # ------------------------------------------------------------------ inference
+    def predict(self, obs, deterministic: bool = True) -> np.ndarray:
+        """Action(s) for one observation or a batch of them, in the env's format (clipped to bounds)."""
+        single = _is_single(obs, self.observation_space)
+        batch_obs = _batch_of_one(obs, self.observation_space) if single else obs
+        x = self._normalize(encode_obs(batch_obs, self.observation_space, self.device), update=False)
+        actions = to_env_action(self.agent.policy_action(x, deterministic), self.spec)
+        return actions[0] if single else actions
+
+    def evaluate(self, episodes: int = 20, deterministic: bool = True, seed: int | None = None,
+                 num_envs: int | None = None) -> dict[str, Any]:
+        """Mean/std undiscounted return over `episodes` episodes, normalisation statistics frozen.
+
+        Each of the evaluation envs plays a fixed share of the episodes, so short episodes are not
+        over-represented.
+        """
+        if episodes <= 0:
+            raise ConfigError(f"episodes must be > 0, got {episodes}")
+        num_envs = num_envs or min(episodes, 8)
+        quota = np.array([episodes // num_envs + (i < episodes % num_envs) for i in range(num_envs)])
+        envs = VecEnv(self.config.env_id, num_envs, (self.config.seed if seed is None else seed) + 100_000,
+                      self.device, backend="gymnasium", vectorization="sync", env_fn=self.env_fn)
+        returns: list[float] = []
+        lengths: list[int] = []
+        done_count = np.zeros(num_envs, dtype=np.int64)
+        try:
+            obs = envs.reset()
+            while (done_count < quota).any():
+                actions = self.agent.policy_action(self._normalize(obs, update=False), deterministic)
+                result = envs.step(actions)
+                ended = (result.terminated | result.truncated).cpu().numpy()
+                for i, ret, length in zip(np.flatnonzero(ended), result.finished_returns,
+                                          result.finished_lengths, strict=True):
+                    if done_count[i] < quota[i]:
+                        returns.append(ret)
+                        lengths.append(length)
+                    done_count[i] += 1
+                obs = result.obs
+        finally:
+            envs.close()
+        return {"mean": float(np.mean(returns)), "std": float(np.std(returns)), "episodes": len(returns),
+                "returns": returns, "lengths": lengths}
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | Path) -> Path:
+        """Write model.safetensors (weights and normalisation statistics) and model.json (metadata)."""
+        path = Path(path)
+        tensors = {f"agent.{k}": v for k, v in self.agent.state_dict().items()}
+        if self.obs_norm is not None:
+            tensors.update({f"obs_rms.{k}": v for k, v in self.obs_norm.rms.state_dict().items()})
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "ppox_version": __version__,
+            "kind": "ppox.rl.PPO",
+            "env_id": self.config.env_id,
+            "observation_space": str(self.observation_space),
+            "obs_dim": self.envs.obs_dim,
+            "action_spec": self.spec.to_dict(),
+            "global_step": self.global_step,
+            "config": self.config.to_dict(),
+        }
+        save_tensors(path / "model.safetensors", tensors)
+        atomic_write_json(path / "model.json", meta)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, env_fn: EnvFn | None = None, device: str | None = None) -> PPO:
+        """Load a saved model (safetensors + JSON only) for prediction, evaluation or more training."""
+        path = Path(path)
+        if not path.is_dir():
+            raise ModelFileError(f"model directory {path} does not exist")
+        meta = read_json(path / "model.json")
+        check_format_version(meta, path / "model.json")
+        try:
+            config = PPOConfig.from_dict(meta["config"])
+        except (KeyError, TypeError, PPOXError) as exc:
+            raise ModelFileError(f"{path / 'model.json'} holds no valid config ({exc})") from None
+        overrides: dict[str, Any] = {"num_envs": 1, "num_steps": config.num_minibatches, "progress": False,
+                                     "env_backend": "gymnasium", "vectorization": "sync"}
+        if device is not None:
+            overrides["device"] = device
+        model = cls(config.replace(**overrides), env_fn=env_fn)
+        model.config = config.replace(**{k: v for k, v in overrides.items() if k == "device"})
+        if model.envs.obs_dim != meta.get("obs_dim") or model.spec.to_dict() != meta.get("action_spec"):
+            raise ModelFileError(
+                f"the model in {path} was trained on {meta.get('env_id')} with observation space "
+                f"{meta.get('observation_space')} and actions {meta.get('action_spec')}; this environment has "
+                f"{model.observation_space} and actions {model.spec.to_dict()}"
+            )
+        tensors = load_tensors(path / "model.safetensors", model.device)
+        agent_state = {k.removeprefix("agent."): v for k, v in tensors.items() if k.startswith("agent.")}
+        try:
+            model.agent.load_state_dict(agent_state, strict=True)
+        except RuntimeError as exc:
+            first = str(exc).splitlines()[0] if str(exc) else "mismatch"
+            raise ModelFileError(f"{path / 'model.safetensors'} does not match the network: {first}") from None
+        if model.obs_norm is not None:
+            try:
+                model.obs_norm.rms.load_state_dict({k: tensors[f"obs_rms.{k}"] for k in ("mean", "var", "count")})
+            except KeyError:
+                raise ModelFileError(f"{path} lacks the observation-normalisation statistics") from None
+        model.global_step = int(meta.get("global_step", 0))
+        model.run_dir = None
+        return model
+
+    def close(self) -> None:
+        self.envs.close()
+
+
+# ---------------------------------------------------------------------------- helpers
+def _check_user_env(env_fn: EnvFn) -> None:
+    """Run gymnasium's env checker on a user's env and report problems in plain words."""
+    import warnings
+
+    from gymnasium.utils.env_checker import check_env
+
+    try:
+        env = env_fn()
+    except Exception as exc:
+        raise EnvError(f"the env factory raised {type(exc).__name__}: {exc}") from None
+    try:
+        with warnings.catch_warnings(record=True):
+            warnings.simplefilter("always")
+            check_env(env.unwrapped if hasattr(env, "unwrapped") else env, skip_render_check=True)
+    except Exception as exc:
+        raise EnvError(f"the custom environment fails gymnasium's env checker: {exc}") from None
+    finally:
+        try:
+            env.close()
+        except Exception:
+            pass
+
+
+def _is_single(obs, space) -> bool:
+    import gymnasium as gym
+
+    if isinstance(space, gym.spaces.Box):
+        return tuple(np.shape(obs)) == tuple(space.shape)
+    if isinstance(space, gym.spaces.Discrete):
+        return np.ndim(obs) == 0
+    if isinstance(space, gym.spaces.Dict):
+        key = next(iter(space.spaces))
+        return _is_single(obs[key], space.spaces[key])
+    if isinstance(space, gym.spaces.Tuple):
+        return _is_single(obs[0], space.spaces[0])
+    return False
+
+
+def _batch_of_one(obs, space):
+    from ppox.rl.envs import _batch_of_one as b1
+
+    return b1(obs, space)
+
+
+class _Progress:
+    """A rich progress bar with steps, SPS and recent mean return; silent when disabled."""
+
+    def __init__(self, enabled: bool, total: int, env_id: str | None) -> None:
+        self.enabled = enabled
+        self._progress = None
+        if enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self._progress = Progress(
+                TextColumn(f"[bold]{env_id}"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
+                TextColumn("{task.fields[sps]} SPS"), TextColumn("return {task.fields[ret]}"),
+                TimeRemainingColumn(), transient=False,
+            )
+            self._task = self._progress.add_task("train", total=total, sps="-", ret="-")
+
+    def __enter__(self):
+        if self._progress is not None:
+            self._progress.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self._progress is not None:
+            self._progress.__exit__(*exc)
+        return False
+
+    def update(self, global_step: int, record: dict, recent_returns) -> None:
+        if self._progress is None:
+            return
+        ret = f"{np.mean(recent_returns):.1f}" if recent_returns else "-"
+        self._progress.update(self._task, completed=global_step, sps=f"{record['sps']:.0f}", ret=ret)
+
+
+def summary_table(summary: dict[str, Any]) -> str:
+    return json.dumps(summary, indent=2)
