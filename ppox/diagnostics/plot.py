@@ -1,0 +1,282 @@
+"""Learning-curve plots: mean across seeds with a bootstrap confidence band."""
+
+from __future__ import annotations
+
+import glob
+import json
+import sys
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ppox.diagnostics.metrics_io import METRICS_FILE, load_run, metric_series
+from ppox.errors import PPOXError
+
+DEFAULT_METRIC = "episodic_return_mean"
+DIAGNOSTIC_METRICS = ("approx_kl", "clipfrac", "entropy", "explained_variance")
+X_KEYS = {"steps": "global_step", "time": "wall_time"}
+X_LABELS = {"steps": "environment steps", "time": "wall time (s)"}
+#: Config keys that don't change the algorithm, ignored when grouping runs.
+BOOKKEEPING_KEYS = frozenset(
+    {
+        "seed",
+        "run_dir",
+        "overwrite",
+        "resume",
+        "track",
+        "checkpoint_every",
+        "keep_checkpoints",
+        "progress",
+        "exp_name",
+        "run_name",
+        "device",
+        "wandb_project",
+        "wandb_entity",
+        "capture_video",
+    }
+)
+SUPPORTED_FORMATS = (".png", ".svg", ".pdf")
+GRID_POINTS = 200
+BOOTSTRAP_RESAMPLES = 1000
+BOOTSTRAP_SEED = 0
+CONFIDENCE = 0.95
+
+
+class NoRunsError(PPOXError, ValueError):
+    """No run directory matched the given paths."""
+
+
+@dataclass
+class Run:
+    """One run directory's data needed for plotting."""
+
+    path: Path
+    config: dict[str, Any]
+    records: list[dict[str, Any]]
+
+    @property
+    def env_id(self) -> str:
+        return str(self.config.get("env_id", "unknown env"))
+
+
+@dataclass
+class RunGroup:
+    """Runs sharing env and config (differing only in seed/bookkeeping)."""
+
+    key: str
+    env_id: str
+    config: dict[str, Any]
+    runs: list[Run] = field(default_factory=list)
+
+
+def expand_paths(paths: list[str]) -> list[Path]:
+    """Expand globs; keep directories holding metrics.jsonl (a metrics.jsonl path means its dir)."""
+    found: list[Path] = []
+    for pattern in paths:
+        matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
+        for m in matches:
+            p = Path(m)
+            if p.is_file() and p.name == METRICS_FILE:
+                p = p.parent
+            if (p / METRICS_FILE).is_file() and p.resolve() not in {f.resolve() for f in found}:
+                found.append(p)
+    return found
+
+
+def load_runs(paths: list[str]) -> list[Run]:
+    """Load every run directory matched by ``paths`` (runs without records are skipped)."""
+    runs = []
+    for p in expand_paths(paths):
+        data = load_run(p)
+        if data.records:
+            runs.append(Run(path=p, config=data.config or {}, records=data.records))
+    return runs
+
+
+def group_key(run: Run) -> str:
+    """Canonical key of a run's config without seed and bookkeeping keys."""
+    if not run.config:
+        # without a config we can't tell what it was; never merge it with anything else
+        return f"path:{run.path.resolve()}"
+    cfg = {k: v for k, v in run.config.items() if k not in BOOKKEEPING_KEYS}
+    return json.dumps(cfg, sort_keys=True, default=str)
+
+
+def group_runs(runs: list[Run]) -> list[RunGroup]:
+    """Group runs by env and config (minus seed/bookkeeping), in first-seen order."""
+    groups: dict[str, RunGroup] = {}
+    for run in runs:
+        key = group_key(run)
+        if key not in groups:
+            cfg = {k: v for k, v in run.config.items() if k not in BOOKKEEPING_KEYS}
+            groups[key] = RunGroup(key=key, env_id=run.env_id, config=cfg)
+        groups[key].runs.append(run)
+    return list(groups.values())
+
+
+def group_labels(groups: list[RunGroup]) -> list[str]:
+    """Legend labels naming each group by the config keys that differ among ``groups``."""
+    keys = sorted({k for g in groups for k in g.config} - {"env_id"})
+    differing = [
+        k for k in keys if len({json.dumps(g.config.get(k), sort_keys=True, default=str) for g in groups}) > 1
+    ]
+    labels = []
+    for g in groups:
+        seeds = f"{len(g.runs)} seed" + ("" if len(g.runs) == 1 else "s")
+        if not g.config:
+            name = g.runs[0].path.name
+        elif differing:
+            name = ", ".join(f"{k}={g.config.get(k)}" for k in differing)
+        else:
+            name = g.env_id
+        labels.append(f"{name} ({seeds})")
+    return labels
+
+
+def bootstrap_ci(
+    values: np.ndarray,
+    n_resamples: int = BOOTSTRAP_RESAMPLES,
+    confidence: float = CONFIDENCE,
+    seed: int = BOOTSTRAP_SEED,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean over seeds and a percentile bootstrap band.
+
+    ``values`` has shape (n_seeds, n_points), NaN where a seed has no data.
+    Seeds are resampled with replacement. Returns (mean, lower, upper).
+    """
+    values = np.atleast_2d(np.asarray(values, dtype=float))
+    rng = np.random.default_rng(seed)
+    n = values.shape[0]
+    with warnings.catch_warnings():
+        # all-NaN columns (no seed covers that x) legitimately give NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mean = np.nanmean(values, axis=0)
+        idx = rng.integers(0, n, size=(n_resamples, n))
+        boot = np.nanmean(values[idx], axis=1)
+        alpha = (1.0 - confidence) / 2
+        lower = np.nanquantile(boot, alpha, axis=0)
+        upper = np.nanquantile(boot, 1 - alpha, axis=0)
+    # Percentile bands can miss the sample mean by rounding (identical seeds) or heavy
+    # skew; the band is meant to contain the plotted mean.
+    return mean, np.fmin(lower, mean), np.fmax(upper, mean)
+
+
+def _run_curve(run: Run, x_key: str, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    x = metric_series(run.records, x_key)[1]
+    y = metric_series(run.records, metric)[1]
+    ok = np.isfinite(x) & np.isfinite(y)
+    x, y = x[ok], y[ok]
+    order = np.argsort(x, kind="stable")
+    return x[order], y[order]
+
+
+def group_curve(
+    group: RunGroup, x_key: str, metric: str, points: int = GRID_POINTS
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+    """Interpolate each seed onto a common grid; return (grid, mean, lower, upper)."""
+    curves = [c for c in (_run_curve(r, x_key, metric) for r in group.runs) if len(c[0])]
+    if not curves:
+        return None
+    lo = max(c[0][0] for c in curves)
+    hi = min(c[0][-1] for c in curves)
+    if hi <= lo:
+        # seeds don't overlap (e.g. one was killed early): use the union, NaN outside each seed
+        lo, hi = min(c[0][0] for c in curves), max(c[0][-1] for c in curves)
+    grid = np.linspace(lo, hi, points) if hi > lo else np.array([lo])
+    stacked = np.array([np.interp(grid, x, y, left=np.nan, right=np.nan) for x, y in curves])
+    mean, lower, upper = bootstrap_ci(stacked)
+    return grid, mean, lower, upper
+
+
+def plot_runs(
+    paths: list[str],
+    output: str,
+    x: str = "steps",
+    metrics: list[str] | None = None,
+    diagnostics: bool = False,
+) -> str:
+    """Plot mean +/- 95% bootstrap band per config group, one column per env; return ``output``."""
+    if x not in X_KEYS:
+        raise ValueError(f"x must be one of {sorted(X_KEYS)}, got {x!r}")
+    suffix = Path(output).suffix.lower()
+    if suffix not in SUPPORTED_FORMATS:
+        raise ValueError(f"output must end in one of {', '.join(SUPPORTED_FORMATS)}: {output}")
+    try:
+        # imported here so the rest of ppox works without the optional [plot] extra;
+        # the Agg canvas renders off-screen and leaves pyplot's global backend alone
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as exc:
+        raise PPOXError("plotting needs matplotlib: pip install 'ppox[plot]'") from exc
+    runs = load_runs(paths)
+    if not runs:
+        raise NoRunsError(f"no runs with {METRICS_FILE} matched: {' '.join(paths)}")
+
+    metric_list = list(metrics) if metrics else [DEFAULT_METRIC]
+    if diagnostics:
+        metric_list += [m for m in DIAGNOSTIC_METRICS if m not in metric_list]
+    groups = group_runs(runs)
+    envs = list(dict.fromkeys(g.env_id for g in groups))
+    x_key = X_KEYS[x]
+
+    n_rows, n_cols = len(metric_list), len(envs)
+    fig = Figure(figsize=(5.0 * n_cols, 3.2 * n_rows + 0.6), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(n_rows, n_cols, squeeze=False)
+    # the same config gets the same colour in every env's panel
+    config_keys = [
+        json.dumps({k: v for k, v in g.config.items() if k != "env_id"}, sort_keys=True, default=str)
+        for g in groups
+    ]
+    palette = {key: f"C{i % 10}" for i, key in enumerate(dict.fromkeys(config_keys))}
+    colours = {id(g): palette[key] for g, key in zip(groups, config_keys)}
+    for col, env in enumerate(envs):
+        env_groups = [g for g in groups if g.env_id == env]
+        labels = group_labels(env_groups)
+        for row, metric in enumerate(metric_list):
+            ax = axes[row][col]
+            drew = False
+            for g, label in zip(env_groups, labels):
+                curve = group_curve(g, x_key, metric)
+                if curve is None:
+                    continue
+                grid, mean, lower, upper = curve
+                colour = colours[id(g)]
+                ax.plot(grid, mean, color=colour, label=label, lw=1.5, marker="o" if len(grid) == 1 else None)
+                ax.fill_between(grid, lower, upper, color=colour, alpha=0.2, lw=0)
+                drew = True
+            if not drew:
+                ax.text(0.5, 0.5, f"no {metric} data", ha="center", va="center", transform=ax.transAxes)
+            if row == 0:
+                ax.set_title(env)
+                if drew:
+                    ax.legend(fontsize="small")
+            if col == 0:
+                ax.set_ylabel(metric)
+            if row == n_rows - 1:
+                ax.set_xlabel(X_LABELS[x])
+            ax.grid(alpha=0.3)
+    fig.suptitle(f"mean over seeds, {CONFIDENCE:.0%} bootstrap CI", fontsize="medium")
+    Path(output).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(output, dpi=100)
+    return output
+
+
+def plot_main(
+    paths: list[str],
+    output: str,
+    x: str = "steps",
+    metrics: list[str] | None = None,
+    diagnostics: bool = False,
+) -> int:
+    """CLI entry: plot and print the file path; 2 on no runs or bad arguments."""
+    try:
+        path = plot_runs(paths, output, x=x, metrics=metrics, diagnostics=diagnostics)
+    except (PPOXError, ValueError) as exc:  # includes NoRunsError
+        print(f"ppox plot: {exc}", file=sys.stderr)
+        return 2
+    print(f"Saved plot to {path}")
+    return 0

@@ -1,0 +1,266 @@
+"""Tests for the trust-region doctor on synthetic metrics files."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from ppox.diagnostics.doctor import (
+    LiveDoctor,
+    diagnose,
+    diagnose_run,
+    doctor_main,
+    format_findings,
+)
+from ppox.diagnostics.metrics_io import MetricsReadWarning, read_metrics
+
+N = 40
+CONFIG = {
+    "env_id": "Synthetic-v0",  # not registered with gymnasium: no reward threshold
+    "seed": 1,
+    "learning_rate": 3e-4,
+    "clip_coef": 0.2,
+    "num_envs": 4,
+    "num_steps": 512,
+    "update_epochs": 10,
+    "num_minibatches": 32,
+    "ent_coef": 0.0,
+    "target_kl": None,
+    "total_timesteps": N * 4 * 512,
+    "norm_obs": False,
+    "norm_reward": False,
+}
+
+
+def healthy_records(n: int = N, seed: int = 0) -> list[dict[str, Any]]:
+    """A run that learns smoothly: returns rise and saturate, KL/clipfrac moderate."""
+    rng = np.random.default_rng(seed)
+    records = []
+    for i in range(1, n + 1):
+        ret = 20 + 430 * (1 - math.exp(-i / 12)) + rng.normal(0, 5)
+        first = i == 1  # no episode finished in the first iteration
+        records.append(
+            {
+                "iteration": i,
+                "global_step": i * 2048,
+                "wall_time": i * 1.5,
+                "episodic_return_mean": None if first else ret,
+                "episodic_return_min": None if first else ret - 20,
+                "episodic_return_max": None if first else ret + 20,
+                "episodic_length_mean": None if first else ret,
+                "episodes": 0 if first else 5,
+                "policy_loss": -0.01 + rng.normal(0, 0.003),
+                "value_loss": 10 + 20 * i / n + rng.normal(0, 1),
+                "entropy": 0.69 - 0.24 * i / n,
+                "approx_kl": 0.01 + rng.normal(0, 0.002),
+                "old_approx_kl": 0.01 + rng.normal(0, 0.002),
+                "clipfrac": 0.1 + rng.normal(0, 0.02),
+                "explained_variance": 0.2 + 0.7 * i / n,
+                "kl_coef": 0.0,
+                "learning_rate": 3e-4 * (1 - (i - 1) / n),
+                "sps": 1000.0,
+            }
+        )
+    return records
+
+
+def _set(records: list[dict[str, Any]], key: str, fn: Callable[[int], float | None], iters) -> None:
+    for r in records:
+        if r["iteration"] in iters:
+            r[key] = fn(r["iteration"])
+
+
+def kl_high(records):
+    _set(records, "approx_kl", lambda i: 0.34 if i == 12 else 0.2, range(10, 16))
+
+
+def kl_rising(records):
+    # stays below KL_HIGH but grows ~6x
+    _set(records, "approx_kl", lambda i: 0.004 + 0.002 * (i - 1), range(1, N + 1))
+
+
+def clipfrac_high(records):
+    _set(records, "clipfrac", lambda i: 0.55 if i == 33 else 0.4, range(25, N + 1))
+
+
+def entropy_collapse(records):
+    _set(records, "entropy", lambda i: 0.03, range(5, N + 1))
+
+
+def explained_variance_low(records):
+    _set(records, "explained_variance", lambda i: -0.1, range(25, N + 1))
+
+
+def value_loss_exploding(records):
+    _set(records, "value_loss", lambda i: 5000.0 if i == 36 else 2000.0, range(33, N + 1))
+
+
+def return_collapse(records):
+    _set(records, "episodic_return_mean", lambda i: 20.0 + 15 * i, range(2, 26))
+    _set(records, "episodic_return_mean", lambda i: 50.0 + (i % 3), range(26, N + 1))
+
+
+def non_finite(records):
+    _set(records, "policy_loss", lambda i: math.nan, (20, 21))
+    _set(records, "sps", lambda i: math.inf, (22,))
+
+
+# (pathology, code, expected finding iterations, substrings the message must cite)
+CASES = [
+    (kl_high, "kl_high", list(range(10, 16)), ["6 of 40 iterations", "max 0.34 at iteration 12", "10-15"]),
+    (kl_rising, "kl_rising", list(range(31, 41)), ["iterations 1-10", "iterations 31-40"]),
+    (clipfrac_high, "clipfrac_high", list(range(31, 41)), ["10 of the last 10", "31-40", "iteration 33"]),
+    (entropy_collapse, "entropy_collapse", [5], ["at iteration 5", "0.03"]),
+    (explained_variance_low, "explained_variance_low", list(range(31, 41)), ["10 of the last 10", "31-40"]),
+    (value_loss_exploding, "value_loss_exploding", list(range(33, 41)), ["5e+03 at iteration 36", "33-40"]),
+    (return_collapse, "return_collapse", [22, 23, 24, 25, 37, 38, 39, 40], ["22-25", "37-40"]),
+    (non_finite, "non_finite", [20, 21, 22], ["policy_loss is NaN at iterations 20-21", "sps is inf"]),
+]
+
+
+def write_run(run_dir: Path, records: list[dict[str, Any]], config: dict | None = CONFIG) -> Path:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if config is not None:
+        (run_dir / "config.json").write_text(json.dumps(config))
+    # json.dumps writes NaN/Infinity tokens, exactly like the trainer does
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return run_dir
+
+
+def test_healthy_run_has_no_findings(tmp_path):
+    run = write_run(tmp_path / "run", healthy_records())
+    findings = diagnose_run(run)
+    assert findings == []
+    assert "healthy" in format_findings(findings)
+    assert doctor_main(str(run)) == 0
+
+
+@pytest.mark.parametrize(("pathology", "code", "iterations", "cites"), CASES, ids=[c[1] for c in CASES])
+def test_each_pathology_gives_exactly_its_finding(tmp_path, pathology, code, iterations, cites):
+    records = healthy_records()
+    pathology(records)
+    findings = diagnose_run(write_run(tmp_path / code, records))
+    assert [f.code for f in findings] == [code], format_findings(findings)
+    finding = findings[0]
+    assert finding.iterations == iterations
+    for text in cites:
+        assert text in finding.message, finding.message
+    assert finding.advice
+    assert "\n" not in finding.message
+    assert finding.severity == ("error" if code == "non_finite" else "warning")
+
+
+def test_kl_advice_mentions_doc_remedies():
+    records = healthy_records()
+    kl_high(records)
+    advice = diagnose(records, CONFIG)[0].advice
+    for word in ("learning_rate", "update_epochs", "clip_coef", "target_kl", "normalised"):
+        assert word in advice
+
+
+def test_findings_are_reported_in_check_order():
+    records = healthy_records()
+    for pathology in (return_collapse, clipfrac_high, non_finite, kl_high):
+        pathology(records)
+    codes = [f.code for f in diagnose(records, CONFIG)]
+    assert codes == ["non_finite", "kl_high", "clipfrac_high", "return_collapse"]
+    report = format_findings(diagnose(records, CONFIG))
+    assert report.startswith("4 problems found")
+    assert "[ERROR] non_finite" in report
+
+
+def test_nan_value_loss_is_an_error_in_both_checks():
+    records = healthy_records()
+    _set(records, "value_loss", lambda i: math.nan, range(35, N + 1))
+    findings = diagnose(records, CONFIG)
+    assert [f.code for f in findings] == ["non_finite", "value_loss_exploding"]
+    assert all(f.severity == "error" for f in findings)
+
+
+def test_entropy_collapse_judged_against_solved_threshold():
+    # CartPole-v1 is solved at 475: a deterministic policy there is fine
+    config = dict(CONFIG, env_id="CartPole-v1")
+    records = healthy_records()
+    entropy_collapse(records)
+    _set(records, "episodic_return_mean", lambda i: 500.0, range(2, N + 1))
+    assert diagnose(records, config) == []
+    _set(records, "episodic_return_mean", lambda i: 100.0, range(2, N + 1))
+    findings = diagnose(records, config)
+    assert [f.code for f in findings] == ["entropy_collapse"]
+    assert "threshold 475" in findings[0].message
+
+
+def test_entropy_collapse_ignored_once_returns_peaked():
+    records = healthy_records()
+    entropy_collapse(records)
+    _set(records, "episodic_return_mean", lambda i: 30.0 * i if i < 5 else 150 + i % 2, range(2, N + 1))
+    assert diagnose(records, CONFIG) == []
+
+
+def test_short_run_is_only_a_note():
+    findings = diagnose(healthy_records(5), CONFIG)
+    assert [(f.code, f.severity) for f in findings] == [("short_run", "info")]
+    assert format_findings(findings).startswith("Training looks healthy")
+
+
+def test_live_doctor_warns_once_per_code():
+    records = healthy_records()
+    kl_high(records)
+    clipfrac_high(records)
+    doctor = LiveDoctor(CONFIG)
+    by_iteration = {r["iteration"]: doctor.update(r) for r in records}
+    warnings = [w for ws in by_iteration.values() for w in ws]
+    assert len(warnings) == 2
+    # KL is judged as soon as two iterations exceed the threshold
+    assert len(by_iteration[11]) == 1 and "kl_high" in by_iteration[11][0]
+    assert sum("clipfrac_high" in w for w in warnings) == 1
+    assert all("\n" not in w for w in warnings)
+    assert doctor.reported == {"kl_high", "clipfrac_high"}
+
+
+def test_live_doctor_is_quiet_on_healthy_run():
+    doctor = LiveDoctor(CONFIG)
+    assert [w for r in healthy_records() for w in doctor.update(r)] == []
+
+
+def test_truncated_last_line_is_skipped_with_warning(tmp_path):
+    run = write_run(tmp_path / "run", healthy_records())
+    with (run / "metrics.jsonl").open("a") as f:
+        f.write('{"iteration": 41, "global_step": 839')
+    with pytest.warns(MetricsReadWarning, match="truncated last line"):
+        records = read_metrics(run)
+    assert len(records) == N
+    with pytest.warns(MetricsReadWarning):
+        assert diagnose_run(run) == []
+    assert doctor_main(str(run)) == 0
+
+
+def test_resumed_run_keeps_last_copy_of_each_iteration(tmp_path):
+    records = healthy_records()
+    redo = [dict(r, policy_loss=1.0) for r in records[30:35]]
+    run = write_run(tmp_path / "run", records[:35] + redo + records[35:])
+    read = read_metrics(run)
+    assert [r["iteration"] for r in read] == list(range(1, N + 1))
+    assert read[32]["policy_loss"] == 1.0
+
+
+def test_doctor_main_exit_codes(tmp_path, capsys):
+    assert doctor_main(str(tmp_path / "missing")) == 2
+    assert "not found" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert doctor_main(str(tmp_path / "empty")) == 2
+    assert "metrics.jsonl" in capsys.readouterr().err
+    (tmp_path / "empty" / "metrics.jsonl").write_text("")
+    assert doctor_main(str(tmp_path / "empty")) == 2
+    err = capsys.readouterr().err
+    assert "no metric records" in err and len(err.strip().splitlines()) == 1
+    records = healthy_records()
+    kl_high(records)
+    assert doctor_main(str(write_run(tmp_path / "bad", records, config=None))) == 1
+    assert "kl_high" in capsys.readouterr().out
