@@ -18,6 +18,10 @@ from ppox.errors import ConfigError
 
 KLEstimator = Literal["k1", "k2", "k3"]
 
+# The CLI turns validation off while tyro builds the config, then validates once itself, so a bad
+# value is reported as one plain line rather than inside tyro's parse-error box.
+_validate_on_init = True
+
 
 @dataclass
 class PPOConfig:
@@ -25,6 +29,8 @@ class PPOConfig:
 
     env_id: str = "CartPole-v1"
     """Gymnasium environment id (any registered id, e.g. CartPole-v1, HalfCheetah-v5)."""
+    preset: str | None = None
+    """Preset whose values replace these defaults before other flags apply (e.g. cleanrl, CartPole-v1)."""
     seed: int = 1
     """Seed of the environments, the network initialisation and the minibatch shuffling."""
     total_timesteps: int = 500_000
@@ -130,7 +136,8 @@ class PPOConfig:
     def __post_init__(self) -> None:
         if isinstance(self.hidden_sizes, list):
             self.hidden_sizes = tuple(self.hidden_sizes)
-        self.validate()
+        if _validate_on_init:
+            self.validate()
 
     # ------------------------------------------------------------------ validation
     @property
@@ -171,7 +178,7 @@ class PPOConfig:
         if self.dual_clip is not None and not self.dual_clip > 1.0:
             raise ConfigError(f"dual_clip must be > 1, got {self.dual_clip}")
         if self.clip_coef is None and not self.kl_penalty:
-            raise ConfigError("with clip_coef None there is no trust region: set --kl-penalty True")
+            raise ConfigError("with clip_coef None there is no trust region: add --kl-penalty")
         for name in ("vf_coef", "ent_coef", "kl_coef"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -221,6 +228,18 @@ class PPOConfig:
         return json.dumps(self.to_dict(), indent=2)
 
 
+class deferred_validation:
+    """Context manager: build PPOConfig instances without validating them (the caller validates)."""
+
+    def __enter__(self) -> None:
+        global _validate_on_init
+        _validate_on_init = False
+
+    def __exit__(self, *exc: object) -> None:
+        global _validate_on_init
+        _validate_on_init = True
+
+
 def load_presets() -> dict[str, dict[str, Any]]:
     """Presets shipped with the package: {name: {field: value}} (names are env ids or aliases)."""
     text = resources.files("ppox").joinpath("presets/presets.toml").read_text()
@@ -245,6 +264,7 @@ def preset_config(env_id: str, preset: str | None = None, **overrides: Any) -> P
         values.update(presets[env_id])
     values = {k: v for k, v in values.items() if k != "description"}
     values["env_id"] = env_id
+    values["preset"] = preset if preset is not None else (env_id if env_id in presets else None)
     values.update(overrides)
     return PPOConfig.from_dict(values)
 

@@ -244,8 +244,8 @@ class PPO:
                         raise TrainingHalted(
                             f"training stopped at iteration {self.iteration}: {self.skipped_updates} minibatch "
                             "updates had non-finite losses or gradients; likely causes: learning rate too high, "
-                            "unscaled rewards (try --norm-reward True), unnormalised observations "
-                            "(try --norm-obs True)"
+                            "unscaled rewards (try --norm-reward), unnormalised observations "
+                            "(try --norm-obs)"
                         )
         except KeyboardInterrupt:
             interrupted = True
@@ -304,7 +304,7 @@ class PPO:
         if self.run_dir is not None and run_dir == self.run_dir:
             return run_dir  # a second learn() call continues the same run
         if run_dir.exists() and any(run_dir.iterdir()) and not cfg.overwrite:
-            raise PPOXError(f"run directory {run_dir} already exists; pass --overwrite True or choose another --run-dir")
+            raise PPOXError(f"run directory {run_dir} already exists; pass --overwrite, --resume, or choose another --run-dir")
         run_dir.mkdir(parents=True, exist_ok=True)
         return run_dir
 
