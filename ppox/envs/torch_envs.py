@@ -1,0 +1,565 @@
+"""Batched PyTorch versions of gymnasium's classic-control environments.
+
+Every environment keeps the state of all ``num_envs`` copies in one tensor and
+steps them with a handful of tensor ops, so thousands of copies run at once on
+CPU or GPU (Isaac-Gym style). The physics is a line-by-line port of
+``gymnasium.envs.classic_control`` (same state + action gives the same next
+state, reward and termination), wrapped in gymnasium's ``VectorEnv`` API with
+the registered ``TimeLimit`` and ``SAME_STEP`` autoreset built in.
+
+Returned observations, rewards and flags are torch tensors on the env's device;
+the ``*_space`` attributes are ordinary (numpy) gymnasium spaces describing
+their shapes and bounds, so ``env.action_space.sample()`` can be passed to
+``step`` directly.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from gymnasium.envs.classic_control.utils import (
+    maybe_parse_reset_bounds,
+    verify_number_and_cast,
+)
+from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space
+
+__all__ = [
+    "TORCH_ENV_IDS",
+    "AcrobotTorchVecEnv",
+    "CartPoleTorchVecEnv",
+    "ContinuousMountainCarTorchVecEnv",
+    "MountainCarTorchVecEnv",
+    "PendulumTorchVecEnv",
+    "TorchClassicControlVecEnv",
+    "make_torch_vec_env",
+]
+
+
+class TorchClassicControlVecEnv(VectorEnv[torch.Tensor, torch.Tensor, torch.Tensor]):
+    """Base class: state bookkeeping, TimeLimit, SAME_STEP autoreset, seeding.
+
+    Subclasses describe one environment through ``_make_spaces``,
+    ``_reset_bounds``, ``_dynamics`` and ``_observe``; those work on whole
+    batches and never loop over envs.
+
+    The state is stored transposed, ``(state_dim, num_envs)``, so each state
+    variable is a contiguous row: the physics is written per variable, and
+    elementwise ops on contiguous rows are cheaper than on strided columns.
+
+    Attributes:
+        state: ``(num_envs, state_dim)`` view in ``physics_dtype``, laid out
+            like gymnasium's ``env.unwrapped.state``. Writable (tests use it).
+        elapsed_steps: ``(num_envs,)`` int32 steps taken in the current episode.
+    """
+
+    metadata: ClassVar[dict[str, Any]] = {
+        "render_modes": [],
+        "autoreset_mode": AutoresetMode.SAME_STEP,
+    }
+
+    # Filled in by subclasses.
+    env_id: str
+    state_dim: int
+    default_max_episode_steps: int
+    # float32 unless float32 cannot reproduce gymnasium's float64 maths to 1e-5.
+    default_physics_dtype: torch.dtype = torch.float32
+
+    def __init__(
+        self,
+        num_envs: int,
+        device: str | torch.device = "cpu",
+        seed: int | None = None,
+        dtype: torch.dtype = torch.float32,
+        *,
+        max_episode_steps: int | None = None,
+        physics_dtype: torch.dtype | None = None,
+    ) -> None:
+        """Create ``num_envs`` copies on ``device``.
+
+        Args:
+            num_envs: number of parallel environments.
+            device: torch device for state and all returned tensors.
+            seed: seeds the env's ``torch.Generator``; ``None`` for a random one.
+            dtype: floating dtype of returned observations and rewards.
+            max_episode_steps: TimeLimit; defaults to the registered spec's.
+            physics_dtype: dtype of the internal state and maths; defaults to
+                the class's ``default_physics_dtype``.
+        """
+        if num_envs < 1:
+            raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+        self.num_envs = int(num_envs)
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.physics_dtype = physics_dtype or self.default_physics_dtype
+        self.max_episode_steps = max_episode_steps or self.default_max_episode_steps
+        self.render_mode = None
+
+        self.single_observation_space, self.single_action_space = self._make_spaces()
+        self.observation_space = batch_space(self.single_observation_space, num_envs)
+        self.action_space = batch_space(self.single_action_space, num_envs)
+
+        # One generator for all envs: each draw covers the whole batch (one
+        # value per env and variable), so no Python loop over envs is needed.
+        self._generator = torch.Generator(device=self.device)
+        if seed is None:
+            self._generator.seed()
+        else:
+            self._generator.manual_seed(seed)
+
+        self._reset_low, self._reset_high = self._reset_bounds(None)
+        self._state = self._sample_initial_state()
+        self.elapsed_steps = torch.zeros(self.num_envs, dtype=torch.int32, device=self.device)
+
+    # ------------------------------------------------------------------ API
+
+    @property
+    def state(self) -> torch.Tensor:
+        """Physical state, ``(num_envs, state_dim)``, gymnasium's layout."""
+        return self._state.T
+
+    @state.setter
+    def state(self, value: torch.Tensor | np.ndarray) -> None:
+        value = torch.as_tensor(value, dtype=self.physics_dtype, device=self.device)
+        if value.shape != (self.num_envs, self.state_dim):
+            raise ValueError(
+                f"state must have shape {(self.num_envs, self.state_dim)}, got {tuple(value.shape)}"
+            )
+        # Copy so later writes by the caller cannot alias the env's state.
+        self._state = value.T.clone(memory_format=torch.contiguous_format)
+
+    @torch.no_grad()
+    def reset(
+        self,
+        *,
+        seed: int | None = None,
+        options: dict[str, Any] | None = None,
+    ) -> tuple[torch.Tensor, dict[str, Any]]:
+        """Reset all envs; ``options`` takes gymnasium's reset-bound keys.
+
+        Bounds given in ``options`` also apply to later autoresets (as in
+        gymnasium's ``CartPoleVectorEnv``) until the next ``reset``.
+        """
+        super().reset(seed=seed)
+        if seed is not None:
+            self._generator.manual_seed(seed)
+        self._reset_low, self._reset_high = self._reset_bounds(options)
+        self._state = self._sample_initial_state()
+        self.elapsed_steps.zero_()
+        return self._observe(self._state), {}
+
+    @torch.no_grad()
+    def step(
+        self, actions: torch.Tensor | np.ndarray
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, dict[str, Any]]:
+        """Step all envs, autoresetting finished ones in the same call.
+
+        Returns ``(obs, reward, terminated, truncated, info)``. For envs that
+        just ended, ``obs`` is already the first observation of the next
+        episode, and ``info["final_obs"]`` (masked by ``info["_final_obs"]``)
+        holds their last observation; for the others it equals ``obs``.
+        """
+        actions = self._prepare_actions(actions)
+        next_state, reward, terminated = self._dynamics(self._state, actions)
+
+        self.elapsed_steps += 1
+        # Like gymnasium's TimeLimit: may be set together with terminated.
+        truncated = self.elapsed_steps >= self.max_episode_steps
+        done = terminated | truncated
+        final_obs = self._observe(next_state)
+
+        # Draw fresh states for every row and keep only the finished ones: a
+        # fixed-shape select avoids boolean indexing, which would need a
+        # device->host sync to learn how many envs ended.
+        fresh = self._sample_initial_state()
+        self._state = torch.where(done, fresh, next_state)
+        self.elapsed_steps.masked_fill_(done, 0)
+        obs = self._observe(self._state)
+
+        info = {"final_obs": final_obs, "_final_obs": done}
+        return obs, reward.to(self.dtype), terminated, truncated, info
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.env_id}, num_envs={self.num_envs}, device={self.device})"
+
+    # ------------------------------------------------------------ internals
+
+    def _sample_initial_state(self) -> torch.Tensor:
+        """Uniform sample in ``[low, high]`` per state variable, ``(state_dim, num_envs)``."""
+        u = torch.rand(
+            (self.state_dim, self.num_envs),
+            generator=self._generator,
+            device=self.device,
+            dtype=self.physics_dtype,
+        )
+        return torch.addcmul(self._reset_low, self._reset_high - self._reset_low, u)
+
+    def _bounds_tensor(self, values: list[float]) -> torch.Tensor:
+        """``(state_dim, 1)`` column of per-variable bounds, broadcast over envs."""
+        return torch.tensor(values, dtype=self.physics_dtype, device=self.device).unsqueeze(1)
+
+    def _prepare_actions(self, actions: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """Move actions to the device, shaped ``(num_envs,)`` or ``(num_envs, d)``."""
+        if isinstance(actions, torch.Tensor):
+            # Actions may come from a policy with grad; never track the env.
+            actions = actions.detach()
+        actions = torch.as_tensor(actions, device=self.device)
+        if isinstance(self.single_action_space, spaces.Discrete):
+            return actions.reshape(self.num_envs).long()
+        shape = (self.num_envs, *self.single_action_space.shape)
+        return actions.reshape(shape).to(self.physics_dtype)
+
+    def _make_spaces(self) -> tuple[spaces.Space, spaces.Space]:
+        raise NotImplementedError
+
+    def _reset_bounds(self, options: dict[str, Any] | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-dimension ``(low, high)`` of the initial-state distribution."""
+        raise NotImplementedError
+
+    def _dynamics(
+        self, state: torch.Tensor, actions: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One physics step of ``(state_dim, num_envs)`` states: ``(next_state, reward, terminated)``."""
+        raise NotImplementedError
+
+    def _observe(self, state: torch.Tensor) -> torch.Tensor:
+        """``(num_envs, obs_dim)`` observation in ``self.dtype``, never aliasing the state."""
+        return self._transpose_rows(state)
+
+    def _transpose_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """``(d, num_envs)`` rows -> new contiguous ``(num_envs, d)`` tensor in ``self.dtype``."""
+        out = torch.empty(rows.shape[::-1], dtype=self.dtype, device=self.device)
+        # Copying into the transposed view reads ``rows`` contiguously: about
+        # twice as fast on CPU as ``rows.T.contiguous()``.
+        out.T.copy_(rows)
+        return out
+
+
+class CartPoleTorchVecEnv(TorchClassicControlVecEnv):
+    """CartPole-v1. State ``[x, x_dot, theta, theta_dot]``; actions {0, 1}."""
+
+    env_id = "CartPole-v1"
+    state_dim = 4
+    default_max_episode_steps = 500
+
+    gravity = 9.8
+    masscart = 1.0
+    masspole = 0.1
+    total_mass = masspole + masscart
+    length = 0.5  # half the pole's length
+    polemass_length = masspole * length
+    force_mag = 10.0
+    tau = 0.02
+    theta_threshold_radians = 12 * 2 * math.pi / 360
+    x_threshold = 2.4
+
+    def _make_spaces(self) -> tuple[spaces.Space, spaces.Space]:
+        high = np.array(
+            [self.x_threshold * 2, np.inf, self.theta_threshold_radians * 2, np.inf],
+            dtype=np.float32,
+        )
+        return spaces.Box(-high, high, dtype=np.float32), spaces.Discrete(2)
+
+    def _reset_bounds(self, options: dict[str, Any] | None) -> tuple[torch.Tensor, torch.Tensor]:
+        low, high = maybe_parse_reset_bounds(options, -0.05, 0.05)
+        return self._bounds_tensor([low] * 4), self._bounds_tensor([high] * 4)
+
+    def _dynamics(
+        self, state: torch.Tensor, actions: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        # CPU step time is mostly per-op overhead, so the formulas below are
+        # gymnasium's with constants folded and multiply-adds fused (addcmul).
+        _, x_dot, theta, theta_dot = state
+        # force_mag if action == 1 else -force_mag (actions are 0 or 1)
+        force = actions.to(state.dtype) * (2 * self.force_mag) - self.force_mag
+        costheta = torch.cos(theta)
+        sintheta = torch.sin(theta)
+        # temp = (force + polemass_length * theta_dot**2 * sintheta) / total_mass
+        temp = torch.addcmul(force, theta_dot.square(), sintheta, value=self.polemass_length)
+        temp /= self.total_mass
+        # thetaacc = (g sin - cos temp) / (length (4/3 - masspole cos**2 / total_mass))
+        numerator = torch.addcmul(self.gravity * sintheta, costheta, temp, value=-1.0)
+        denominator = costheta.square() * (-self.length * self.masspole / self.total_mass)
+        thetaacc = numerator / (denominator + self.length * 4.0 / 3.0)
+        # xacc = temp - polemass_length * thetaacc * costheta / total_mass
+        xacc = torch.addcmul(temp, thetaacc, costheta, value=-self.polemass_length / self.total_mass)
+        # Explicit Euler (gymnasium's default integrator): s + tau * ds/dt.
+        derivative = torch.stack((x_dot, xacc, theta_dot, thetaacc))
+        next_state = torch.add(state, derivative, alpha=self.tau)
+
+        # |x| > t is exactly gymnasium's x < -t or x > t, in fewer ops.
+        terminated = (next_state[0].abs() > self.x_threshold) | (
+            next_state[2].abs() > self.theta_threshold_radians
+        )
+        # +1 on every step, the terminating one included.
+        return next_state, torch.ones_like(theta), terminated
+
+
+class AcrobotTorchVecEnv(TorchClassicControlVecEnv):
+    """Acrobot-v1 ("book" dynamics, no torque noise). State ``[th1, th2, dth1, dth2]``."""
+
+    env_id = "Acrobot-v1"
+    state_dim = 4
+    default_max_episode_steps = 500
+    # RK4 with dt=0.2 amplifies float32 rounding beyond 1e-5; gymnasium uses float64.
+    default_physics_dtype = torch.float64
+
+    dt = 0.2
+    LINK_LENGTH_1 = 1.0
+    LINK_MASS_1 = 1.0
+    LINK_MASS_2 = 1.0
+    LINK_COM_POS_1 = 0.5
+    LINK_COM_POS_2 = 0.5
+    LINK_MOI = 1.0
+    MAX_VEL_1 = 4 * math.pi
+    MAX_VEL_2 = 9 * math.pi
+
+    def _make_spaces(self) -> tuple[spaces.Space, spaces.Space]:
+        high = np.array([1.0, 1.0, 1.0, 1.0, self.MAX_VEL_1, self.MAX_VEL_2], dtype=np.float32)
+        return spaces.Box(-high, high, dtype=np.float32), spaces.Discrete(3)
+
+    def _reset_bounds(self, options: dict[str, Any] | None) -> tuple[torch.Tensor, torch.Tensor]:
+        low, high = maybe_parse_reset_bounds(options, -0.1, 0.1)
+        return self._bounds_tensor([low] * 4), self._bounds_tensor([high] * 4)
+
+    def _dsdt(self, s: torch.Tensor, torque: torch.Tensor) -> torch.Tensor:
+        """Time derivative of ``s``; same expression order as gymnasium."""
+        m1, m2 = self.LINK_MASS_1, self.LINK_MASS_2
+        l1 = self.LINK_LENGTH_1
+        lc1, lc2 = self.LINK_COM_POS_1, self.LINK_COM_POS_2
+        I1 = I2 = self.LINK_MOI
+        g = 9.8
+        theta1, theta2, dtheta1, dtheta2 = s
+        cos_theta2 = torch.cos(theta2)
+        sin_theta2 = torch.sin(theta2)
+        d1 = m1 * lc1**2 + m2 * (l1**2 + lc2**2 + 2 * l1 * lc2 * cos_theta2) + I1 + I2
+        d2 = m2 * (lc2**2 + l1 * lc2 * cos_theta2) + I2
+        phi2 = m2 * lc2 * g * torch.cos(theta1 + theta2 - math.pi / 2.0)
+        phi1 = (
+            -m2 * l1 * lc2 * dtheta2**2 * sin_theta2
+            - 2 * m2 * l1 * lc2 * dtheta2 * dtheta1 * sin_theta2
+            + (m1 * lc1 + m2 * l1) * g * torch.cos(theta1 - math.pi / 2)
+            + phi2
+        )
+        ddtheta2 = (torque + d2 / d1 * phi1 - m2 * l1 * lc2 * dtheta1**2 * sin_theta2 - phi2) / (
+            m2 * lc2**2 + I2 - d2**2 / d1
+        )
+        ddtheta1 = -(d2 * ddtheta2 + phi1) / d1
+        return torch.stack((dtheta1, dtheta2, ddtheta1, ddtheta2))
+
+    @staticmethod
+    def _wrap(x: torch.Tensor, m: float, big_m: float) -> torch.Tensor:
+        """Vectorised gymnasium ``wrap``: shift by whole periods into [m, M]."""
+        diff = big_m - m
+        x = torch.where(x > big_m, x - diff * torch.ceil((x - big_m) / diff), x)
+        return torch.where(x < m, x + diff * torch.ceil((m - x) / diff), x)
+
+    def _dynamics(
+        self, state: torch.Tensor, actions: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        # AVAIL_TORQUE = [-1, 0, +1] indexed by the action.
+        torque = actions.to(state.dtype) - 1.0
+        # One classic RK4 step over [0, dt], as gymnasium's rk4(..., [0, dt]).
+        dt = self.dt
+        dt2 = dt / 2.0
+        k1 = self._dsdt(state, torque)
+        k2 = self._dsdt(state + dt2 * k1, torque)
+        k3 = self._dsdt(state + dt2 * k2, torque)
+        k4 = self._dsdt(state + dt * k3, torque)
+        ns = state + dt / 6.0 * (k1 + 2 * k2 + 2 * k3 + k4)
+
+        th1, th2, dth1, dth2 = ns
+        th1 = self._wrap(th1, -math.pi, math.pi)
+        th2 = self._wrap(th2, -math.pi, math.pi)
+        dth1 = dth1.clamp(-self.MAX_VEL_1, self.MAX_VEL_1)
+        dth2 = dth2.clamp(-self.MAX_VEL_2, self.MAX_VEL_2)
+
+        terminated = -torch.cos(th1) - torch.cos(th2 + th1) > 1.0
+        reward = (~terminated).to(state.dtype).neg()  # -1, or 0 on reaching the goal
+        return torch.stack((th1, th2, dth1, dth2)), reward, terminated
+
+    def _observe(self, state: torch.Tensor) -> torch.Tensor:
+        th1, th2, dth1, dth2 = state
+        rows = torch.stack((torch.cos(th1), torch.sin(th1), torch.cos(th2), torch.sin(th2), dth1, dth2))
+        return self._transpose_rows(rows)
+
+
+class MountainCarTorchVecEnv(TorchClassicControlVecEnv):
+    """MountainCar-v0. State ``[position, velocity]``; actions {0, 1, 2}."""
+
+    env_id = "MountainCar-v0"
+    state_dim = 2
+    default_max_episode_steps = 200
+
+    min_position = -1.2
+    max_position = 0.6
+    max_speed = 0.07
+    goal_position = 0.5
+    goal_velocity = 0.0
+    force = 0.001
+    gravity = 0.0025
+
+    def _make_spaces(self) -> tuple[spaces.Space, spaces.Space]:
+        low = np.array([self.min_position, -self.max_speed], dtype=np.float32)
+        high = np.array([self.max_position, self.max_speed], dtype=np.float32)
+        return spaces.Box(low, high, dtype=np.float32), spaces.Discrete(3)
+
+    def _reset_bounds(self, options: dict[str, Any] | None) -> tuple[torch.Tensor, torch.Tensor]:
+        # Position uniform in [low, high], velocity exactly 0.
+        low, high = maybe_parse_reset_bounds(options, -0.6, -0.4)
+        return self._bounds_tensor([low, 0.0]), self._bounds_tensor([high, 0.0])
+
+    def _push(self, velocity: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """Acceleration from the action (the part that differs from v0 to continuous)."""
+        return (actions.to(velocity.dtype) - 1) * self.force
+
+    def _dynamics(
+        self, state: torch.Tensor, actions: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        position, velocity = state
+        velocity = velocity + self._push(velocity, actions) + torch.cos(3 * position) * (-self.gravity)
+        velocity = velocity.clamp(-self.max_speed, self.max_speed)
+        position = (position + velocity).clamp(self.min_position, self.max_position)
+        # Inelastic left wall; after the clamp "<=" is gymnasium's "==".
+        velocity = torch.where(
+            (position <= self.min_position) & (velocity < 0),
+            torch.zeros_like(velocity),
+            velocity,
+        )
+        terminated = (position >= self.goal_position) & (velocity >= self.goal_velocity)
+        reward = self._reward(actions, terminated, position.dtype)
+        return torch.stack((position, velocity)), reward, terminated
+
+    def _reward(self, actions: torch.Tensor, terminated: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        return torch.full(terminated.shape, -1.0, dtype=dtype, device=self.device)
+
+
+class ContinuousMountainCarTorchVecEnv(MountainCarTorchVecEnv):
+    """MountainCarContinuous-v0. State ``[position, velocity]``; force in [-1, 1]."""
+
+    env_id = "MountainCarContinuous-v0"
+    default_max_episode_steps = 999
+
+    min_action = -1.0
+    max_action = 1.0
+    goal_position = 0.45
+    power = 0.0015
+
+    def _make_spaces(self) -> tuple[spaces.Space, spaces.Space]:
+        obs_space, _ = super()._make_spaces()
+        action_space = spaces.Box(self.min_action, self.max_action, shape=(1,), dtype=np.float32)
+        return obs_space, action_space
+
+    def _push(self, velocity: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        force = actions[:, 0].clamp(self.min_action, self.max_action)
+        return force * self.power
+
+    def _dynamics(
+        self, state: torch.Tensor, actions: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        next_state, reward, terminated = super()._dynamics(state, actions)
+        # gymnasium stores this env's state as float32 after every step.
+        next_state = next_state.to(torch.float32).to(state.dtype)
+        return next_state, reward, terminated
+
+    def _reward(self, actions: torch.Tensor, terminated: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        # The action penalty uses the unclipped action, as in gymnasium.
+        return 100.0 * terminated.to(dtype) - actions[:, 0].square() * 0.1
+
+
+class PendulumTorchVecEnv(TorchClassicControlVecEnv):
+    """Pendulum-v1 (g=10). State ``[theta, theta_dot]``; torque in [-2, 2]."""
+
+    env_id = "Pendulum-v1"
+    state_dim = 2
+    default_max_episode_steps = 200
+    # theta is never wrapped and grows over an episode; float32 loses 1e-5 on it.
+    default_physics_dtype = torch.float64
+
+    max_speed = 8.0
+    max_torque = 2.0
+    dt = 0.05
+    g = 10.0
+    m = 1.0
+    pole_length = 1.0
+
+    def _make_spaces(self) -> tuple[spaces.Space, spaces.Space]:
+        high = np.array([1.0, 1.0, self.max_speed], dtype=np.float32)
+        action_space = spaces.Box(-self.max_torque, self.max_torque, shape=(1,), dtype=np.float32)
+        return spaces.Box(-high, high, dtype=np.float32), action_space
+
+    def _reset_bounds(self, options: dict[str, Any] | None) -> tuple[torch.Tensor, torch.Tensor]:
+        options = options or {}
+        x = verify_number_and_cast(options.get("x_init", math.pi))
+        y = verify_number_and_cast(options.get("y_init", 1.0))
+        # Symmetric limits, as gymnasium enforces.
+        return self._bounds_tensor([-x, -y]), self._bounds_tensor([x, y])
+
+    def _dynamics(
+        self, state: torch.Tensor, actions: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        th, thdot = state
+        g, m, length, dt = self.g, self.m, self.pole_length, self.dt
+        u = actions[:, 0].clamp(-self.max_torque, self.max_torque)
+        # angle_normalize: numpy's % and torch.remainder both follow the divisor's sign.
+        th_normalized = torch.remainder(th + math.pi, 2 * math.pi) - math.pi
+        costs = th_normalized**2 + 0.1 * thdot**2 + 0.001 * (u**2)
+
+        newthdot = thdot + (3 * g / (2 * length) * torch.sin(th) + 3.0 / (m * length**2) * u) * dt
+        newthdot = newthdot.clamp(-self.max_speed, self.max_speed)
+        newth = th + newthdot * dt
+        terminated = torch.zeros_like(th, dtype=torch.bool)
+        return torch.stack((newth, newthdot)), -costs, terminated
+
+    def _observe(self, state: torch.Tensor) -> torch.Tensor:
+        th, thdot = state
+        return self._transpose_rows(torch.stack((torch.cos(th), torch.sin(th), thdot)))
+
+
+_ENV_CLASSES: dict[str, type[TorchClassicControlVecEnv]] = {
+    cls.env_id: cls
+    for cls in (
+        CartPoleTorchVecEnv,
+        AcrobotTorchVecEnv,
+        MountainCarTorchVecEnv,
+        ContinuousMountainCarTorchVecEnv,
+        PendulumTorchVecEnv,
+    )
+}
+
+#: Gymnasium ids that have a batched torch implementation here.
+TORCH_ENV_IDS: tuple[str, ...] = tuple(_ENV_CLASSES)
+
+
+def make_torch_vec_env(
+    env_id: str,
+    num_envs: int,
+    device: str | torch.device = "cpu",
+    seed: int | None = None,
+    dtype: torch.dtype = torch.float32,
+    **kwargs: Any,
+) -> TorchClassicControlVecEnv:
+    """Build the batched torch version of a gymnasium classic-control env.
+
+    Args:
+        env_id: one of ``TORCH_ENV_IDS``, e.g. ``"CartPole-v1"``.
+        num_envs: number of parallel copies.
+        device: torch device to simulate on.
+        seed: seed of the env's random generator (reset states).
+        dtype: dtype of returned observations and rewards.
+        **kwargs: ``max_episode_steps`` or ``physics_dtype`` overrides.
+
+    Raises:
+        ValueError: if ``env_id`` is not supported.
+    """
+    try:
+        cls = _ENV_CLASSES[env_id]
+    except KeyError:
+        raise ValueError(
+            f"No torch implementation of {env_id!r}; supported ids: {', '.join(TORCH_ENV_IDS)}"
+        ) from None
+    return cls(num_envs, device=device, seed=seed, dtype=dtype, **kwargs)
