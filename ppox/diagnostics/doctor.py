@@ -555,11 +555,13 @@ class LiveDoctor:
         self.records: list[dict[str, Any]] = []
         self.reported: set[str] = set()
 
-    def update(self, record: dict[str, Any]) -> list[str]:
-        """Add the latest iteration's record; return new one-line warnings."""
+    def update(self, record: dict[str, Any], check: bool = True) -> list[str]:
+        """Add the latest iteration's record; return new one-line warnings (none when not `check`)."""
         record = dict(record)
         record.setdefault("iteration", len(self.records) + 1)
         self.records.append(record)
+        if not check:
+            return []
         # Re-running on all records is O(n) per call, negligible next to a PPO iteration.
         new: list[str] = []
         for f in diagnose(self.records, self.config):

@@ -132,6 +132,8 @@ class PPOConfig:
     """Write TensorBoard event files."""
     progress: bool = True
     """Show a progress bar."""
+    live_doctor: bool = True
+    """Warn (once per kind of problem) when the metrics look unhealthy during training (`ppox doctor`)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.hidden_sizes, list):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import random
+import sys
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ import torch
 from ppox import __version__
 from ppox.core import AdaptiveKLController, explained_variance, gae, kl_estimate
 from ppox.core.update import LossSettings, PolicyOutput, ppo_update
+from ppox.diagnostics.doctor import LiveDoctor
 from ppox.errors import ConfigError, EnvError, ModelFileError, PPOXError, TrainingHalted
 from ppox.io import FORMAT_VERSION, atomic_write_json, check_format_version, load_tensors, read_json, save_tensors
 from ppox.logger import MetricsLogger
@@ -199,6 +201,8 @@ class PPO:
         num_iterations = cfg.num_iterations
         shuffle_gen = torch.Generator().manual_seed(cfg.seed)
         progress = _Progress(cfg.progress, num_iterations * cfg.batch_size, cfg.env_id)
+        doctor = LiveDoctor(cfg.to_dict()) if cfg.live_doctor else None
+        doctor_every = max(1, num_iterations // 100)  # bounded cost: at most ~100 checks per run
         interrupted = False
         consecutive_skips = 0
         try:
@@ -238,6 +242,10 @@ class PPO:
 
                     record = self._record(result.stats, finished, batch, kl_coef_used, iter_start)
                     logger.log(record)
+                    if doctor is not None:
+                        check = self.iteration % doctor_every == 0 or self.iteration == num_iterations
+                        for line in doctor.update(record, check=check):
+                            progress.print(line)
                     self._wall_seconds = time.perf_counter() - self._start_time
                     progress.update(self.global_step, record, self.recent_returns)
                     if consecutive_skips >= MAX_CONSECUTIVE_SKIPS:
@@ -510,6 +518,13 @@ class _Progress:
         if self._progress is not None:
             self._progress.__exit__(*exc)
         return False
+
+    def print(self, line: str) -> None:
+        """A line above the bar (stderr when there is no bar)."""
+        if self._progress is not None:
+            self._progress.console.print(line, markup=False, highlight=False)
+        else:
+            print(line, file=sys.stderr)
 
     def update(self, global_step: int, record: dict, recent_returns) -> None:
         if self._progress is None:

@@ -139,3 +139,13 @@ def test_existing_run_dir_is_refused(tiny, capsys):
     model = PPO(tiny())
     with pytest.raises(Exception, match="already exists"):
         model.learn()
+
+
+def test_live_doctor_warns_once_during_training(tiny, capsys):
+    # a huge learning rate with many epochs blows the trust region: KL per update far above 0.1
+    PPO(tiny(learning_rate=0.05, update_epochs=10, total_timesteps=64 * 15, anneal_lr=False)).learn()
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("[doctor]")]
+    assert any("kl_high" in line for line in lines), err
+    codes = [line.split(": ")[2] for line in lines]
+    assert len(codes) == len(set(codes))  # one line per kind of problem, not a flood
