@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 
@@ -39,12 +41,25 @@ def gae(
     return advantages, advantages + values
 
 
-def normalize(x: torch.Tensor, mask: torch.Tensor | None = None, eps: float = 1e-8) -> torch.Tensor:
-    """Zero-mean, unit-variance (sample std) over all elements, or over the masked ones."""
-    if mask is None:
+def normalize(
+    x: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    eps: float = 1e-8,
+    all_reduce_sum: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Zero-mean, unit-variance (sample std) over all elements, or over the masked ones.
+
+    With `all_reduce_sum` (a sum over processes) the statistics are those of the global batch,
+    so N processes normalise exactly as one process holding all their data would.
+    """
+    if mask is None and all_reduce_sum is None:
         return (x - x.mean()) / (x.std() + eps)
-    m = mask.to(x.dtype)
-    n = m.sum().clamp_min(1.0)
-    mean = (x * m).sum() / n
-    var = (((x - mean) * m) ** 2).sum() / (n - 1).clamp_min(1.0)
-    return (x - mean) / (var.sqrt() + eps) * m
+    m = torch.ones_like(x) if mask is None else mask.to(x.dtype)
+    moments = torch.stack([m.sum(), (x * m).sum(), (x * x * m).sum()])
+    if all_reduce_sum is not None:
+        moments = all_reduce_sum(moments)
+    n, total, total_sq = moments[0].clamp_min(1.0), moments[1], moments[2]
+    mean = total / n
+    var = ((total_sq - n * mean * mean) / (n - 1).clamp_min(1.0)).clamp_min(0.0)
+    out = (x - mean) / (var.sqrt() + eps)
+    return out if mask is None else out * m

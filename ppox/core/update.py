@@ -12,10 +12,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from ppox.core.advantages import normalize
+
+if TYPE_CHECKING:
+    from ppox.distributed import Collective
 from ppox.core.kl import kl_estimate
 from ppox.core.losses import aggregate, clip_fraction, clipped_surrogate, value_loss
 
@@ -52,15 +56,19 @@ def ppo_loss(
     mb: dict[str, torch.Tensor],
     s: LossSettings,
     kl_coef: float = 0.0,
+    all_reduce_sum: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The PPO objective on one minibatch. `mb` holds logprobs, advantages, returns, values, [mask]."""
+    """The PPO objective on one minibatch. `mb` holds logprobs, advantages, returns, values, [mask].
+
+    `all_reduce_sum` (multi-process training) makes the advantage normalisation global.
+    """
     mask = mb.get("mask")
     log_ratio = out.logprobs - mb["logprobs"]
     ratio = log_ratio.exp()
 
     advantages = mb["advantages"]
     if s.norm_adv:
-        advantages = normalize(advantages, mask)
+        advantages = normalize(advantages, mask, all_reduce_sum=all_reduce_sum)
 
     if s.clip_coef is None:
         objective = ratio * advantages
@@ -122,7 +130,7 @@ def ppo_update(
     grad_accum_steps: int = 1,
     generator: torch.Generator | None = None,
     on_nonfinite: Callable[[], None] | None = None,
-    all_reduce_grads: Callable[[list[torch.nn.Parameter]], None] | None = None,
+    collective: Collective | None = None,
 ) -> UpdateResult:
     """Run the PPO epochs on `batch` (every tensor has the batch dimension first).
 
@@ -130,7 +138,13 @@ def ppo_update(
     before one optimizer step. A minibatch whose loss or gradient is not finite is skipped
     (the weights stay untouched) and counted; `on_nonfinite` is called for each.
     `target_kl` stops the epoch loop early once the mean approx_kl of an epoch exceeds it.
+
+    With a `collective` (torch.distributed, one process per rank) each process holds its share of
+    the batch; gradients are averaged over processes every minibatch, advantage normalisation and
+    the early-stopping KL are global, and a non-finite minibatch on any process is skipped on all,
+    so every process takes the same optimizer steps and ends with the same weights.
     """
+    reduce_sum = collective.sum_ if collective is not None and collective.enabled else None
     params = [p for p in params if p.requires_grad]
     batch_size = next(iter(batch.values())).shape[0]
     if batch_size % num_minibatches:
@@ -157,18 +171,23 @@ def ppo_update(
             for micro in range(grad_accum_steps):
                 idx = perm[start + micro * micro_size : start + (micro + 1) * micro_size]
                 mb = {k: v[idx] for k, v in batch.items()}
-                loss, stats = ppo_loss(forward(mb), mb, settings, kl_coef)
+                loss, stats = ppo_loss(forward(mb), mb, settings, kl_coef, reduce_sum)
                 if not torch.isfinite(loss):
+                    # no break: the other micro-batches still run, so every process makes the
+                    # same sequence of collective calls
                     loss_finite = False
-                    break
+                    continue
                 (loss / grad_accum_steps).backward()
                 for k, v in stats.items():
                     totals[k] = totals.get(k, 0.0) + v
                 count += 1
                 epoch_kl = epoch_kl + stats["approx_kl"]
                 epoch_count += 1
-            if all_reduce_grads is not None and loss_finite:
-                all_reduce_grads(params)
+            if reduce_sum is not None:
+                if not loss_finite:  # NaN gradients make every process skip this minibatch too
+                    for p in params:
+                        p.grad = torch.full_like(p, float("nan"))
+                collective.average_gradients(params)
             grad_norm = (
                 torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
                 if max_grad_norm is not None
@@ -182,8 +201,12 @@ def ppo_update(
                 continue
             optimizer.step()
             optimizer_steps += 1
-        if target_kl is not None and epoch_count and float(epoch_kl / epoch_count) > target_kl:
-            break
+        if target_kl is not None:
+            kl_and_count = torch.stack([epoch_kl, torch.tensor(float(epoch_count), device=device)])
+            if reduce_sum is not None:
+                kl_and_count = reduce_sum(kl_and_count)
+            if kl_and_count[1] > 0 and float(kl_and_count[0] / kl_and_count[1]) > target_kl:
+                break
 
     result = {k: float(v / max(count, 1)) for k, v in totals.items()}
     return UpdateResult(result, epochs_run, count, optimizer_steps, skipped)

@@ -1,0 +1,117 @@
+"""Multi-process training on torch.distributed, launched by torchrun.
+
+`torchrun --nproc_per_node=N -m ppox train ENV_ID ...` starts N processes; each steps its own envs
+(distinct seeds) and the processes average their gradients every minibatch with one flattened
+all-reduce. Backend: gloo on CPU, NCCL on GPU. Without torchrun (no WORLD_SIZE in the environment)
+everything here is a no-op and ppox runs as a single process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class Collective:
+    """The process group as the PPO update sees it: a world size and an in-place sum."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def sum_(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Sum `tensor` over all processes, in place (returns it)."""
+        if self.enabled:
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        return tensor
+
+    def mean_(self, tensor: torch.Tensor) -> torch.Tensor:
+        return self.sum_(tensor).div_(self.world_size) if self.enabled else tensor
+
+    def average_gradients(self, params: list[torch.nn.Parameter]) -> None:
+        """Average the gradients of `params` over processes with a single flattened all-reduce.
+
+        Parameters without a gradient contribute zeros, so every process sends the same layout.
+        """
+        if not self.enabled:
+            return
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        self.mean_(flat)
+        offset = 0
+        for p in params:
+            n = p.numel()
+            p.grad = flat[offset : offset + n].view_as(p).clone()
+            offset += n
+
+    def broadcast_module(self, module: torch.nn.Module) -> None:
+        """Give every process rank 0's parameters and buffers."""
+        if not self.enabled:
+            return
+        for tensor in list(module.parameters()) + list(module.buffers()):
+            dist.broadcast(tensor.data, src=0)
+
+    def gather_floats(self, values: list[float]) -> list[float]:
+        """Concatenate a list of floats from every process (e.g. finished episode returns)."""
+        if not self.enabled:
+            return list(values)
+        gathered: list[list[float] | None] = [None] * self.world_size
+        dist.all_gather_object(gathered, list(values))
+        return [v for part in gathered for v in (part or [])]
+
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()
+
+
+_SINGLE = Collective()
+_current: Collective | None = None
+
+
+def init_from_env(device_type: str = "cpu") -> Collective:
+    """Join the process group torchrun describes in the environment (once per process)."""
+    global _current
+    if _current is not None:
+        return _current
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        _current = _SINGLE
+        return _current
+    rank = int(os.environ["RANK"])
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        backend = "nccl" if device_type == "cuda" else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group(backend=backend)
+    _current = Collective(rank=rank, world_size=world_size, local_rank=local_rank)
+    return _current
+
+
+def shutdown() -> None:
+    global _current
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+    _current = None
+
+
+def parameter_hash(module: torch.nn.Module) -> str:
+    """SHA-256 of all parameters' bytes: equal hashes mean bit-identical weights."""
+    h = hashlib.sha256()
+    for name, p in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(p.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
