@@ -64,7 +64,7 @@ def train_main(argv: list[str]) -> int:
     from ppox.rl.config import PPOConfig, deferred_validation, preset_config
 
     env_id, preset, rest = _preparse_train(argv)
-    if "--resume" in rest:
+    if any(a == "--resume" or a.startswith("--resume=") for a in rest):
         from ppox.rl.checkpoint import resume_main
 
         return resume_main(rest)

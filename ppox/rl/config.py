@@ -128,6 +128,9 @@ class PPOConfig:
     """Write a resumable checkpoint every N iterations (0 = only at the end and on interrupt)."""
     keep_checkpoints: int = 2
     """How many checkpoints to keep."""
+    max_env_restarts: int = 10
+    """Env faults (an async worker that raises or dies, NaN/Inf observations or rewards) survived per run:
+    each restarts the envs and drops their in-progress episodes; one more saves a checkpoint and stops."""
     tensorboard: bool = True
     """Write TensorBoard event files."""
     progress: bool = True
@@ -203,7 +206,7 @@ class PPOConfig:
             raise ConfigError(f"env_backend must be gymnasium or torch, got {self.env_backend!r}")
         if self.vectorization not in ("auto", "sync", "async"):
             raise ConfigError(f"unknown vectorization {self.vectorization!r}")
-        for name in ("eval_episodes", "checkpoint_every", "torch_threads"):
+        for name in ("eval_episodes", "checkpoint_every", "torch_threads", "max_env_restarts"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.keep_checkpoints < 1:

@@ -7,6 +7,7 @@ tracks the undiscounted episode returns and lengths of the raw rewards.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,6 +41,14 @@ def make_single_env(env_id: str, **kwargs) -> gym.Env:
         raise EnvError(f"could not create {env_id}: {exc}") from None
 
 
+class NonFiniteEnvValue(EnvError):
+    """An env returned NaN/Inf in its observation or reward."""
+
+    def __init__(self, index: int, message: str) -> None:
+        super().__init__(message)
+        self.index = index
+
+
 @dataclass
 class StepResult:
     obs: torch.Tensor  # (num_envs, obs_dim) next observation (reset obs where an episode ended)
@@ -63,11 +72,18 @@ class VecEnv:
         backend: str = "gymnasium",
         vectorization: str = "auto",
         env_fn: EnvFn | None = None,
+        max_restarts: int | None = None,
     ) -> None:
         self.device = device
         self.num_envs = num_envs
         self.seed = seed
         self.env_id = env_id
+        # env faults (a worker that raises or dies, non-finite values): None = raise EnvError at once;
+        # N = reset/recreate the envs up to N times (see step and docs/reliability.md)
+        self.max_restarts = max_restarts
+        self.restarts = 0
+        self._last_obs: torch.Tensor | None = None
+        self._vectorization = vectorization
         if backend == "torch" and env_fn is None:
             from ppox.envs import TORCH_ENV_IDS, make_torch_vec_env
 
@@ -82,9 +98,11 @@ class VecEnv:
                 check_env_id(env_id)
                 env_fn = lambda: make_single_env(env_id)  # noqa: E731
             mode = gym.vector.AutoresetMode.SAME_STEP
+            self._env_fn = env_fn
             try:
                 if vectorization == "async":
-                    self.envs = gym.vector.AsyncVectorEnv([env_fn] * num_envs, autoreset_mode=mode)
+                    worker_fns = [_WorkerEnvFn(env_fn)] * num_envs
+                    self.envs = gym.vector.AsyncVectorEnv(worker_fns, autoreset_mode=mode)
                 else:
                     self.envs = gym.vector.SyncVectorEnv([env_fn] * num_envs, autoreset_mode=mode)
             except EnvError:
@@ -102,13 +120,62 @@ class VecEnv:
     def _encode(self, obs) -> torch.Tensor:
         return encode_obs(obs, self.single_observation_space, self.device)
 
-    def reset(self) -> torch.Tensor:
-        obs, _ = self.envs.reset(seed=self.seed)
+    def reset(self, seed: int | None = None) -> torch.Tensor:
+        obs, _ = self.envs.reset(seed=self.seed if seed is None else seed)
         self._episode_return[:] = 0
         self._episode_length[:] = 0
-        return self._encode(obs)
+        self._last_obs = self._encode(obs)
+        return self._last_obs
 
     def step(self, actions: torch.Tensor) -> StepResult:
+        """Step every env; with max_restarts set, an env fault restarts the envs (see _recover)."""
+        if self.max_restarts is None:
+            return self._step(actions)
+        try:
+            result = self._step(actions)
+        except Exception as exc:
+            fault = _fault_of(exc, self.envs)
+            if fault is None:
+                raise
+            return self._recover(*fault)
+        self._last_obs = result.obs
+        return result
+
+    def _recover(self, index: int | None, error: str, recreate: bool) -> StepResult:
+        """Drop the in-progress episodes of all envs, recreate the vector env (a worker raised or died)
+        or just reset it (non-finite values), and return a step in which every episode was truncated.
+
+        The transition that failed gets reward 0 and bootstraps from the observation before it.
+        """
+        where = f"environment {index}" if index is not None else "an environment"
+        if self.restarts >= self.max_restarts:
+            raise EnvError(
+                f"{where} failed: {error}; giving up after {self.restarts} restart(s) "
+                f"(--max-env-restarts {self.max_restarts})"
+            )
+        self.restarts += 1
+        if recreate:
+            _shutdown(self.envs)
+            mode = gym.vector.AutoresetMode.SAME_STEP
+            if isinstance(self.envs, gym.vector.AsyncVectorEnv):
+                self.envs = gym.vector.AsyncVectorEnv([_WorkerEnvFn(self._env_fn)] * self.num_envs,
+                                                      autoreset_mode=mode)
+            else:
+                self.envs = gym.vector.SyncVectorEnv([self._env_fn] * self.num_envs, autoreset_mode=mode)
+        previous = self._last_obs
+        obs = self.reset(seed=self.seed + 7919 * self.restarts)
+        zeros = torch.zeros(self.num_envs, device=self.device)
+        return StepResult(
+            obs=obs,
+            reward=zeros,
+            terminated=torch.zeros(self.num_envs, dtype=torch.bool, device=self.device),
+            truncated=torch.ones(self.num_envs, dtype=torch.bool, device=self.device),
+            final_obs=previous if previous is not None else obs,
+            finished_returns=[],
+            finished_lengths=[],
+        )
+
+    def _step(self, actions: torch.Tensor) -> StepResult:
         if isinstance(self.envs, gym.vector.SyncVectorEnv | gym.vector.AsyncVectorEnv):
             env_actions = to_env_action(actions, self.spec)
         else:  # batched torch env: stays on the device
@@ -119,7 +186,7 @@ class VecEnv:
         trunc_np = truncated.cpu().numpy() if isinstance(truncated, torch.Tensor) else np.asarray(truncated)
         if not np.all(np.isfinite(reward_np)):
             bad = int(np.flatnonzero(~np.isfinite(reward_np))[0])
-            raise EnvError(f"environment {bad} returned a non-finite reward ({reward_np[bad]})")
+            raise NonFiniteEnvValue(bad, f"environment {bad} returned a non-finite reward ({reward_np[bad]})")
 
         self._episode_return += reward_np
         self._episode_length += 1
@@ -145,7 +212,7 @@ class VecEnv:
                     final_obs[i] = self._encode(one)[0]
         if not torch.isfinite(next_obs).all():
             bad = int(torch.nonzero(~torch.isfinite(next_obs).all(dim=1))[0])
-            raise EnvError(f"environment {bad} returned a non-finite observation")
+            raise NonFiniteEnvValue(bad, f"environment {bad} returned a non-finite observation")
         return StepResult(
             obs=next_obs,
             reward=torch.as_tensor(reward_np, dtype=torch.float32, device=self.device),
@@ -167,3 +234,70 @@ def _batch_of_one(obs, space: gym.Space):
     if isinstance(space, gym.spaces.Tuple):
         return tuple(_batch_of_one(o, s) for o, s in zip(obs, space.spaces, strict=True))
     return np.asarray(obs)[None]
+
+
+class _WorkerEnvFn:
+    """Env factory run inside an async worker: the worker ignores SIGINT, so Ctrl-C reaches only the
+    trainer, which finishes its iteration and checkpoints (the workers stop when the trainer closes them)."""
+
+    def __init__(self, env_fn: EnvFn) -> None:
+        self.env_fn = env_fn
+
+    def __call__(self) -> gym.Env:
+        import signal
+
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        return self.env_fn()
+
+
+def _fault_of(exc: BaseException, envs) -> tuple[int | None, str, bool] | None:
+    """(env index, error text, recreate?) when `exc` is an environment fault, else None (a bug: re-raise)."""
+    if isinstance(exc, NonFiniteEnvValue):
+        return exc.index, str(exc).removeprefix(f"environment {exc.index} "), False
+    error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    if isinstance(envs, gym.vector.AsyncVectorEnv):
+        pipes = getattr(envs, "parent_pipes", [])
+        index = next((i for i, p in enumerate(pipes) if p is None), None)  # gymnasium closes a raiser's pipe
+        if index is None:
+            index = _traceback_local(exc, "step_wait", "env_idx")
+        if index is None:
+            return None
+        if isinstance(exc, EOFError | ConnectionError | OSError) and index is not None:
+            process = envs.processes[index]
+            process.join(timeout=1.0)
+            error = f"its worker process died (exit code {process.exitcode})"
+        return index, error, True
+    if isinstance(envs, gym.vector.SyncVectorEnv):
+        index = _traceback_local(exc, "step", "i", module="sync_vector_env")
+        if index is not None:
+            return index, error, True
+    return None
+
+
+def _traceback_local(exc: BaseException, function: str, name: str, module: str = "") -> int | None:
+    tb = exc.__traceback__
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        if code.co_name == function and module in code.co_filename and name in tb.tb_frame.f_locals:
+            value = tb.tb_frame.f_locals[name]
+            return int(value) if isinstance(value, int | np.integer) else None
+        tb = tb.tb_next
+    return None
+
+
+def _shutdown(envs) -> None:
+    """Close a vector env that may be broken (dead or failed workers) without waiting on it."""
+    if isinstance(envs, gym.vector.AsyncVectorEnv):
+        for process in envs.processes:
+            if process.is_alive():
+                process.terminate()
+        for process in envs.processes:
+            process.join(timeout=5.0)
+        for pipe in envs.parent_pipes:
+            if pipe is not None:
+                with contextlib.suppress(OSError):
+                    pipe.close()
+        envs.closed = True
+        return
+    with contextlib.suppress(Exception):
+        envs.close()
