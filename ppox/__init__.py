@@ -2,7 +2,7 @@
 
 __version__ = "0.1.0"
 
-from ppox.rl.config import PPOConfig, preset_config  # noqa: E402
-from ppox.rl.ppo import PPO  # noqa: E402
+from ppox.rl.config import PPOConfig, preset_config
+from ppox.rl.ppo import PPO
 
 __all__ = ["PPO", "PPOConfig", "__version__", "preset_config"]

@@ -12,7 +12,7 @@ class MetricsLogger:
     def __init__(self, run_dir: str | Path, tensorboard: bool = True, append: bool = False) -> None:
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / "metrics.jsonl"
-        self._file = open(self.path, "a" if append else "w")
+        self._file = open(self.path, "a" if append else "w")  # noqa: SIM115 (kept open for the run)
         self._tb = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter

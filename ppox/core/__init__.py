@@ -4,7 +4,7 @@ Pure functions for the math (objective, advantages, KL estimators) and one short
 """
 
 from ppox.core.advantages import gae, normalize
-from ppox.core.kl import AdaptiveKLController, KL_ESTIMATORS, kl_estimate
+from ppox.core.kl import KL_ESTIMATORS, AdaptiveKLController, kl_estimate
 from ppox.core.losses import (
     LOSS_AGG_MODES,
     aggregate,
@@ -15,9 +15,9 @@ from ppox.core.losses import (
 )
 
 __all__ = [
-    "AdaptiveKLController",
     "KL_ESTIMATORS",
     "LOSS_AGG_MODES",
+    "AdaptiveKLController",
     "aggregate",
     "clipped_surrogate",
     "entropy_bonus",

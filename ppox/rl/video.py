@@ -21,10 +21,7 @@ def record_video(model, video_dir: str | Path, episodes: int = 3, deterministic:
     video_dir.mkdir(parents=True, exist_ok=True)
     before = set(video_dir.glob("*.mp4"))
     try:
-        if model.env_fn is not None:
-            env = model.env_fn()
-        else:
-            env = gym.make(model.config.env_id, render_mode="rgb_array")
+        env = model.env_fn() if model.env_fn is not None else gym.make(model.config.env_id, render_mode="rgb_array")
     except gym.error.DependencyNotInstalled as exc:
         raise EnvError(f"rendering {model.config.env_id} needs: {exc}") from None
     if env.render_mode != "rgb_array":

@@ -57,7 +57,7 @@ def test_lambda_one_gives_discounted_return_minus_value():
     values = torch.tensor([[0.5], [0.25], [0.0]])
     next_values = torch.tensor([[0.25], [0.0], [4.0]])
     zeros = torch.zeros(3, 1, dtype=torch.bool)
-    adv, ret = gae(rewards, values, next_values, zeros, zeros, 0.9, 1.0)
+    _, ret = gae(rewards, values, next_values, zeros, zeros, 0.9, 1.0)
     expected_return = 1 + 0.9 * 2 + 0.81 * 3 + 0.729 * 4
     assert abs(float(ret[0, 0]) - expected_return) < 1e-5
 

@@ -40,7 +40,7 @@ def test_update_changes_policy_and_reports_stats():
     res = ppo_update(batch, forward, opt, params, LossSettings(), update_epochs=4, num_minibatches=4,
                      max_grad_norm=0.5, generator=torch.Generator().manual_seed(0))
     assert res.epochs_run == 4 and res.optimizer_steps == 16 and res.skipped_updates == 0
-    assert any(not torch.equal(a, b) for a, b in zip(before, params))
+    assert any(not torch.equal(a, b) for a, b in zip(before, params, strict=True))
     assert res.stats["approx_kl"] > 0.0
     assert set(res.stats) >= {"policy_loss", "value_loss", "entropy", "approx_kl", "old_approx_kl", "clipfrac"}
 
@@ -78,7 +78,7 @@ def test_nonfinite_minibatch_is_skipped_and_weights_untouched():
     res = ppo_update(batch, bad_forward, opt, params, LossSettings(), update_epochs=2, num_minibatches=2,
                      max_grad_norm=0.5, on_nonfinite=lambda: calls.append(1))
     assert res.skipped_updates == 4 and res.optimizer_steps == 0 and len(calls) == 4
-    assert all(torch.equal(a, b) for a, b in zip(before, params))
+    assert all(torch.equal(a, b) for a, b in zip(before, params, strict=True))
 
 
 def test_grad_accumulation_matches_one_big_step():
@@ -87,12 +87,12 @@ def test_grad_accumulation_matches_one_big_step():
     results = []
     for accum in (1, 4):
         with torch.no_grad():
-            for p, s in zip(params, start):
+            for p, s in zip(params, start, strict=True):
                 p.copy_(s)
         opt = torch.optim.SGD(params, lr=0.1)
         ppo_update(batch, forward, opt, params, LossSettings(norm_adv=False), update_epochs=1,
                    num_minibatches=1, max_grad_norm=None, grad_accum_steps=accum,
                    generator=torch.Generator().manual_seed(0))
         results.append([p.detach().clone() for p in params])
-    for a, b in zip(*results):
+    for a, b in zip(*results, strict=True):
         assert torch.allclose(a, b, atol=1e-6)

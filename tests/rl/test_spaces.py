@@ -76,7 +76,7 @@ def test_unsupported_action_spaces(space):
 
 def test_unsupported_observation_space_names_it(tiny):
     bad = spaces.Dict({"t": spaces.Text(4)})
-    with pytest.raises(EnvError, match="Text.*not supported; ppox supports Box, Discrete"):
+    with pytest.raises(EnvError, match=r"Text.*not supported; ppox supports Box, Discrete"):
         PPO(tiny(env_id="toy"), env_fn=lambda: ToyEnv(bad, spaces.Discrete(2)))
 
 
