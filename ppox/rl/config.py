@@ -216,6 +216,8 @@ class PPOConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["hidden_sizes"] = list(self.hidden_sizes)
+        if d["run_dir"] is not None:
+            d["run_dir"] = str(d["run_dir"])  # a pathlib.Path from the Python API
         return d
 
     @classmethod
