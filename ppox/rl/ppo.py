@@ -25,9 +25,11 @@ from ppox.diagnostics.doctor import LiveDoctor
 from ppox.errors import ConfigError, EnvError, ModelFileError, PPOXError, TrainingHalted
 from ppox.io import FORMAT_VERSION, atomic_write_json, check_format_version, load_tensors, read_json, save_tensors
 from ppox.logger import MetricsLogger
+from ppox.rl import checkpoint as ckpt
 from ppox.rl.agent import Agent
 from ppox.rl.config import PPOConfig, preset_config
 from ppox.rl.envs import EnvFn, VecEnv
+from ppox.rl.fast import CompiledUpdate, CompileTimer, compile_torch_env, make_policy_step
 from ppox.rl.normalize import ObsNormalizer, RewardScaler
 from ppox.rl.spaces import ActionSpec, encode_obs, to_env_action
 
@@ -113,6 +115,7 @@ class PPO:
         self.envs = VecEnv(
             config.env_id, config.num_envs, config.seed, self.device,
             backend=config.env_backend, vectorization=config.vectorization, env_fn=env_fn,
+            max_restarts=config.max_env_restarts,
         )
         self.spec = self.envs.spec
         self.observation_space = self.envs.single_observation_space
@@ -131,6 +134,15 @@ class PPO:
             clip_vloss=config.clip_vloss, vf_coef=config.vf_coef, ent_coef=config.ent_coef,
             kl_estimator=config.kl_estimator, use_kl_penalty=config.kl_penalty, norm_adv=config.norm_adv,
         )
+        # compiled fast paths (ppox.rl.fast); compile time is reported as compile_seconds
+        self.compile_timer = CompileTimer()
+        self._policy_step = make_policy_step(self.agent, self.spec, config.compile, self.compile_timer)
+        self._compiled_update = CompiledUpdate(
+            self.agent, self.optimizer, self.spec, self.loss_settings, config.max_grad_norm,
+            compile=config.compile, timer=self.compile_timer,
+        ) if config.compile else None
+        if config.compile and config.env_backend == "torch" and env_fn is None:
+            compile_torch_env(self.envs.envs, self.compile_timer)
         self.global_step = 0
         self.iteration = 0
         self.recent_returns: deque[float] = deque(maxlen=100)
@@ -138,6 +150,9 @@ class PPO:
         self.run_dir: Path | None = None
         self._next_obs: torch.Tensor | None = None
         self._wall_seconds = 0.0
+        self._shuffle_gen: torch.Generator | None = None  # minibatch shuffling; part of a checkpoint
+        self._consecutive_skips = 0
+        self.interrupted = False
 
     # ------------------------------------------------------------------ observations
     def _normalize(self, obs: torch.Tensor, update: bool) -> torch.Tensor:
@@ -148,9 +163,11 @@ class PPO:
         """Fill `buf` with num_steps steps of every env; return V(s_T) for bootstrapping."""
         agent, envs = self.agent, self.envs
         obs = self._next_obs
+        self._policy_step.refresh()  # the packed rollout weights follow the last update
+        buf.final_values.zero_()
         for step in range(self.config.num_steps):
             buf.obs[step] = obs
-            actions, logprobs, values = agent.act(obs)
+            actions, logprobs, values = self._policy_step(obs)
             buf.actions[step] = actions
             buf.logprobs[step] = logprobs
             buf.values[step] = values
@@ -163,7 +180,6 @@ class PPO:
             buf.rewards[step] = reward
             buf.terminated[step] = result.terminated
             buf.episode_end[step] = episode_end
-            buf.final_values[step] = 0.0
             if result.truncated.any():
                 # bootstrap from the true last state of a truncated episode, not the reset state
                 idx = torch.nonzero(result.truncated).squeeze(-1)
@@ -191,23 +207,28 @@ class PPO:
             if total_timesteps <= 0:
                 raise ConfigError(f"total_timesteps must be > 0, got {total_timesteps}")
             cfg = self.config = cfg.replace(total_timesteps=int(total_timesteps))
-        self.run_dir = self._prepare_run_dir(run_dir or cfg.run_dir)
+        continuing = self.iteration > 0 and (run_dir is None or Path(run_dir) == self.run_dir)
+        self.run_dir = self._prepare_run_dir(run_dir or (self.run_dir if continuing else None) or cfg.run_dir)
+        if not continuing:
+            ckpt.clear_checkpoints(self.run_dir)  # an --overwrite run drops the old run's checkpoints
         atomic_write_json(self.run_dir / "config.json", cfg.to_dict())
-        logger = MetricsLogger(self.run_dir, cfg.tensorboard)
+        logger = MetricsLogger(self.run_dir, cfg.tensorboard, append=continuing)
 
         buf = Rollout.allocate(cfg.num_steps, cfg.num_envs, self.envs.obs_dim, self.spec, self.device)
         if self._next_obs is None:
             self._next_obs = self._normalize(self.envs.reset(), update=True)
         num_iterations = cfg.num_iterations
-        shuffle_gen = torch.Generator().manual_seed(cfg.seed)
+        shuffle_gen = self._shuffle_generator()
         progress = _Progress(cfg.progress, num_iterations * cfg.batch_size, cfg.env_id)
         doctor = LiveDoctor(cfg.to_dict()) if cfg.live_doctor else None
         doctor_every = max(1, num_iterations // 100)  # bounded cost: at most ~100 checks per run
         interrupted = False
-        consecutive_skips = 0
+        consecutive_skips = self._consecutive_skips
+        stop = ckpt.StopSignals()
         try:
-            with progress:
+            with progress, stop:
                 while self.iteration < num_iterations:
+                    boundary = ckpt.capture_boundary(self)
                     self.iteration += 1
                     iter_start = time.perf_counter()
                     if cfg.anneal_lr:
@@ -215,7 +236,10 @@ class PPO:
                         self.optimizer.param_groups[0]["lr"] = frac * cfg.learning_rate
 
                     finished: list[tuple[float, int]] = []
-                    last_value = self._collect(buf, finished)
+                    try:
+                        last_value = self._collect(buf, finished)
+                    except EnvError as exc:  # past --max-env-restarts: keep the last iteration boundary
+                        self._halt(str(exc), boundary)
                     self.global_step += cfg.batch_size
                     advantages, returns = self._advantages(buf, last_value)
 
@@ -227,15 +251,11 @@ class PPO:
                         "returns": returns.reshape(-1),
                         "values": buf.values.reshape(-1),
                     }
-                    result = ppo_update(
-                        batch, self._forward, self.optimizer, self.agent.parameters(), self.loss_settings,
-                        update_epochs=cfg.update_epochs, num_minibatches=cfg.num_minibatches,
-                        max_grad_norm=cfg.max_grad_norm, target_kl=cfg.target_kl,
-                        kl_coef=self.kl_controller.coef, generator=shuffle_gen,
-                    )
+                    result = self._update(batch, shuffle_gen)
                     self.skipped_updates += result.skipped_updates
                     all_skipped = result.skipped_updates > 0 and result.optimizer_steps == 0
                     consecutive_skips = consecutive_skips + result.skipped_updates if all_skipped else 0
+                    self._consecutive_skips = consecutive_skips
                     kl_coef_used = self.kl_controller.coef
                     if cfg.kl_penalty:
                         self.kl_controller.update(self._measure_kl(batch))
@@ -249,12 +269,20 @@ class PPO:
                     self._wall_seconds = time.perf_counter() - self._start_time
                     progress.update(self.global_step, record, self.recent_returns)
                     if consecutive_skips >= MAX_CONSECUTIVE_SKIPS:
-                        raise TrainingHalted(
+                        self._halt(
                             f"training stopped at iteration {self.iteration}: {self.skipped_updates} minibatch "
                             "updates had non-finite losses or gradients; likely causes: learning rate too high, "
                             "unscaled rewards (try --norm-reward), unnormalised observations "
                             "(try --norm-obs)"
                         )
+                    if stop.requested:
+                        interrupted = True
+                        ckpt.save_checkpoint(self)
+                        break
+                    if self.iteration == num_iterations or (
+                        cfg.checkpoint_every and self.iteration % cfg.checkpoint_every == 0
+                    ):
+                        ckpt.save_checkpoint(self)
         except KeyboardInterrupt:
             interrupted = True
         finally:
@@ -265,6 +293,33 @@ class PPO:
         self.interrupted = interrupted
         self.summary = self._write_summary(evaluate=not interrupted)
         return self
+
+    def _update(self, batch: dict[str, torch.Tensor], generator: torch.Generator):
+        """The PPO epochs on one rollout: the compiled update (ppox.rl.fast) or core's eager loop."""
+        cfg = self.config
+        if self._compiled_update is not None and self._compiled_update.supported:
+            return self._compiled_update.update(
+                batch, update_epochs=cfg.update_epochs, num_minibatches=cfg.num_minibatches,
+                target_kl=cfg.target_kl, kl_coef=self.kl_controller.coef, generator=generator,
+            )
+        return ppo_update(
+            batch, self._forward, self.optimizer, self.agent.parameters(), self.loss_settings,
+            update_epochs=cfg.update_epochs, num_minibatches=cfg.num_minibatches,
+            max_grad_norm=cfg.max_grad_norm, target_kl=cfg.target_kl,
+            kl_coef=self.kl_controller.coef, generator=generator,
+        )
+
+    def _shuffle_generator(self) -> torch.Generator:
+        if self._shuffle_gen is None:
+            self._shuffle_gen = torch.Generator().manual_seed(self.config.seed)
+        return self._shuffle_gen
+
+    def _halt(self, message: str, boundary: dict[str, Any] | None = None) -> None:
+        """Checkpoint the last good state and stop with `message` (TrainingHalted: the CLI exits 2)."""
+        if boundary is not None:  # stopped mid-rollout: the previous iteration is the last complete one
+            self.iteration = int(boundary["iteration"])
+        path = ckpt.save_checkpoint(self, boundary, note=message if boundary is not None else None)
+        raise TrainingHalted(f"{message}; checkpoint of iteration {self.iteration} saved in {path}")
 
     def _forward(self, mb: dict[str, torch.Tensor]) -> PolicyOutput:
         logprobs, entropy, values = self.agent.evaluate(mb["obs"], mb["actions"])
@@ -300,6 +355,7 @@ class PPO:
             "kl_coef": kl_coef if self.config.kl_penalty else 0.0,
             "learning_rate": self.optimizer.param_groups[0]["lr"],
             "skipped_updates": self.skipped_updates,
+            "env_restarts": self.envs.restarts,
             "sps": round(self.config.batch_size / max(elapsed, 1e-9), 1),
         }
 
@@ -325,6 +381,8 @@ class PPO:
             "iterations": self.iteration,
             "wall_seconds": round(self._wall_seconds, 3),
             "sps": round(self.global_step / max(self._wall_seconds, 1e-9), 1),
+            "compile": cfg.compile,
+            "compile_seconds": round(self.compile_timer.seconds, 3),
             "interrupted": bool(getattr(self, "interrupted", False)),
             "eval_return_mean": None,
             "eval_return_std": None,
@@ -443,6 +501,15 @@ class PPO:
         model.global_step = int(meta.get("global_step", 0))
         model.run_dir = None
         return model
+
+    @classmethod
+    def resume(cls, run_dir: str | Path, env_fn: EnvFn | None = None, total_timesteps: int | None = None,
+               **overrides: Any) -> PPO:
+        """Restore a run from its latest checkpoint (RUN_DIR/checkpoints); `.learn()` then continues it.
+
+        Reads env_state.pkl (a pickle) from the run directory: resume only run directories you trust.
+        """
+        return ckpt.resume(cls, run_dir, env_fn=env_fn, total_timesteps=total_timesteps, **overrides)
 
     def close(self) -> None:
         self.envs.close()
