@@ -232,7 +232,7 @@ def save_checkpoint(trainer: PPO, boundary: dict[str, Any] | None = None, captur
         "global_step": int(b["global_step"]),
         "skipped_updates": int(b["skipped_updates"]),
         "consecutive_skips": int(b["consecutive_skips"]),
-        "env_restarts": int(b["env_restarts"]),
+        "env_restarts": int(getattr(trainer.envs, "restarts", 0)),  # restarts used so far, also mid-iteration
         "recent_returns": [float(x) for x in b["recent_returns"]],
         "kl_controller": trainer.kl_controller.state_dict(),
         "optimizer": optim_json,

@@ -149,6 +149,8 @@ class VecEnv:
         """
         where = f"environment {index}" if index is not None else "an environment"
         if self.restarts >= self.max_restarts:
+            if recreate:
+                _shutdown(self.envs)  # broken workers: nothing to wait for at close()
             raise EnvError(
                 f"{where} failed: {error}; giving up after {self.restarts} restart(s) "
                 f"(--max-env-restarts {self.max_restarts})"
@@ -224,7 +226,10 @@ class VecEnv:
         )
 
     def close(self) -> None:
-        self.envs.close()
+        try:
+            self.envs.close()
+        except Exception:  # a dead async worker: terminate the rest rather than wait on it
+            _shutdown(self.envs)
 
 
 def _batch_of_one(obs, space: gym.Space):
@@ -256,9 +261,8 @@ def _fault_of(exc: BaseException, envs) -> tuple[int | None, str, bool] | None:
         return exc.index, str(exc).removeprefix(f"environment {exc.index} "), False
     error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     if isinstance(envs, gym.vector.AsyncVectorEnv):
-        pipes = getattr(envs, "parent_pipes", [])
-        index = next((i for i, p in enumerate(pipes) if p is None), None)  # gymnasium closes a raiser's pipe
-        if index is None:
+        index = _traceback_local(exc, "_raise_if_errors", "index")  # the worker whose error gymnasium raised
+        if index is None:  # a dead worker: its pipe's recv() failed
             index = _traceback_local(exc, "step_wait", "env_idx")
         if index is None:
             return None
