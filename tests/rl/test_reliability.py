@@ -8,6 +8,7 @@ import os
 import pickle
 import shutil
 from pathlib import Path
+from typing import ClassVar
 
 import gymnasium as gym
 import numpy as np
@@ -115,7 +116,7 @@ def test_load_never_reads_env_state(trained, tmp_path, monkeypatch):
 class FaultyEnv(gym.Env):
     """Steps fine until `fail_at`; then faults once per existing token file (token None: every episode)."""
 
-    metadata = {"render_modes": []}
+    metadata: ClassVar[dict] = {"render_modes": []}
 
     def __init__(self, mode: str = "raise", fail_at: int = 20, token: str | None = None) -> None:
         self.observation_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
