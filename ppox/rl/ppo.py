@@ -6,6 +6,7 @@ environments, networks, optimizer, normalisers, buffers and the run directory.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import sys
@@ -368,7 +369,9 @@ class PPO:
         if self.run_dir is not None and run_dir == self.run_dir:
             return run_dir  # a second learn() call continues the same run
         if run_dir.exists() and any(run_dir.iterdir()) and not cfg.overwrite:
-            raise PPOXError(f"run directory {run_dir} already exists; pass --overwrite, --resume, or choose another --run-dir")
+            raise PPOXError(
+                f"run directory {run_dir} already exists; pass --overwrite, --resume, or choose another --run-dir"
+            )
         run_dir.mkdir(parents=True, exist_ok=True)
         return run_dir
 
@@ -533,10 +536,8 @@ def _check_user_env(env_fn: EnvFn) -> None:
     except Exception as exc:
         raise EnvError(f"the custom environment fails gymnasium's env checker: {exc}") from None
     finally:
-        try:
+        with contextlib.suppress(Exception):
             env.close()
-        except Exception:
-            pass
 
 
 def _is_single(obs, space) -> bool:
