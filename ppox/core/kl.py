@@ -30,23 +30,34 @@ class AdaptiveKLController:
 
     After each policy update with measured KL d: beta *= 2 if d > 1.5 * target, beta /= 2 if
     d < target / 1.5; otherwise unchanged.
+
+    With a `horizon` it is instead the proportional controller of Ziegler et al. 2019 (as in
+    TRL): e = clip(d / target - 1, -0.2, 0.2); beta *= 1 + e * n_steps / horizon.
     """
 
-    def __init__(self, init_coef: float, target: float | None) -> None:
+    def __init__(self, init_coef: float, target: float | None, horizon: int | None = None) -> None:
         self.coef = float(init_coef)
         self.target = target
+        self.horizon = horizon
 
-    def update(self, measured_kl: float) -> float:
+    def update(self, measured_kl: float, n_steps: int = 1) -> float:
         if self.target is not None and measured_kl == measured_kl:  # NaN never moves beta
-            if measured_kl > 1.5 * self.target:
+            if self.horizon is not None:
+                error = min(max(measured_kl / self.target - 1.0, -0.2), 0.2)
+                self.coef *= 1.0 + error * n_steps / self.horizon
+            elif measured_kl > 1.5 * self.target:
                 self.coef *= 2.0
             elif measured_kl < self.target / 1.5:
                 self.coef /= 2.0
         return self.coef
 
     def state_dict(self) -> dict:
-        return {"coef": self.coef, "target": self.target}
+        state = {"coef": self.coef, "target": self.target}
+        if self.horizon is not None:
+            state["horizon"] = self.horizon
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self.coef = float(state["coef"])
         self.target = state["target"]
+        self.horizon = state.get("horizon", self.horizon)

@@ -1,0 +1,230 @@
+"""LLMPPOConfig: every hyperparameter of token-level PPO on a causal language model.
+
+`ppox llm train --help` is generated from this dataclass: each field's docstring is its help
+text and its default the flag's default. Validation runs at construction (__post_init__), so a
+bad value fails before any model is loaded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from ppox.core.update import LossSettings
+from ppox.errors import ConfigError
+
+LossAgg = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum"]
+
+
+@dataclass
+class LLMPPOConfig:
+    """Configuration of a PPO run on a causal language model."""
+
+    # what to train, on what
+    model_path: str | None = None
+    """Local directory of the policy: any transformers AutoModelForCausalLM with its tokenizer
+    (e.g. the sft_model directory written by `ppox llm demo`)."""
+    task: Literal["arithmetic", "none"] = "arithmetic"
+    """Built-in task giving prompts and a verifiable reward; 'none' needs --prompts-file and
+    --reward-model-path."""
+    reward: Literal["exact", "partial"] = "exact"
+    """Reward of the arithmetic task: 'exact' (1 for the right answer, else 0) or 'partial'
+    (exact match = 1, otherwise up to 0.5 for correct digits)."""
+    prompts_file: str | None = None
+    """Prompt dataset: a .jsonl file with a 'prompt' field per line, or a text file with one prompt
+    per line. Overrides the task's prompts."""
+    reward_model_path: str | None = None
+    """Local directory of a reward model (AutoModelForSequenceClassification, score = logit 0);
+    replaces the task's reward."""
+    run_dir: str = "runs/llm"
+    """Directory for metrics.jsonl, TensorBoard events, config.json and the trained policy."""
+    seed: int = 1
+    """Seed of sampling, the value head initialisation and minibatch shuffling."""
+    device: str = "cpu"
+    """Torch device ('cpu', 'cuda', 'cuda:1', ...)."""
+    torch_threads: int = 2
+    """CPU threads for torch (torch.set_num_threads); 0 leaves torch's default."""
+
+    # rollout
+    total_steps: int = 100
+    """PPO steps: each samples batch_size completions and runs the PPO epochs on them."""
+    batch_size: int = 64
+    """Prompts (and completions) per rollout."""
+    max_new_tokens: int = 32
+    """Longest completion; generation stops earlier at the end-of-sequence token."""
+    temperature: float = 1.0
+    """Sampling temperature; log-probabilities are those of the tempered policy."""
+    top_p: float = 1.0
+    """Nucleus-sampling mass (1.0 = off)."""
+    missing_eos_penalty: float | None = None
+    """Subtracted from the task reward of a completion that hit max_new_tokens without an
+    end-of-sequence token; None = no penalty."""
+
+    # optimisation
+    learning_rate: float = 1e-5
+    """AdamW learning rate of the policy."""
+    vf_learning_rate: float | None = None
+    """AdamW learning rate of the critic; None = learning_rate."""
+    update_epochs: int = 4
+    """PPO epochs over each rollout."""
+    num_minibatches: int = 4
+    """Minibatches per epoch (one optimizer step each); must divide batch_size."""
+    grad_accum_steps: int = 1
+    """Micro-batches per minibatch whose gradients are summed (memory only: same result)."""
+    max_grad_norm: float | None = 1.0
+    """Global gradient-norm clip; None = no clipping."""
+    target_kl: float | None = None
+    """Stop the epochs of a step early once an epoch's mean approx_kl (to the rollout policy)
+    exceeds this; None = never."""
+
+    # advantages
+    gamma: float = 1.0
+    """Discount over response tokens (1.0: the task reward counts fully at every token)."""
+    gae_lambda: float = 0.95
+    """GAE lambda over response tokens, in [0, 1]."""
+    whiten_advantages: bool = True
+    """Whiten advantages over the valid response tokens of the whole batch."""
+    normalize_reward: bool = False
+    """Standardise the task rewards over the batch before adding the KL penalty."""
+
+    # objective
+    clip_coef: float = 0.2
+    """Ratio clip epsilon (lower side, and upper side unless clip_coef_high is set)."""
+    clip_coef_high: float | None = None
+    """Upper clip epsilon for DAPO's asymmetric 'clip-higher' (e.g. 0.28); None = clip_coef."""
+    dual_clip: float | None = None
+    """Dual-clip constant c > 1 bounding the objective by c*A for negative advantages; None = off."""
+    clip_vloss: bool = True
+    """Clip the value loss around the rollout's values."""
+    vf_clip_coef: float | None = 0.2
+    """Value clip range; None = clip_coef."""
+    vf_coef: float = 0.1
+    """Value-loss coefficient."""
+    ent_coef: float = 0.0
+    """Entropy-bonus coefficient."""
+    loss_agg_mode: LossAgg = "token-mean"
+    """How per-token losses are reduced: token-mean, seq-mean-token-mean or seq-mean-token-sum."""
+
+    # KL to the frozen reference model
+    kl_penalty: Literal["reward", "loss", "none"] = "reward"
+    """Where the KL to the reference model acts: 'reward' folds -kl_coef * KL into every token's
+    reward (InstructGPT), 'loss' adds kl_coef * KL to the loss, 'none' ignores it."""
+    kl_estimator: Literal["k1", "k2", "k3"] | None = None
+    """Per-token KL estimator; None = k1 for the reward penalty, k3 for the loss term."""
+    kl_coef: float = 0.05
+    """(Initial) KL coefficient beta."""
+    target_ref_kl: float | None = None
+    """Target KL to the reference per completion (nats); set = adaptive beta (Ziegler et al.),
+    None = fixed beta."""
+    kl_horizon: int = 10_000
+    """Horizon (in completions) of the adaptive KL controller."""
+
+    # critic
+    critic: Literal["separate", "shared"] = "separate"
+    """'separate': a value model = a copy of the policy's trunk with a scalar head;
+    'shared': a scalar value head on the policy's own trunk."""
+
+    # LoRA (needs the optional package peft)
+    lora_r: int = 0
+    """LoRA rank of the policy's adapters; 0 = full fine-tuning."""
+    lora_alpha: float = 16.0
+    """LoRA scaling alpha."""
+
+    # logging and evaluation
+    eval_every: int = 0
+    """Evaluate greedy exact-match accuracy on the task's test split every N steps; 0 = only at the end."""
+    num_test: int = 500
+    """Held-out test problems of the arithmetic task."""
+    tensorboard: bool = True
+    """Also write TensorBoard event files."""
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @property
+    def minibatch_size(self) -> int:
+        return self.batch_size // self.num_minibatches
+
+    @property
+    def micro_batch_size(self) -> int:
+        return self.minibatch_size // self.grad_accum_steps
+
+    @property
+    def resolved_kl_estimator(self) -> str:
+        if self.kl_estimator is not None:
+            return self.kl_estimator
+        return "k3" if self.kl_penalty == "loss" else "k1"
+
+    def validate(self) -> None:
+        for name in ("total_steps", "batch_size", "max_new_tokens", "update_epochs", "num_minibatches",
+                     "grad_accum_steps", "kl_horizon", "num_test"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"{name} must be an integer, got {value!r}")
+            if value <= 0:
+                raise ConfigError(f"{name} must be > 0, got {value}")
+        for name in ("learning_rate", "temperature"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
+        for name in ("vf_learning_rate", "max_grad_norm", "target_kl", "target_ref_kl", "vf_clip_coef"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ConfigError(f"{name} must be > 0 or None, got {value}")
+        for name in ("vf_coef", "ent_coef", "kl_coef", "eval_every", "torch_threads", "lora_r"):
+            if not getattr(self, name) >= 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.batch_size % self.num_minibatches:
+            raise ConfigError(
+                f"num_minibatches ({self.num_minibatches}) must divide batch_size ({self.batch_size})"
+            )
+        if self.minibatch_size % self.grad_accum_steps:
+            raise ConfigError(
+                f"grad_accum_steps ({self.grad_accum_steps}) must divide the minibatch size ({self.minibatch_size})"
+            )
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
+        if not 0 < self.gamma <= 1:
+            raise ConfigError(f"gamma must be in (0, 1], got {self.gamma}")
+        if not 0 <= self.gae_lambda <= 1:
+            raise ConfigError(f"gae_lambda must be in [0, 1], got {self.gae_lambda}")
+        if not 0 < self.clip_coef < 1:
+            raise ConfigError(f"clip_coef must be in (0, 1), got {self.clip_coef}")
+        if self.clip_coef_high is not None and not self.clip_coef_high > 0:
+            raise ConfigError(f"clip_coef_high must be > 0, got {self.clip_coef_high}")
+        if self.dual_clip is not None and not self.dual_clip > 1:
+            raise ConfigError(f"dual_clip must be > 1, got {self.dual_clip}")
+        if self.loss_agg_mode not in ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum"):
+            raise ConfigError(f"unknown loss_agg_mode {self.loss_agg_mode!r}")
+        if self.kl_penalty not in ("reward", "loss", "none"):
+            raise ConfigError(f"kl_penalty must be reward, loss or none, got {self.kl_penalty!r}")
+        if self.kl_estimator not in (None, "k1", "k2", "k3"):
+            raise ConfigError(f"unknown kl_estimator {self.kl_estimator!r}; choose k1, k2 or k3")
+        if self.critic not in ("separate", "shared"):
+            raise ConfigError(f"critic must be separate or shared, got {self.critic!r}")
+
+    def loss_settings(self) -> LossSettings:
+        """The view of this config that ppox.core's update needs."""
+        return LossSettings(
+            clip_coef=self.clip_coef,
+            clip_coef_high=self.clip_coef_high,
+            dual_clip=self.dual_clip,
+            clip_vloss=self.clip_vloss,
+            vf_clip_coef=self.vf_clip_coef,
+            vf_coef=self.vf_coef,
+            ent_coef=self.ent_coef,
+            kl_estimator="k3",
+            use_kl_penalty=False,  # the KL to the *reference* is handled by the trainer (reward or extra_loss)
+            norm_adv=False,  # advantages are whitened once over the whole batch instead
+            loss_agg_mode=self.loss_agg_mode,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> LLMPPOConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)

@@ -1,0 +1,269 @@
+"""Token-level PPO on a causal language model, on top of ppox.core.
+
+One step = sample a completion per prompt -> score it -> per-token rewards (task reward at the
+last token, optional KL penalty to the frozen reference at every token) -> GAE over the response
+tokens -> `ppox.core.update.ppo_update` with the response mask. The math lives in ppox.core;
+this file only arranges tensors.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+
+from ppox.core import AdaptiveKLController, aggregate, gae, kl_estimate, normalize
+from ppox.core.update import PolicyOutput, ppo_update
+from ppox.io import atomic_write_json, save_tensors
+from ppox.llm.config import LLMPPOConfig
+from ppox.llm.data import check_prompts, prompt_batches
+from ppox.llm.models import ValueHead, ValueModel, apply_lora, context_length
+from ppox.llm.reward import RewardFn, score
+from ppox.llm.rollout import policy_forward, position_ids_from, response_mask, sample, tokenize_prompts
+from ppox.logger import MetricsLogger
+
+Batch = dict[str, torch.Tensor]
+
+
+class LLMPPOTrainer:
+    """PPO for a transformers causal LM `policy` on `prompts`, rewarded by `reward_fn(prompts, completions)`.
+
+    The reference model is a frozen copy of the policy as given (or `ref_model`). Dropout is kept
+    off throughout (models stay in eval mode): the rollout's log-probs must be reproduced exactly
+    by the update's forward pass, so that the ratio is 1 at the first minibatch.
+    """
+
+    def __init__(
+        self,
+        config: LLMPPOConfig,
+        policy,
+        tokenizer,
+        reward_fn: RewardFn,
+        prompts: Sequence[str],
+        *,
+        ref_model=None,
+        accuracy_fn: RewardFn | None = None,
+        evaluate_fn: Callable[[object], dict[str, float]] | None = None,
+    ) -> None:
+        cfg = self.config = config
+        if cfg.torch_threads:
+            torch.set_num_threads(cfg.torch_threads)
+        torch.manual_seed(cfg.seed)
+        self.device = torch.device(cfg.device)
+        self.prompts = check_prompts(prompts)
+        self.tokenizer = tokenizer
+        self.reward_fn = reward_fn
+        self.accuracy_fn = accuracy_fn
+        self.evaluate_fn = evaluate_fn
+        self.eos_token_id = tokenizer.eos_token_id
+        self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        if self.pad_token_id is None:
+            raise ValueError("the tokenizer has neither a pad nor an eos token")
+        tokenizer.pad_token_id = self.pad_token_id
+
+        policy = policy.to(self.device)
+        self.ref = (ref_model if ref_model is not None else copy.deepcopy(policy)).to(self.device)
+        self.ref.eval().requires_grad_(False)
+        self.policy = apply_lora(policy, cfg.lora_r, cfg.lora_alpha) if cfg.lora_r else policy
+        self.policy.eval()
+        self.context = context_length(policy)
+
+        self.critic = ValueModel(policy) if cfg.critic == "separate" else ValueHead(policy)
+        self.critic.to(self.device).eval()
+        policy_params = [p for p in self.policy.parameters() if p.requires_grad]
+        critic_params = [p for p in self.critic.parameters() if p.requires_grad]
+        self.params = policy_params + critic_params
+        self.optimizer = torch.optim.AdamW(
+            [
+                {"params": policy_params, "lr": cfg.learning_rate},
+                {"params": critic_params, "lr": cfg.vf_learning_rate or cfg.learning_rate},
+            ],
+            weight_decay=0.0,
+        )
+        horizon = cfg.kl_horizon if cfg.target_ref_kl is not None else None
+        self.kl_ctl = AdaptiveKLController(cfg.kl_coef, cfg.target_ref_kl, horizon)
+        self.settings = cfg.loss_settings()
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+        self._batches = prompt_batches(self.prompts, cfg.batch_size, cfg.seed)
+        self.step_count = 0
+        self.global_step = 0  # completions sampled so far
+
+    # ---------------------------------------------------------------- forward passes
+    def _values(self, input_ids, attention_mask, prompt_width: int, hidden) -> torch.Tensor:
+        if isinstance(self.critic, ValueHead):
+            return self.critic(hidden)  # (batch, R)
+        values = self.critic(input_ids, attention_mask, position_ids_from(attention_mask))
+        return values[:, prompt_width - 1 : -1]  # (batch, R): value of the state before each response token
+
+    def forward(self, mb: Batch) -> PolicyOutput:
+        """Current policy and critic on a minibatch of the rollout (the `forward` of ppo_update)."""
+        prompt_width = mb["input_ids"].shape[1] - mb["mask"].shape[1]
+        shared = isinstance(self.critic, ValueHead)
+        logprobs, entropy, hidden = policy_forward(
+            self.policy, mb["input_ids"], mb["attention_mask"], prompt_width, self.config.temperature, shared
+        )
+        values = self._values(mb["input_ids"], mb["attention_mask"], prompt_width, hidden)
+        extra = None
+        if self.config.kl_penalty == "loss":
+            # KL(pi || ref) sampled from pi: log r = log ref - log pi, differentiated through log pi.
+            kl = kl_estimate(mb["ref_logprobs"] - logprobs, self.config.resolved_kl_estimator)
+            extra = self.kl_ctl.coef * aggregate(kl, mb["mask"], self.config.loss_agg_mode)
+        return PolicyOutput(logprobs=logprobs, entropy=entropy, values=values, extra_loss=extra)
+
+    # ---------------------------------------------------------------- rollout
+    @torch.no_grad()
+    def rollout(self, prompts: list[str]) -> tuple[Batch, dict[str, float], list[str]]:
+        """Sample, score and evaluate one batch; returns (tensors for ppo_update, stats, completions)."""
+        cfg = self.config
+        prompt_ids, prompt_mask = tokenize_prompts(
+            self.tokenizer, prompts, cfg.max_new_tokens, self.context, self.device
+        )
+        t0 = time.perf_counter()
+        responses = sample(
+            self.policy, prompt_ids, prompt_mask, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+            top_p=cfg.top_p, eos_token_id=self.eos_token_id, pad_token_id=self.pad_token_id,
+        )  # (batch, R)
+        gen_seconds = time.perf_counter() - t0
+        mask = response_mask(responses, self.eos_token_id)  # (batch, R) bool
+        input_ids = torch.cat([prompt_ids, responses], dim=1)  # (batch, P + R)
+        attention_mask = torch.cat([prompt_mask, mask.long()], dim=1)  # (batch, P + R)
+        prompt_width = prompt_ids.shape[1]
+
+        # Recompute log-probs with the same forward pass (and micro-batch shape) as the update,
+        # rather than trusting generate's scores: then the first ratio is exactly 1.
+        logprobs, ref_logprobs, values, entropy = [], [], [], []
+        shared = isinstance(self.critic, ValueHead)
+        for i in range(0, len(prompts), cfg.micro_batch_size):
+            ids, am = input_ids[i : i + cfg.micro_batch_size], attention_mask[i : i + cfg.micro_batch_size]
+            lp, ent, hidden = policy_forward(self.policy, ids, am, prompt_width, cfg.temperature, shared)
+            ref_lp, _, _ = policy_forward(self.ref, ids, am, prompt_width, cfg.temperature)
+            logprobs.append(lp)
+            entropy.append(ent)
+            ref_logprobs.append(ref_lp)
+            values.append(self._values(ids, am, prompt_width, hidden))
+        logprobs, ref_logprobs = torch.cat(logprobs), torch.cat(ref_logprobs)  # (batch, R)
+        values, entropy = torch.cat(values), torch.cat(entropy)  # (batch, R)
+        maskf = mask.float()
+        values = values * maskf
+
+        lengths = mask.sum(-1)  # (batch,)
+        completions = [
+            self.tokenizer.decode(responses[i, : lengths[i]].tolist(), skip_special_tokens=True)
+            for i in range(len(prompts))
+        ]
+        scores = score(self.reward_fn, prompts, completions).to(self.device)  # (batch,)
+        task_reward = normalize(scores) if cfg.normalize_reward and len(prompts) > 1 else scores.clone()
+        hit_eos = (responses == self.eos_token_id).any(-1)  # (batch,) False: cut at max_new_tokens
+        if cfg.missing_eos_penalty is not None:
+            task_reward = task_reward - cfg.missing_eos_penalty * (~hit_eos).float()
+
+        # Per-token rewards (batch, R): -beta * KL at every token, the task reward at the last one.
+        kl = kl_estimate(ref_logprobs - logprobs, cfg.resolved_kl_estimator) * maskf  # (batch, R)
+        rewards = -self.kl_ctl.coef * kl if cfg.kl_penalty == "reward" else torch.zeros_like(kl)
+        rewards[torch.arange(len(prompts), device=self.device), lengths - 1] += task_reward
+
+        # GAE over response tokens; the episode ends after the last valid token (time-first for the core).
+        next_mask = torch.cat([mask[:, 1:], torch.zeros_like(mask[:, :1])], dim=1)  # (batch, R)
+        next_values = torch.cat([values[:, 1:], torch.zeros_like(values[:, :1])], dim=1) * next_mask
+        done = ~next_mask
+        advantages, returns = gae(
+            rewards.T, values.T, next_values.T, done.T, done.T, cfg.gamma, cfg.gae_lambda
+        )
+        advantages, returns = advantages.T * maskf, returns.T * maskf  # (batch, R)
+        if cfg.whiten_advantages:
+            advantages = normalize(advantages, mask)
+
+        batch = {
+            "input_ids": input_ids, "attention_mask": attention_mask, "mask": mask,
+            "logprobs": logprobs, "ref_logprobs": ref_logprobs, "values": values,
+            "advantages": advantages, "returns": returns,
+        }
+        num_tokens = float(maskf.sum())
+        kl_ref_k1 = ((logprobs - ref_logprobs) * maskf).sum(-1)  # (batch,) per-completion KL estimate
+        stats = {
+            "reward_mean": float(scores.mean()),
+            "reward_std": float(scores.std()) if len(prompts) > 1 else 0.0,
+            "kl_ref": float(kl_ref_k1.mean()),
+            "kl_ref_token": float(aggregate(kl_estimate(ref_logprobs - logprobs, "k3"), mask)),
+            "rollout_entropy": float(aggregate(entropy, mask)),
+            "response_len_mean": float(lengths.float().mean()),
+            "response_len_max": int(lengths.max()),
+            "eos_rate": float(hit_eos.float().mean()),
+            "value_mean": float(aggregate(values, mask)),
+            "return_mean": float(aggregate(returns, mask)),
+            "gen_tokens_per_s": num_tokens / max(gen_seconds, 1e-9),
+            "gen_seconds": gen_seconds,
+        }
+        if self.accuracy_fn is not None:
+            stats["accuracy"] = float(score(self.accuracy_fn, prompts, completions).mean())
+        return batch, stats, completions
+
+    # ---------------------------------------------------------------- training
+    def step(self, prompts: list[str] | None = None) -> dict[str, float]:
+        """One PPO step on `prompts` (default: the next batch of the dataset); returns its metrics."""
+        cfg = self.config
+        prompts = prompts if prompts is not None else next(self._batches)
+        t0 = time.perf_counter()
+        batch, stats, _ = self.rollout(prompts)
+        t1 = time.perf_counter()
+        result = ppo_update(
+            batch, self.forward, self.optimizer, self.params, self.settings,
+            update_epochs=cfg.update_epochs, num_minibatches=cfg.num_minibatches,
+            max_grad_norm=cfg.max_grad_norm, target_kl=cfg.target_kl,
+            grad_accum_steps=cfg.grad_accum_steps, generator=self.generator,
+        )
+        update_seconds = time.perf_counter() - t1
+        self.step_count += 1
+        self.global_step += len(prompts)
+        kl_coef = self.kl_ctl.coef  # the coefficient this step used
+        self.kl_ctl.update(stats["kl_ref"], n_steps=len(prompts))
+        num_tokens = float(batch["mask"].sum())
+        return {
+            "global_step": self.global_step,
+            "iteration": self.step_count,
+            **stats,
+            **result.stats,
+            "kl_coef": kl_coef,
+            "epochs_run": result.epochs_run,
+            "skipped_updates": result.skipped_updates,
+            "update_tokens_per_s": num_tokens * result.epochs_run / max(update_seconds, 1e-9),
+            "update_seconds": update_seconds,
+            "step_seconds": time.perf_counter() - t0,
+        }
+
+    def train(self, run_dir: str | Path | None = None, log: Callable[[dict], None] | None = None) -> list[dict]:
+        """Run config.total_steps steps, logging every step; saves the policy to run_dir/policy."""
+        cfg = self.config
+        run_dir = Path(run_dir if run_dir is not None else cfg.run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(run_dir / "config.json", cfg.to_dict())
+        logger = MetricsLogger(run_dir, cfg.tensorboard)
+        history = []
+        try:
+            for step in range(1, cfg.total_steps + 1):
+                record = self.step()
+                if self.evaluate_fn is not None and (
+                    step == cfg.total_steps or (cfg.eval_every and step % cfg.eval_every == 0)
+                ):
+                    record.update({f"eval_{k}": v for k, v in self.evaluate_fn(self.policy).items()})
+                logger.log(record)
+                history.append(record)
+                if log is not None:
+                    log(record)
+        finally:
+            logger.close()
+        self.save(run_dir / "policy")
+        save_tensors(run_dir / "critic.safetensors", self.critic.state_dict())
+        return history
+
+    def save(self, path: str | Path) -> None:
+        """An ordinary save_pretrained directory (weights + tokenizer) that plain transformers loads."""
+        model = self.policy
+        if hasattr(model, "merge_and_unload"):  # LoRA: fold the adapters into plain weights
+            model = copy.deepcopy(model).merge_and_unload()
+        model.save_pretrained(path)
+        self.tokenizer.save_pretrained(path)
+
