@@ -284,3 +284,15 @@ def test_async_envs_cannot_be_captured_and_resume_says_so_in_one_line(tmp_path, 
     model.learn()
     assert model.global_step == 128
     assert [m["iteration"] for m in metrics(run)] == [1, 2, 3, 4]
+
+
+def test_torch_backend_env_state_is_captured(tmp_path, monkeypatch):
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    kw = dict(TINY, env_backend="torch", num_envs=4, total_timesteps=640, checkpoint_every=2)
+    PPO("CartPole-v1", run_dir=ref, **kw).learn()
+    kill_at_env_step(monkeypatch, 16 * 5 + 3)
+    with pytest.raises(Killed):
+        PPO("CartPole-v1", run_dir=run, **kw).learn()
+    assert json.loads((ckpt.latest_checkpoint(run) / "state.json").read_text())["env_state"]["captured"]
+    PPO.resume(run).learn()
+    assert_same_run(ref, run)
