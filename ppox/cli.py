@@ -60,10 +60,29 @@ def _preparse_train(argv: list[str]) -> tuple[str | None, str | None, list[str]]
     return env_id, preset, rest
 
 
+def _elastic_restart_run_dir(argv: list[str]) -> str | None:
+    """The --run-dir to resume when torchrun restarted the worker group after a failure, else None."""
+    import os
+
+    if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) == 0 or "--resume" in argv:
+        return None
+    for i, arg in enumerate(argv):
+        value = arg.split("=", 1)[1] if arg.startswith("--run-dir=") else (
+            argv[i + 1] if arg == "--run-dir" and i + 1 < len(argv) else None)
+        if value is not None:
+            from ppox.rl.checkpoint import list_checkpoints
+
+            return value if list_checkpoints(value) else None
+    return None
+
+
 def train_main(argv: list[str]) -> int:
     from ppox.rl.config import PPOConfig, deferred_validation, preset_config
 
     env_id, preset, rest = _preparse_train(argv)
+    restarted_run = _elastic_restart_run_dir(rest)
+    if restarted_run is not None:  # torchrun --max-restarts relaunched us: continue from the checkpoint
+        rest = ["--resume", restarted_run] + (["--no-progress"] if "--no-progress" in rest else [])
     if any(a == "--resume" or a.startswith("--resume=") for a in rest):
         from ppox.rl.checkpoint import resume_main
 
@@ -84,6 +103,8 @@ def run_training(config, env_fn=None) -> int:
 
     model = PPO(config, env_fn=env_fn)
     model.learn()
+    if not model.collective.is_main:  # torchrun: rank 0 reports for the group
+        return 0
     _print_summary(model.summary, model.run_dir)
     if model.interrupted:
         print(f"interrupted: model and summary so far saved in {model.run_dir}", file=sys.stderr)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -64,13 +65,17 @@ class Collective:
         for tensor in list(module.parameters()) + list(module.buffers()):
             dist.broadcast(tensor.data, src=0)
 
+    def gather_objects(self, value: object) -> list[object]:
+        """One picklable value from every process, in rank order (small metadata only)."""
+        if not self.enabled:
+            return [value]
+        gathered: list[object] = [None] * self.world_size
+        dist.all_gather_object(gathered, value)
+        return gathered
+
     def gather_floats(self, values: list[float]) -> list[float]:
         """Concatenate a list of floats from every process (e.g. finished episode returns)."""
-        if not self.enabled:
-            return list(values)
-        gathered: list[list[float] | None] = [None] * self.world_size
-        dist.all_gather_object(gathered, list(values))
-        return [v for part in gathered for v in (part or [])]
+        return [float(v) for part in self.gather_objects(list(values)) for v in part]
 
     def barrier(self) -> None:
         if self.enabled:
@@ -96,9 +101,25 @@ def init_from_env(device_type: str = "cpu") -> Collective:
         backend = "nccl" if device_type == "cuda" else "gloo"
         if backend == "nccl":
             torch.cuda.set_device(local_rank)
-        dist.init_process_group(backend=backend)
+        dist.init_process_group(backend=backend, store=_store(rank, world_size), rank=rank, world_size=world_size)
     _current = Collective(rank=rank, world_size=world_size, local_rank=local_rank)
     return _current
+
+
+def _store(rank: int, world_size: int) -> dist.Store:
+    """torchrun's key-value store, under a prefix unique to this restart attempt.
+
+    After `torchrun --max-restarts` relaunches the workers, the agent's store still holds the
+    previous attempt's keys (the dead ranks' addresses); without a fresh prefix a new rank can
+    read a stale address and fail to connect.
+    """
+    use_agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    store = dist.TCPStore(
+        os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size,
+        is_master=(not use_agent_store and rank == 0), timeout=timedelta(minutes=10),
+    )
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return dist.PrefixStore(f"ppox/attempt_{attempt}", store)
 
 
 def shutdown() -> None:

@@ -383,6 +383,8 @@ def resume(cls: type[PPO], run_dir: str | Path, env_fn=None, total_timesteps: in
         trainer.close()
         raise
     trainer.run_dir = run_dir
+    if not trainer.collective.is_main:  # torchrun: rank 0 owns the run directory
+        return trainer
     truncate_metrics(run_dir, trainer.iteration)
     for stale in list_checkpoints(run_dir):  # written after `latest` by a killed process: superseded
         if (_iteration_of(stale) or 0) > trainer.iteration:
@@ -426,6 +428,8 @@ def _restore(trainer: PPO, ckpt: Path, state: dict[str, Any]) -> None:
 
     env_record = state.get("env_state", {})
     restored_envs = False
+    if not trainer.collective.is_main:  # the checkpoint holds rank 0's envs; other ranks start anew
+        env_record = {"captured": False, "reason": f"rank {trainer.collective.rank} envs are not checkpointed"}
     if env_record.get("captured"):
         path = ckpt / env_record.get("file", ENV_STATE_FILE)
         reason = _restore_envs(trainer, path, env_record.get("sha256"))
@@ -436,7 +440,7 @@ def _restore(trainer: PPO, ckpt: Path, state: dict[str, Any]) -> None:
         trainer.envs._episode_return[:] = t("episode.return").numpy()
         trainer.envs._episode_length[:] = t("episode.length").numpy()
         trainer._next_obs = t("next_obs").to(device)
-    else:
+    elif trainer.collective.is_main:
         n = trainer.envs.num_envs
         print(f"warning: resume from {ckpt.name}: environment state not restored ({reason}); "
               f"the {n} env(s) start new episodes, so this run will not match an uninterrupted one exactly",
@@ -454,8 +458,13 @@ def _restore(trainer: PPO, ckpt: Path, state: dict[str, Any]) -> None:
                                                key=lambda k: int(k.rsplit(".", 1)[1]))]
     if cuda_states and torch.cuda.is_available() and len(cuda_states) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(cuda_states)
+    if trainer.collective.enabled:  # distinct action noise and shuffling per rank after a restart
+        rank_seed = trainer.config.seed + trainer.collective.rank + 7919 * trainer.iteration
+        torch.manual_seed(rank_seed)
+        trainer._shuffle_generator().manual_seed(rank_seed)
     if not restored_envs:
-        obs = trainer.envs.reset(seed=trainer.config.seed + 104_729 * (trainer.iteration + 1))
+        obs = trainer.envs.reset(seed=trainer.config.seed + 104_729 * (trainer.iteration + 1)
+                                 + 10_000 * trainer.collective.rank)
         trainer._next_obs = trainer._normalize(obs, update=True)
         if trainer.reward_scaler is not None:
             trainer.reward_scaler.returns.zero_()

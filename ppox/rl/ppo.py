@@ -23,6 +23,7 @@ from ppox import __version__
 from ppox.core import AdaptiveKLController, explained_variance, gae, kl_estimate
 from ppox.core.update import LossSettings, PolicyOutput, ppo_update
 from ppox.diagnostics.doctor import LiveDoctor
+from ppox.distributed import init_from_env, parameter_hash
 from ppox.errors import ConfigError, EnvError, ModelFileError, PPOXError, TrainingHalted
 from ppox.io import FORMAT_VERSION, atomic_write_json, check_format_version, load_tensors, read_json, save_tensors
 from ppox.logger import MetricsLogger
@@ -35,6 +36,7 @@ from ppox.rl.normalize import ObsNormalizer, RewardScaler
 from ppox.rl.spaces import ActionSpec, encode_obs, to_env_action
 
 MAX_CONSECUTIVE_SKIPS = 10
+RANK_SEED_STRIDE = 10_000  # env seeds of rank r start at seed + r * stride
 TIMING_KEYS = ("sps", "wall_time")  # the only metrics that differ between two runs with one seed
 
 
@@ -106,6 +108,10 @@ class PPO:
         self.config = config
         self.env_fn = env_fn
         self.device = resolve_device(config.device)
+        # torchrun (WORLD_SIZE > 1): join the process group; one GPU per process with NCCL
+        self.collective = init_from_env(self.device.type)
+        if self.collective.enabled and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.collective.local_rank)
         if config.torch_threads > 0:
             torch.set_num_threads(config.torch_threads)
         if env_fn is not None:
@@ -113,8 +119,9 @@ class PPO:
 
         seed_everything(config.seed)
         self._start_time = time.perf_counter()
+        env_seed = config.seed + RANK_SEED_STRIDE * self.collective.rank  # distinct envs on every rank
         self.envs = VecEnv(
-            config.env_id, config.num_envs, config.seed, self.device,
+            config.env_id, config.num_envs, env_seed, self.device,
             backend=config.env_backend, vectorization=config.vectorization, env_fn=env_fn,
             max_restarts=config.max_env_restarts,
         )
@@ -124,6 +131,9 @@ class PPO:
             self.envs.obs_dim, self.spec, config.hidden_sizes, config.activation, config.shared_trunk,
             config.init_log_std,
         ).to(self.device)
+        if self.collective.enabled:
+            self.collective.broadcast_module(self.agent)  # one set of initial weights everywhere
+            torch.manual_seed(config.seed + self.collective.rank)  # but distinct action noise per rank
         self.optimizer = torch.optim.Adam(self.agent.parameters(), lr=config.learning_rate, eps=1e-5)
         self.obs_norm = ObsNormalizer(self.envs.obs_dim, config.clip_obs, self.device) if config.norm_obs else None
         self.reward_scaler = (
@@ -209,19 +219,22 @@ class PPO:
                 raise ConfigError(f"total_timesteps must be > 0, got {total_timesteps}")
             cfg = self.config = cfg.replace(total_timesteps=int(total_timesteps))
         continuing = self.iteration > 0 and (run_dir is None or Path(run_dir) == self.run_dir)
-        self.run_dir = self._prepare_run_dir(run_dir or (self.run_dir if continuing else None) or cfg.run_dir)
-        if not continuing:
-            ckpt.clear_checkpoints(self.run_dir)  # an --overwrite run drops the old run's checkpoints
-        atomic_write_json(self.run_dir / "config.json", cfg.to_dict())
-        logger = MetricsLogger(self.run_dir, cfg.tensorboard, append=continuing)
+        is_main = self.collective.is_main  # with torchrun, rank 0 alone writes the run directory
+        if is_main:
+            self.run_dir = self._prepare_run_dir(run_dir or (self.run_dir if continuing else None) or cfg.run_dir)
+            if not continuing:
+                ckpt.clear_checkpoints(self.run_dir)  # an --overwrite run drops the old run's checkpoints
+            atomic_write_json(self.run_dir / "config.json", cfg.to_dict())
+        logger = MetricsLogger(self.run_dir, cfg.tensorboard, append=continuing) if is_main else None
 
         buf = Rollout.allocate(cfg.num_steps, cfg.num_envs, self.envs.obs_dim, self.spec, self.device)
         if self._next_obs is None:
             self._next_obs = self._normalize(self.envs.reset(), update=True)
-        num_iterations = cfg.num_iterations
+        world = self.collective.world_size
+        num_iterations = max(1, cfg.total_timesteps // (cfg.batch_size * world))  # all ranks' steps count
         shuffle_gen = self._shuffle_generator()
-        progress = _Progress(cfg.progress, num_iterations * cfg.batch_size, cfg.env_id)
-        doctor = LiveDoctor(cfg.to_dict()) if cfg.live_doctor else None
+        progress = _Progress(cfg.progress and is_main, num_iterations * cfg.batch_size * world, cfg.env_id)
+        doctor = LiveDoctor(cfg.to_dict()) if cfg.live_doctor and is_main else None
         doctor_every = max(1, num_iterations // 100)  # bounded cost: at most ~100 checks per run
         interrupted = False
         consecutive_skips = self._consecutive_skips
@@ -241,7 +254,7 @@ class PPO:
                         last_value = self._collect(buf, finished)
                     except EnvError as exc:  # past --max-env-restarts: keep the last iteration boundary
                         self._halt(str(exc), boundary)
-                    self.global_step += cfg.batch_size
+                    self.global_step += cfg.batch_size * world
                     advantages, returns = self._advantages(buf, last_value)
 
                     batch = {
@@ -261,8 +274,11 @@ class PPO:
                     if cfg.kl_penalty:
                         self.kl_controller.update(self._measure_kl(batch))
 
+                    if self.collective.enabled:
+                        finished = self._sync_ranks(result.stats, finished)
                     record = self._record(result.stats, finished, batch, kl_coef_used, iter_start)
-                    logger.log(record)
+                    if logger is not None:
+                        logger.log(record)
                     if doctor is not None:
                         check = self.iteration % doctor_every == 0 or self.iteration == num_iterations
                         for line in doctor.update(record, check=check):
@@ -276,29 +292,34 @@ class PPO:
                             "unscaled rewards (try --norm-reward), unnormalised observations "
                             "(try --norm-obs)"
                         )
-                    if stop.requested:
+                    if self._stop_requested(stop):
                         interrupted = True
-                        ckpt.save_checkpoint(self)
+                        if is_main:
+                            ckpt.save_checkpoint(self)
                         break
-                    if self.iteration == num_iterations or (
+                    if is_main and (self.iteration == num_iterations or (
                         cfg.checkpoint_every and self.iteration % cfg.checkpoint_every == 0
-                    ):
+                    )):
                         ckpt.save_checkpoint(self)
         except KeyboardInterrupt:
             interrupted = True
         finally:
-            logger.close()
+            if logger is not None:
+                logger.close()
             self._wall_seconds = time.perf_counter() - self._start_time
-            if self.iteration > 0:
+            if self.iteration > 0 and is_main:
                 self.save(self.run_dir)
         self.interrupted = interrupted
-        self.summary = self._write_summary(evaluate=not interrupted)
+        # every rank must end with bit-identical weights: compare hashes of all ranks' parameters
+        self.weight_hashes = self.collective.gather_objects(parameter_hash(self.agent))
+        self.summary = self._write_summary(evaluate=not interrupted and is_main)
+        self.collective.barrier()
         return self
 
     def _update(self, batch: dict[str, torch.Tensor], generator: torch.Generator):
         """The PPO epochs on one rollout: the compiled update (ppox.rl.fast) or core's eager loop."""
         cfg = self.config
-        if self._compiled_update is not None and self._compiled_update.supported:
+        if self._compiled_update is not None and self._compiled_update.supported and not self.collective.enabled:
             return self._compiled_update.update(
                 batch, update_epochs=cfg.update_epochs, num_minibatches=cfg.num_minibatches,
                 target_kl=cfg.target_kl, kl_coef=self.kl_controller.coef, generator=generator,
@@ -308,17 +329,42 @@ class PPO:
             update_epochs=cfg.update_epochs, num_minibatches=cfg.num_minibatches,
             max_grad_norm=cfg.max_grad_norm, target_kl=cfg.target_kl,
             kl_coef=self.kl_controller.coef, generator=generator,
+            collective=self.collective if self.collective.enabled else None,
         )
+
+    def _sync_ranks(self, stats: dict[str, float], finished: list[tuple[float, int]]) -> list[tuple[float, int]]:
+        """Make logged statistics global: average the update stats, gather finished episodes, and
+        pool the observation-normalisation statistics so every rank normalises alike."""
+        keys = sorted(stats)
+        values = self.collective.mean_(torch.tensor([stats[k] for k in keys], dtype=torch.float64))
+        stats.update(zip(keys, values.tolist(), strict=True))
+        returns = self.collective.gather_floats([r for r, _ in finished])
+        lengths = self.collective.gather_floats([float(n) for _, n in finished])
+        if self.obs_norm is not None:
+            rms = self.obs_norm.rms
+            mean = self.collective.mean_(rms.mean.clone())
+            var = self.collective.mean_(rms.var + (rms.mean - mean) ** 2)  # pooled variance, equal counts
+            rms.mean, rms.var = mean, var
+            rms.count = self.collective.sum_(rms.count.clone())
+        return [(r, int(n)) for r, n in zip(returns, lengths, strict=True)]
+
+    def _stop_requested(self, stop: ckpt.StopSignals) -> bool:
+        """SIGINT/SIGTERM seen here, or (with torchrun) on any rank: all ranks stop at the same iteration."""
+        if not self.collective.enabled:
+            return stop.requested
+        return bool(self.collective.sum_(torch.tensor([float(bool(stop.requested))]))[0] > 0)
 
     def _shuffle_generator(self) -> torch.Generator:
         if self._shuffle_gen is None:
-            self._shuffle_gen = torch.Generator().manual_seed(self.config.seed)
+            self._shuffle_gen = torch.Generator().manual_seed(self.config.seed + self.collective.rank)
         return self._shuffle_gen
 
     def _halt(self, message: str, boundary: dict[str, Any] | None = None) -> None:
         """Checkpoint the last good state and stop with `message` (TrainingHalted: the CLI exits 2)."""
         if boundary is not None:  # stopped mid-rollout: the previous iteration is the last complete one
             self.iteration = int(boundary["iteration"])
+        if not self.collective.is_main:
+            raise TrainingHalted(f"{message} (rank {self.collective.rank}; rank 0 writes the checkpoint)")
         path = ckpt.save_checkpoint(self, boundary, note=message if boundary is not None else None)
         raise TrainingHalted(f"{message}; checkpoint of iteration {self.iteration} saved in {path}")
 
@@ -330,7 +376,8 @@ class PPO:
     def _measure_kl(self, batch: dict[str, torch.Tensor]) -> float:
         """KL(pi_old || pi_new) over the whole rollout, for the adaptive penalty rule."""
         logprobs, _, _ = self.agent.evaluate(batch["obs"], batch["actions"])
-        return float(kl_estimate(logprobs - batch["logprobs"], self.config.kl_estimator).mean())
+        kl = kl_estimate(logprobs - batch["logprobs"], self.config.kl_estimator).mean().reshape(1)
+        return float(self.collective.mean_(kl)[0])  # one beta for all ranks
 
     def _record(self, stats, finished, batch, kl_coef, iter_start) -> dict[str, Any]:
         returns = [r for r, _ in finished]
@@ -357,7 +404,7 @@ class PPO:
             "learning_rate": self.optimizer.param_groups[0]["lr"],
             "skipped_updates": self.skipped_updates,
             "env_restarts": self.envs.restarts,
-            "sps": round(self.config.batch_size / max(elapsed, 1e-9), 1),
+            "sps": round(self.config.batch_size * self.collective.world_size / max(elapsed, 1e-9), 1),
         }
 
     def _prepare_run_dir(self, run_dir: str | Path | None) -> Path:
@@ -392,11 +439,13 @@ class PPO:
             "eval_episodes": 0,
             "final_train_return_mean": float(np.mean(self.recent_returns)) if self.recent_returns else None,
             "ppox_version": __version__,
+            "world_size": self.collective.world_size,
+            "weights_identical_across_ranks": len(set(getattr(self, "weight_hashes", [None]))) == 1,
         }
         if evaluate and cfg.eval_episodes > 0:
             ev = self.evaluate(cfg.eval_episodes)
             summary.update(eval_return_mean=ev["mean"], eval_return_std=ev["std"], eval_episodes=ev["episodes"])
-        if self.run_dir is not None:
+        if self.run_dir is not None and self.collective.is_main:
             atomic_write_json(self.run_dir / "summary.json", summary)
         return summary
 
