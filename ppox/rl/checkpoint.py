@@ -110,6 +110,8 @@ def capture_boundary(trainer: PPO) -> dict[str, Any]:
         "numpy_rng": np.random.get_state(),
         "torch_rng": torch.get_rng_state(),
         "shuffle_rng": trainer._shuffle_generator().get_state(),
+        # the numpy rollout's action noise (NumpyPolicy); a JSON-able dict
+        "policy_rng": rng.bit_generator.state if (rng := getattr(trainer, "_policy_rng", None)) is not None else None,
         "episode_return": envs._episode_return.copy(),
         "episode_length": envs._episode_length.copy(),
         "next_obs": None if trainer._next_obs is None else trainer._next_obs.detach().clone(),
@@ -239,6 +241,7 @@ def save_checkpoint(trainer: PPO, boundary: dict[str, Any] | None = None, captur
         "python_rng": [python_rng[0], list(python_rng[1]), python_rng[2]],
         "numpy_rng": {"name": numpy_rng[0], "key": [int(x) for x in numpy_rng[1]], "pos": int(numpy_rng[2]),
                       "has_gauss": int(numpy_rng[3]), "cached_gaussian": float(numpy_rng[4])},
+        "policy_rng": b.get("policy_rng"),
         "wall_seconds": float(getattr(trainer, "_wall_seconds", 0.0)),
         "config": trainer.config.to_dict(),
         "env_state": env_record,
@@ -454,6 +457,9 @@ def _restore(trainer: PPO, ckpt: Path, state: dict[str, Any]) -> None:
                          nr["cached_gaussian"]))
     torch.set_rng_state(t("rng.torch"))
     trainer._shuffle_generator().set_state(t("rng.shuffle"))
+    policy_rng = getattr(trainer, "_policy_rng", None)
+    if policy_rng is not None and state.get("policy_rng") is not None:
+        policy_rng.bit_generator.state = state["policy_rng"]
     cuda_states = [tensors[k] for k in sorted((k for k in tensors if k.startswith("rng.cuda.")),
                                                key=lambda k: int(k.rsplit(".", 1)[1]))]
     if cuda_states and torch.cuda.is_available() and len(cuda_states) == torch.cuda.device_count():
@@ -462,6 +468,8 @@ def _restore(trainer: PPO, ckpt: Path, state: dict[str, Any]) -> None:
         rank_seed = trainer.config.seed + trainer.collective.rank + 7919 * trainer.iteration
         torch.manual_seed(rank_seed)
         trainer._shuffle_generator().manual_seed(rank_seed)
+        if policy_rng is not None:
+            policy_rng.bit_generator.state = np.random.default_rng(rank_seed).bit_generator.state
     if not restored_envs:
         obs = trainer.envs.reset(seed=trainer.config.seed + 104_729 * (trainer.iteration + 1)
                                  + 10_000 * trainer.collective.rank)

@@ -51,11 +51,13 @@ class NonFiniteEnvValue(EnvError):
 
 @dataclass
 class StepResult:
-    obs: torch.Tensor  # (num_envs, obs_dim) next observation (reset obs where an episode ended)
-    reward: torch.Tensor  # (num_envs,)
-    terminated: torch.Tensor  # (num_envs,) bool
-    truncated: torch.Tensor  # (num_envs,) bool
-    final_obs: torch.Tensor  # (num_envs, obs_dim) true last observation where an episode ended
+    """Tensors on the training device; numpy arrays when `VecEnv.step` was given numpy actions."""
+
+    obs: torch.Tensor | np.ndarray  # (num_envs, obs_dim) float32 next observation (reset obs where an episode ended)
+    reward: torch.Tensor | np.ndarray  # (num_envs,) float32
+    terminated: torch.Tensor | np.ndarray  # (num_envs,) bool
+    truncated: torch.Tensor | np.ndarray  # (num_envs,) bool
+    final_obs: torch.Tensor | np.ndarray  # (num_envs, obs_dim) true last observation where an episode ended
     finished_returns: list[float]  # undiscounted returns of the episodes that ended this step
     finished_lengths: list[int]
 
@@ -103,8 +105,8 @@ class VecEnv:
                 if vectorization == "async":
                     worker_fns = [_WorkerEnvFn(env_fn)] * num_envs
                     self.envs = gym.vector.AsyncVectorEnv(worker_fns, autoreset_mode=mode)
-                else:
-                    self.envs = gym.vector.SyncVectorEnv([env_fn] * num_envs, autoreset_mode=mode)
+                else:  # copy=False: _encode_np copies the observations once anyway
+                    self.envs = gym.vector.SyncVectorEnv([env_fn] * num_envs, autoreset_mode=mode, copy=False)
             except EnvError:
                 raise
             except Exception as exc:  # a user's env factory failed: say so in one line
@@ -116,9 +118,20 @@ class VecEnv:
         self.obs_dim = obs_dim(self.single_observation_space)
         self._episode_return = np.zeros(num_envs, dtype=np.float64)
         self._episode_length = np.zeros(num_envs, dtype=np.int64)
+        self.numpy_backend = isinstance(self.envs, gym.vector.SyncVectorEnv | gym.vector.AsyncVectorEnv)
+        self._box_obs = isinstance(self.single_observation_space, gym.spaces.Box)
 
     def _encode(self, obs) -> torch.Tensor:
+        if self.numpy_backend:
+            return torch.from_numpy(self._encode_np(obs)).to(self.device)
         return encode_obs(obs, self.single_observation_space, self.device)
+
+    def _encode_np(self, obs) -> np.ndarray:
+        """Raw numpy observations -> a new float32 array (num_envs, obs_dim) (never the env's own buffer)."""
+        if self._box_obs:
+            obs = np.asarray(obs)
+            return np.array(obs.reshape(obs.shape[0], -1), dtype=np.float32)
+        return encode_obs(obs, self.single_observation_space, "cpu").numpy()
 
     def reset(self, seed: int | None = None) -> torch.Tensor:
         obs, _ = self.envs.reset(seed=self.seed if seed is None else seed)
@@ -127,8 +140,12 @@ class VecEnv:
         self._last_obs = self._encode(obs)
         return self._last_obs
 
-    def step(self, actions: torch.Tensor) -> StepResult:
-        """Step every env; with max_restarts set, an env fault restarts the envs (see _recover)."""
+    def step(self, actions: torch.Tensor | np.ndarray) -> StepResult:
+        """Step every env; with max_restarts set, an env fault restarts the envs (see _recover).
+
+        numpy actions (gymnasium backends only, the CPU rollout of ppox.rl.ppo): the result holds
+        numpy arrays, with no tensor conversions at all.
+        """
         if self.max_restarts is None:
             return self._step(actions)
         try:
@@ -137,7 +154,10 @@ class VecEnv:
             fault = _fault_of(exc, self.envs)
             if fault is None:
                 raise
-            return self._recover(*fault)
+            result = self._recover(*fault)
+            if isinstance(actions, np.ndarray):
+                result = _as_numpy(result)
+            return result
         self._last_obs = result.obs
         return result
 
@@ -163,8 +183,11 @@ class VecEnv:
                 self.envs = gym.vector.AsyncVectorEnv([_WorkerEnvFn(self._env_fn)] * self.num_envs,
                                                       autoreset_mode=mode)
             else:
-                self.envs = gym.vector.SyncVectorEnv([self._env_fn] * self.num_envs, autoreset_mode=mode)
+                self.envs = gym.vector.SyncVectorEnv([self._env_fn] * self.num_envs, autoreset_mode=mode,
+                                                     copy=False)
         previous = self._last_obs
+        if isinstance(previous, np.ndarray):
+            previous = torch.from_numpy(previous).to(self.device)
         obs = self.reset(seed=self.seed + 7919 * self.restarts)
         zeros = torch.zeros(self.num_envs, device=self.device)
         return StepResult(
@@ -177,11 +200,22 @@ class VecEnv:
             finished_lengths=[],
         )
 
-    def _step(self, actions: torch.Tensor) -> StepResult:
-        if isinstance(self.envs, gym.vector.SyncVectorEnv | gym.vector.AsyncVectorEnv):
-            env_actions = to_env_action(actions, self.spec)
-        else:  # batched torch env: stays on the device
-            env_actions = actions
+    def _step(self, actions: torch.Tensor | np.ndarray) -> StepResult:
+        if isinstance(actions, np.ndarray):
+            return self._step_np(to_env_action_np(actions, self.spec))
+        if self.numpy_backend:
+            r = self._step_np(to_env_action(actions, self.spec))
+            device = self.device
+
+            def t(x: np.ndarray) -> torch.Tensor:
+                return torch.from_numpy(x).to(device)  # no copy on the CPU
+
+            obs = t(r.obs)
+            return StepResult(obs=obs, reward=t(r.reward), terminated=t(r.terminated), truncated=t(r.truncated),
+                              final_obs=obs if r.final_obs is r.obs else t(r.final_obs),
+                              finished_returns=r.finished_returns, finished_lengths=r.finished_lengths)
+        # batched torch env: stays on the device
+        env_actions = actions
         obs, reward, terminated, truncated, info = self.envs.step(env_actions)
         reward_np = reward.cpu().numpy() if isinstance(reward, torch.Tensor) else np.asarray(reward)
         term_np = terminated.cpu().numpy() if isinstance(terminated, torch.Tensor) else np.asarray(terminated)
@@ -225,11 +259,92 @@ class VecEnv:
             finished_lengths=finished_lengths,
         )
 
+    def _step_np(self, env_actions: np.ndarray) -> StepResult:
+        """One step of a gymnasium vector env, all in numpy (float32 obs and reward, bool flags)."""
+        if isinstance(self.envs, gym.vector.SyncVectorEnv) and self._box_obs:
+            obs, reward, terminated, truncated, raw_final = _step_sync_envs(self.envs.envs, env_actions, self.spec)
+        else:
+            obs, reward, terminated, truncated, info = self.envs.step(env_actions)
+            raw_final = info.get("final_obs")
+        reward = np.asarray(reward)
+        if not np.isfinite(reward).all():
+            bad = int(np.flatnonzero(~np.isfinite(reward))[0])
+            raise NonFiniteEnvValue(bad, f"environment {bad} returned a non-finite reward ({reward[bad]})")
+        next_obs = self._encode_np(obs)
+        if not np.isfinite(next_obs).all():
+            bad = int(np.flatnonzero(~np.isfinite(next_obs).all(axis=1))[0])
+            raise NonFiniteEnvValue(bad, f"environment {bad} returned a non-finite observation")
+        self._episode_return += reward
+        self._episode_length += 1
+        terminated = np.asarray(terminated, dtype=bool)
+        truncated = np.asarray(truncated, dtype=bool)
+        done = terminated | truncated
+        final_obs = next_obs
+        finished_returns: list[float] = []
+        finished_lengths: list[int] = []
+        if done.any():
+            finished_returns = self._episode_return[done].tolist()
+            finished_lengths = self._episode_length[done].tolist()
+            self._episode_return[done] = 0
+            self._episode_length[done] = 0
+            final_obs = next_obs.copy()
+            for i in np.flatnonzero(done):  # raw_final[i]: the last observation of ended env i
+                final_obs[i] = self._encode_np(_batch_of_one(raw_final[i], self.single_observation_space))[0]
+        return StepResult(
+            obs=next_obs,
+            reward=reward.astype(np.float32),
+            terminated=terminated,
+            truncated=truncated,
+            final_obs=final_obs,
+            finished_returns=finished_returns,
+            finished_lengths=finished_lengths,
+        )
+
     def close(self) -> None:
         try:
             self.envs.close()
         except Exception:  # a dead async worker: terminate the rest rather than wait on it
             _shutdown(self.envs)
+
+
+def _step_sync_envs(envs: list[gym.Env], actions: np.ndarray, spec: ActionSpec):
+    """`SyncVectorEnv.step` with same-step autoreset for Box observations, without its per-step
+    bookkeeping (infos, batching into its own buffer): the same env calls in the same order, so the
+    same results, ~15-20 us less per step for 4 envs. Returns (obs list, rewards, terminated,
+    truncated, final observations by env index)."""
+    n = len(envs)
+    obs, final = [None] * n, {}
+    rewards = np.empty(n, dtype=np.float64)
+    terminated = np.empty(n, dtype=bool)
+    truncated = np.empty(n, dtype=bool)
+    acts = actions.tolist() if spec.kind == "discrete" else actions  # python ints check fastest
+    for i in range(n):  # `i` names the failing env for _fault_of
+        env = envs[i]
+        o, rewards[i], term, trunc, _ = env.step(acts[i])
+        terminated[i], truncated[i] = term, trunc
+        if term or trunc:
+            final[i] = o
+            o, _ = env.reset()
+        obs[i] = o
+    return np.stack(obs), rewards, terminated, truncated, final
+
+
+def to_env_action_np(actions: np.ndarray, spec: ActionSpec) -> np.ndarray:
+    """`to_env_action` for numpy policy actions: Gaussian actions clipped to the bounds, offsets added."""
+    if spec.kind == "continuous":
+        return np.clip(actions, np.asarray(spec.low, dtype=np.float32), np.asarray(spec.high, dtype=np.float32))
+    if any(spec.start):
+        return actions + np.asarray(spec.start if spec.kind == "multidiscrete" else spec.start[0])
+    return actions
+
+
+def _as_numpy(result: StepResult) -> StepResult:
+    """A StepResult of (CPU) tensors as numpy arrays."""
+    def arr(x):
+        return x.cpu().numpy() if isinstance(x, torch.Tensor) else x
+
+    return StepResult(arr(result.obs), arr(result.reward), arr(result.terminated), arr(result.truncated),
+                      arr(result.final_obs), result.finished_returns, result.finished_lengths)
 
 
 def _batch_of_one(obs, space: gym.Space):
@@ -273,6 +388,8 @@ def _fault_of(exc: BaseException, envs) -> tuple[int | None, str, bool] | None:
         return index, error, True
     if isinstance(envs, gym.vector.SyncVectorEnv):
         index = _traceback_local(exc, "step", "i", module="sync_vector_env")
+        if index is None:
+            index = _traceback_local(exc, "_step_sync_envs", "i")
         if index is not None:
             return index, error, True
     return None

@@ -25,6 +25,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+import numpy as np
 import torch
 from torch.func import functional_call, grad
 
@@ -62,6 +63,19 @@ class CompileTimer:
 
 
 # ---------------------------------------------------------------------------- rollout policy step
+@torch.no_grad()
+def packed_layers(agent: torch.nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """[(bias, weight^T)] of actor and critic packed into one MLP: layer 1 stacked, deeper layers
+    block-diagonal, the last layer's columns = [actor head..., value]."""
+    actor = [m for m in agent.actor_body if isinstance(m, torch.nn.Linear)] + [agent.actor_head]
+    critic = [m for m in agent.critic_body if isinstance(m, torch.nn.Linear)] + [agent.critic_head]
+    layers = []
+    for i, (a, c) in enumerate(zip(actor, critic, strict=True)):
+        w = torch.cat([a.weight, c.weight]) if i == 0 else torch.block_diag(a.weight, c.weight)
+        layers.append((torch.cat([a.bias, c.bias]), w.T.contiguous()))
+    return layers
+
+
 class PackedPolicy:
     """The rollout's policy step with actor and critic packed into one MLP of block matrices.
 
@@ -91,13 +105,7 @@ class PackedPolicy:
     @torch.no_grad()
     def refresh(self) -> None:
         ag = self.agent
-        actor = [m for m in ag.actor_body if isinstance(m, torch.nn.Linear)] + [ag.actor_head]
-        critic = [m for m in ag.critic_body if isinstance(m, torch.nn.Linear)] + [ag.critic_head]
-        layers = []
-        for i, (a, c) in enumerate(zip(actor, critic, strict=True)):
-            w = torch.cat([a.weight, c.weight]) if i == 0 else torch.block_diag(a.weight, c.weight)
-            layers.append((torch.cat([a.bias, c.bias]), w.T.contiguous()))
-        self.layers = layers
+        self.layers = packed_layers(ag)
         self.head = ag.actor_head.out_features
         self.std = ag.log_std.exp() if ag.log_std is not None else None
         self.log_std_sum = float(ag.log_std.sum()) if ag.log_std is not None else 0.0
@@ -122,6 +130,86 @@ class PackedPolicy:
         actions = torch.addcmul(head, self.std, noise)
         logp = noise.square().sum(-1).mul_(-0.5).sub_(self.log_std_sum + LOG_SQRT_2PI * self.spec.dim)
         return actions, logp, value
+
+
+class NumpyPolicy:
+    """The rollout's policy step in numpy (CPU, float32): the packed MLP of `PackedPolicy` as
+    numpy matmuls, sampling from a numpy Generator.
+
+    At rollout batch sizes a numpy op costs ~1 us against torch's several us of per-op dispatch,
+    so the whole step (3 matmuls, 2 tanh, sampling, log-probs) costs ~10-15 us. Discrete and
+    multi-discrete actions: Gumbel-max (argmax of logits - log E, E ~ Exp(1)); Gaussian: mean +
+    std * N(0, 1). Same distributions as `Agent.act`, a different random stream: the Generator
+    (`rng`) belongs to the trainer, which seeds it and saves its state in checkpoints.
+    `refresh()` copies the weights after each update.
+    """
+
+    def __init__(self, agent: torch.nn.Module, spec: ActionSpec, rng: np.random.Generator) -> None:
+        self.agent = agent
+        self.spec = spec
+        self.rng = rng
+        self.tanh = isinstance(agent.actor_body[1], torch.nn.Tanh)
+        self.head = agent.actor_head.out_features
+        self.splits = np.cumsum(spec.nvec)[:-1].tolist() if spec.kind == "multidiscrete" else []
+        self.refresh()
+
+    @staticmethod
+    def supported(agent: torch.nn.Module, spec: ActionSpec) -> bool:
+        return (agent.critic_body is not None and spec.kind in ("discrete", "continuous", "multidiscrete")
+                and next(agent.parameters()).device.type == "cpu")
+
+    @torch.no_grad()
+    def refresh(self) -> None:
+        self.layers = [(b.numpy().astype(np.float32), w.numpy().astype(np.float32))
+                       for b, w in packed_layers(self.agent)]
+        log_std = self.agent.log_std
+        if log_std is not None:
+            self.std = log_std.exp().numpy().astype(np.float32)
+            self.logp_const = np.float32(float(log_std.sum()) + LOG_SQRT_2PI * self.spec.dim)
+
+    def _forward(self, obs: np.ndarray) -> np.ndarray:
+        h = obs
+        last = len(self.layers) - 1
+        for i, (b, w) in enumerate(self.layers):
+            h = h @ w
+            h += b
+            if i < last:
+                if self.tanh:
+                    np.tanh(h, out=h)
+                else:
+                    np.maximum(h, 0, out=h)
+        return h
+
+    def value(self, obs: np.ndarray) -> np.ndarray:
+        """V(s) for float32 observations (batch, obs_dim)."""
+        return self._forward(obs)[:, self.head].copy()
+
+    def __call__(self, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(actions, log pi(a|s), V(s)) for float32 observations (batch, obs_dim)."""
+        h = self._forward(obs)
+        head, value = h[:, : self.head], h[:, self.head].copy()
+        if self.spec.kind == "continuous":
+            noise = self.rng.standard_normal(head.shape, dtype=np.float32)
+            actions = head + self.std * noise
+            logp = np.square(noise).sum(-1, dtype=np.float32) * np.float32(-0.5) - self.logp_const
+            return actions, logp, value
+        gumbel = self.rng.standard_exponential(head.shape, dtype=np.float32)
+        np.log(gumbel, out=gumbel)
+        gumbel -= head  # argmax(logits - log E) = argmin(log E - logits)
+        if self.spec.kind == "discrete":
+            actions = gumbel.argmin(-1)
+            return actions, _log_softmax_at(head, actions), value
+        parts = np.split(head, self.splits, axis=1)
+        actions = np.stack([g.argmin(-1) for g in np.split(gumbel, self.splits, axis=1)], axis=1)
+        logp = sum(_log_softmax_at(part, actions[:, i]) for i, part in enumerate(parts))
+        return actions, logp.astype(np.float32), value
+
+
+def _log_softmax_at(logits: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """log softmax(logits)[row, index[row]] in float32."""
+    shifted = logits - logits.max(-1, keepdims=True)
+    lse = np.log(np.exp(shifted).sum(-1))
+    return shifted[np.arange(len(index)), index] - lse  # (fancy indexing: ~5x faster than take_along_axis)
 
 
 def make_policy_step(
@@ -322,4 +410,5 @@ class CompiledUpdate:
         return UpdateResult(result, epochs_run, int(count), optimizer_steps, minibatches - optimizer_steps)
 
 
-__all__ = ["CompileTimer", "CompiledUpdate", "PackedPolicy", "adam_supported", "compile_torch_env", "make_policy_step"]
+__all__ = ["CompileTimer", "CompiledUpdate", "NumpyPolicy", "PackedPolicy", "adam_supported", "compile_torch_env",
+           "make_policy_step", "packed_layers"]

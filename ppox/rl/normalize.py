@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 
@@ -24,6 +25,21 @@ class RunningMeanStd:
         m2 = self.var * self.count + batch_var * batch_count + delta**2 * self.count * batch_count / total
         self.var = m2 / total
         self.count = total
+
+    def update_np(self, x: np.ndarray) -> None:
+        """`update` for a numpy batch (CPU statistics only; the CPU rollout of ppox.rl.ppo)."""
+        x = np.asarray(x, dtype=np.float64)
+        batch_mean = x.mean(axis=0)
+        centred = x - batch_mean
+        batch_var = (centred * centred).mean(axis=0)
+        batch_count = x.shape[0]
+        mean, var, count = self.mean.numpy(), self.var.numpy(), float(self.count)
+        delta = batch_mean - mean
+        total = count + batch_count
+        m2 = var * count + batch_var * batch_count + delta**2 * count * batch_count / total
+        self.mean = torch.from_numpy(np.asarray(mean + delta * batch_count / total, dtype=np.float64))
+        self.var = torch.from_numpy(np.asarray(m2 / total, dtype=np.float64))
+        self.count = torch.tensor(total, dtype=torch.float64)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {"mean": self.mean, "var": self.var, "count": self.count}
@@ -48,6 +64,13 @@ class ObsNormalizer:
         normed = (obs - self.rms.mean) / torch.sqrt(self.rms.var + self.eps)
         return torch.clamp(normed, -self.clip, self.clip).to(torch.float32)
 
+    def normalize_np(self, obs: np.ndarray, update: bool) -> np.ndarray:
+        """`__call__` for numpy observations (CPU): float32 (batch, dim)."""
+        if update:
+            self.rms.update_np(obs)
+        normed = (obs - self.rms.mean.numpy()) / np.sqrt(self.rms.var.numpy() + self.eps)
+        return np.clip(normed, -self.clip, self.clip).astype(np.float32)
+
 
 class RewardScaler:
     """Divide rewards by the running std of the discounted return (not of the reward itself)."""
@@ -66,3 +89,11 @@ class RewardScaler:
         self.returns = torch.where(episode_end, torch.zeros_like(self.returns), self.returns)
         scaled = reward / torch.sqrt(self.rms.var + self.eps)
         return torch.clamp(scaled, -self.clip, self.clip).to(torch.float32)
+
+    def scale_np(self, reward: np.ndarray, episode_end: np.ndarray) -> np.ndarray:
+        """`__call__` for numpy rewards and flags (CPU): float32 (num_envs,)."""
+        returns = self.returns.numpy() * self.gamma + reward.astype(np.float64)
+        self.rms.update_np(returns)
+        self.returns = torch.from_numpy(np.where(episode_end, 0.0, returns))
+        scaled = reward / np.sqrt(self.rms.var.numpy() + self.eps)
+        return np.clip(scaled, -self.clip, self.clip).astype(np.float32)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import random
 import sys
 import time
@@ -31,7 +32,7 @@ from ppox.rl import checkpoint as ckpt
 from ppox.rl.agent import Agent
 from ppox.rl.config import PPOConfig, preset_config
 from ppox.rl.envs import EnvFn, VecEnv
-from ppox.rl.fast import CompiledUpdate, CompileTimer, compile_torch_env, make_policy_step
+from ppox.rl.fast import CompiledUpdate, CompileTimer, NumpyPolicy, compile_torch_env, make_policy_step
 from ppox.rl.normalize import ObsNormalizer, RewardScaler
 from ppox.rl.spaces import ActionSpec, encode_obs, to_env_action
 
@@ -148,6 +149,13 @@ class PPO:
         # compiled fast paths (ppox.rl.fast); compile time is reported as compile_seconds
         self.compile_timer = CompileTimer()
         self._policy_step = make_policy_step(self.agent, self.spec, config.compile, self.compile_timer)
+        # CPU + gymnasium envs: the whole rollout runs in numpy (NumpyPolicy, VecEnv numpy steps), its
+        # action noise from this Generator (seeded here, saved in checkpoints). PPOX_NUMPY_ROLLOUT=0: torch.
+        self._policy_rng = np.random.default_rng([config.seed % 2**63, self.collective.rank])
+        self._np_policy = NumpyPolicy(self.agent, self.spec, self._policy_rng) if (
+            self.device.type == "cpu" and self.envs.numpy_backend and NumpyPolicy.supported(self.agent, self.spec)
+            and os.environ.get("PPOX_NUMPY_ROLLOUT", "1") != "0"
+        ) else None
         self._compiled_update = CompiledUpdate(
             self.agent, self.optimizer, self.spec, self.loss_settings, config.max_grad_norm,
             compile=config.compile, timer=self.compile_timer,
@@ -172,6 +180,8 @@ class PPO:
     # ------------------------------------------------------------------ rollout
     def _collect(self, buf: Rollout, finished: list[tuple[float, int]]) -> torch.Tensor:
         """Fill `buf` with num_steps steps of every env; return V(s_T) for bootstrapping."""
+        if self._np_policy is not None:
+            return self._collect_numpy(buf, finished)
         agent, envs = self.agent, self.envs
         obs = self._next_obs
         self._policy_step.refresh()  # the packed rollout weights follow the last update
@@ -203,7 +213,53 @@ class PPO:
         with torch.no_grad():
             return agent.value(obs)
 
+    def _collect_numpy(self, buf: Rollout, finished: list[tuple[float, int]]) -> torch.Tensor:
+        """`_collect` in numpy (CPU, gymnasium envs): numpy policy, numpy env steps, numpy
+        normalisation, written into numpy views of the rollout's (CPU) tensors: no tensor op per step."""
+        envs, policy = self.envs, self._np_policy
+        obs_norm, reward_scaler = self.obs_norm, self.reward_scaler
+        policy.refresh()  # the rollout weights follow the last update
+        b_obs, b_actions, b_logprobs, b_values = (buf.obs.numpy(), buf.actions.numpy(), buf.logprobs.numpy(),
+                                                  buf.values.numpy())
+        b_rewards, b_terminated, b_end, b_final = (buf.rewards.numpy(), buf.terminated.numpy(),
+                                                   buf.episode_end.numpy(), buf.final_values.numpy())
+        b_final.fill(0.0)
+        obs = self._next_obs.numpy()
+        for step in range(self.config.num_steps):
+            b_obs[step] = obs
+            actions, logprobs, values = policy(obs)
+            b_actions[step] = actions
+            b_logprobs[step] = logprobs
+            b_values[step] = values
+
+            result = envs.step(actions)
+            terminated, truncated = result.terminated, result.truncated
+            episode_end = terminated | truncated
+            reward = result.reward
+            if reward_scaler is not None:
+                reward = reward_scaler.scale_np(reward, episode_end)
+            b_rewards[step] = reward
+            b_terminated[step] = terminated
+            b_end[step] = episode_end
+            if truncated.any():
+                # bootstrap from the true last state of a truncated episode, not the reset state
+                idx = np.flatnonzero(truncated)
+                final = result.final_obs[idx]
+                if obs_norm is not None:
+                    final = obs_norm.normalize_np(final, update=False)
+                b_final[step, idx] = policy.value(final)
+            obs = result.obs if obs_norm is None else obs_norm.normalize_np(result.obs, update=True)
+            if result.finished_returns:
+                finished.extend(zip(result.finished_returns, result.finished_lengths, strict=True))
+        self._next_obs = torch.from_numpy(obs)
+        return torch.from_numpy(policy.value(obs))
+
     def _advantages(self, buf: Rollout, last_value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if buf.values.device.type == "cpu":  # numpy: ~4x fewer microseconds per step of the scan
+            adv, ret = gae_numpy(buf.rewards.numpy(), buf.values.numpy(), last_value.numpy(), buf.final_values.numpy(),
+                                 buf.terminated.numpy(), buf.episode_end.numpy(), self.config.gamma,
+                                 self.config.gae_lambda)
+            return torch.from_numpy(adv), torch.from_numpy(ret)
         next_values = torch.cat([buf.values[1:], last_value.unsqueeze(0)], dim=0)  # (num_steps, num_envs)
         truncated = buf.episode_end & ~buf.terminated
         next_values = torch.where(truncated, buf.final_values, next_values)
@@ -568,6 +624,23 @@ class PPO:
 
 
 # ---------------------------------------------------------------------------- helpers
+def gae_numpy(rewards: np.ndarray, values: np.ndarray, last_value: np.ndarray, final_values: np.ndarray,
+              terminated: np.ndarray, episode_end: np.ndarray, gamma: float, gae_lambda: float
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """`_advantages` (ppox.core.gae with truncation bootstrap) in numpy float32, for CPU rollouts."""
+    f32 = np.float32
+    next_values = np.concatenate([values[1:], last_value[None]], axis=0)
+    next_values = np.where(episode_end & ~terminated, final_values, next_values)
+    deltas = rewards + f32(gamma) * (f32(1.0) - terminated.astype(f32)) * next_values - values
+    decay = f32(gamma * gae_lambda) * (f32(1.0) - episode_end.astype(f32))
+    advantages = np.empty_like(values)
+    last = np.zeros_like(values[0])
+    for t in range(values.shape[0] - 1, -1, -1):
+        last = deltas[t] + decay[t] * last
+        advantages[t] = last
+    return advantages, advantages + values
+
+
 def _check_user_env(env_fn: EnvFn) -> None:
     """Run gymnasium's env checker on a user's env and report problems in plain words."""
     import warnings

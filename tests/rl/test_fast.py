@@ -100,3 +100,117 @@ def test_packed_policy_matches_agent(spec):
     policy.refresh()
     values2 = policy(obs[:8])[2]
     assert torch.allclose(values2, agent.value(obs[:8]).detach(), atol=1e-5)
+
+
+# ---------------------------------------------------------------------------- numpy rollout (CPU)
+MULTI = ActionSpec("multidiscrete", nvec=(3, 2), start=(0, 0))
+
+
+@pytest.mark.parametrize("spec", [DISCRETE, CONTINUOUS, MULTI], ids=["discrete", "continuous", "multidiscrete"])
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
+def test_numpy_policy_matches_agent(spec, activation):
+    import numpy as np
+
+    from ppox.rl.fast import NumpyPolicy
+
+    torch.manual_seed(0)
+    agent = Agent(5, spec, hidden_sizes=(16, 16), activation=activation, init_log_std=-0.3)
+    assert NumpyPolicy.supported(agent, spec)
+    policy = NumpyPolicy(agent, spec, np.random.default_rng(0))
+    obs = torch.randn(4000, 5)
+    actions, logprobs, values = policy(obs.numpy())
+    assert logprobs.dtype == np.float32 and values.dtype == np.float32
+    assert actions.shape == (4000, *spec.action_shape)
+    ref_logprobs, ref_entropy, ref_values = agent.evaluate(obs, torch.from_numpy(actions))
+    assert np.allclose(logprobs, ref_logprobs.detach().numpy(), atol=1e-5)
+    assert np.allclose(values, ref_values.detach().numpy(), atol=1e-5)
+    assert np.allclose(policy.value(obs.numpy()[:8]), agent.value(obs[:8]).detach().numpy(), atol=1e-5)
+    # sampled actions follow the policy: frequencies (categorical) / moments (Gaussian) at one state
+    one = np.repeat(obs[:1].numpy(), 20000, axis=0)
+    sampled = policy(one)[0]
+    head = agent(obs[:1])[0].detach()[0]
+    if spec.kind == "continuous":
+        std = agent.log_std.exp().detach().numpy()
+        assert np.allclose(sampled.mean(0), head.numpy(), atol=0.02)
+        assert np.allclose(sampled.std(0), std, rtol=0.03)
+    else:
+        for i, part in enumerate(torch.split(head, list(spec.nvec))):
+            column = sampled if spec.kind == "discrete" else sampled[:, i]
+            freq = np.bincount(column, minlength=len(part)) / len(column)
+            assert np.allclose(freq, torch.softmax(part, -1).numpy(), atol=0.015)
+    with torch.no_grad():  # refresh() follows weight changes
+        for p in agent.parameters():
+            p.add_(0.1)
+    policy.refresh()
+    assert np.allclose(policy(obs.numpy()[:8])[2], agent.value(obs[:8]).detach().numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
+def test_numpy_rollout_logprobs_give_ratio_one(env_id, tmp_path):
+    """The stored rollout log-probs are the torch network's: at the first minibatch ratio = 1, KL = 0."""
+    import numpy as np
+
+    from ppox.rl.ppo import PPO, Rollout
+
+    model = PPO(env_id, run_dir=tmp_path, num_envs=4, num_steps=32, progress=False, tensorboard=False,
+                eval_episodes=0, norm_obs=True, norm_reward=True)
+    assert model._np_policy is not None  # CPU + gymnasium envs: the numpy rollout
+    buf = Rollout.allocate(32, 4, model.envs.obs_dim, model.spec, model.device)
+    model._next_obs = model._normalize(model.envs.reset(), update=True)
+    last_value = model._collect(buf, [])
+    obs = buf.obs.reshape(-1, model.envs.obs_dim)
+    with torch.no_grad():
+        logprobs, _, values = model.agent.evaluate(obs, buf.actions.reshape(-1, *model.spec.action_shape))
+    ratio = (logprobs - buf.logprobs.reshape(-1)).exp()
+    assert torch.allclose(ratio, torch.ones_like(ratio), atol=1e-5)
+    assert float((ratio - 1 - ratio.log()).mean()) < 1e-9  # approx_kl
+    assert torch.allclose(values, buf.values.reshape(-1), atol=1e-5)
+    assert torch.allclose(last_value, model.agent.value(model._next_obs).detach(), atol=1e-5)
+    assert np.isfinite(buf.rewards.numpy()).all()
+    model.close()
+
+
+def test_gae_numpy_equals_core_gae():
+    import numpy as np
+
+    from ppox.core import gae
+    from ppox.rl.ppo import gae_numpy
+
+    g = torch.Generator().manual_seed(0)
+    r, v, fv = (torch.randn(64, 3, generator=g) for _ in range(3))
+    last = torch.randn(3, generator=g)
+    term = torch.rand(64, 3, generator=g) < 0.05
+    end = term | (torch.rand(64, 3, generator=g) < 0.05)
+    next_values = torch.where(end & ~term, fv, torch.cat([v[1:], last[None]]))
+    adv, ret = gae(r, v, next_values, term, end, 0.99, 0.95)
+    adv2, ret2 = gae_numpy(r.numpy(), v.numpy(), last.numpy(), fv.numpy(), term.numpy(), end.numpy(), 0.99, 0.95)
+    assert np.allclose(adv.numpy(), adv2, atol=1e-6) and np.allclose(ret.numpy(), ret2, atol=1e-6)
+
+
+def test_numpy_and_torch_rollouts_step_envs_alike(monkeypatch):
+    """Both rollouts drive the same env adapter: with equal actions the envs give equal results, and
+    those of gymnasium's SyncVectorEnv (same-step autoreset), which the adapter steps around."""
+    import gymnasium as gym
+    import numpy as np
+
+    from ppox.rl.envs import VecEnv
+
+    a = VecEnv("CartPole-v1", 3, 5, torch.device("cpu"))
+    b = VecEnv("CartPole-v1", 3, 5, torch.device("cpu"))
+    ref = gym.vector.SyncVectorEnv([lambda: gym.make("CartPole-v1")] * 3,
+                                   autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+    assert torch.equal(a.reset(), b.reset())
+    assert np.array_equal(ref.reset(seed=5)[0], a._last_obs.numpy())
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        actions = rng.integers(0, 2, 3)
+        ra, rb = a.step(actions), b.step(torch.from_numpy(actions))
+        assert isinstance(ra.obs, np.ndarray) and isinstance(rb.obs, torch.Tensor)
+        assert np.array_equal(ra.obs, rb.obs.numpy()) and np.array_equal(ra.final_obs, rb.final_obs.numpy())
+        assert np.array_equal(ra.reward, rb.reward.numpy()) and np.array_equal(ra.truncated, rb.truncated.numpy())
+        assert ra.finished_returns == rb.finished_returns
+        obs, reward, terminated, truncated, info = ref.step(actions)
+        assert np.array_equal(obs, ra.obs) and np.array_equal(reward.astype(np.float32), ra.reward)
+        assert np.array_equal(terminated, ra.terminated) and np.array_equal(truncated, ra.truncated)
+        for i in np.flatnonzero(terminated | truncated):
+            assert np.array_equal(info["final_obs"][i], ra.final_obs[i])
