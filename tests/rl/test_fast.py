@@ -121,7 +121,7 @@ def test_numpy_policy_matches_agent(spec, activation):
     actions, logprobs, values = policy(obs.numpy())
     assert logprobs.dtype == np.float32 and values.dtype == np.float32
     assert actions.shape == (4000, *spec.action_shape)
-    ref_logprobs, ref_entropy, ref_values = agent.evaluate(obs, torch.from_numpy(actions))
+    ref_logprobs, _, ref_values = agent.evaluate(obs, torch.from_numpy(actions))
     assert np.allclose(logprobs, ref_logprobs.detach().numpy(), atol=1e-5)
     assert np.allclose(values, ref_values.detach().numpy(), atol=1e-5)
     assert np.allclose(policy.value(obs.numpy()[:8]), agent.value(obs[:8]).detach().numpy(), atol=1e-5)
