@@ -105,10 +105,8 @@ def measure_allreduce(world: int, numel: int, reps: int = 200) -> float:
 
 def project(terms: dict, alpha: float, beta: float, procs: int) -> float:
     """Per-iteration seconds for a fixed global batch on `procs` ranks (ring all-reduce, alpha-beta)."""
-    if procs == 1:
-        allreduce = 0.0
-    else:
-        allreduce = 2 * (procs - 1) * alpha + 2 * (procs - 1) / procs * terms["param_bytes"] * beta
+    hops = 2 * (procs - 1)  # a ring all-reduce: reduce-scatter then all-gather
+    allreduce = hops * alpha + hops / procs * terms["param_bytes"] * beta
     return terms["t_rollout"] / procs + terms["t_update"] + terms["minibatch_steps"] * allreduce
 
 
@@ -151,7 +149,8 @@ def main() -> int:
               f"{r['weights_identical_across_ranks']} |" for r in runs]
     lines += ["", "Measured terms (one process):", "",
               f"- t_rollout = {terms['t_rollout'] * 1e3:.1f} ms per iteration ({terms['batch_size']} env steps)",
-              f"- t_update = {terms['t_update'] * 1e3:.1f} ms per iteration ({terms['minibatch_steps']} minibatch steps)",
+              f"- t_update = {terms['t_update'] * 1e3:.1f} ms per iteration "
+              f"({terms['minibatch_steps']} minibatch steps)",
               f"- parameters: {terms['param_count']} ({terms['param_bytes']} bytes of float32 gradients)"]
     lines += [f"- all-reduce of the gradients on {n} processes: {s * 1e6:.0f} µs (1 float: {tiny[n] * 1e6:.0f} µs)"
               for n, s in allreduce.items()]
