@@ -106,6 +106,10 @@ class LLMPPOTrainer:
             self.policy, mb["input_ids"], mb["attention_mask"], prompt_width, self.config.temperature, shared
         )
         values = self._values(mb["input_ids"], mb["attention_mask"], prompt_width, hidden)
+        # Zero every output outside the response mask (as the rollout does): the ratio there is
+        # exp(0) = 1, so no padded position can overflow into an inf * 0 = NaN in the loss.
+        invalid = ~mb["mask"]
+        logprobs, entropy, values = (x.masked_fill(invalid, 0.0) for x in (logprobs, entropy, values))
         extra = None
         if self.config.kl_penalty == "loss":
             # KL(pi || ref) sampled from pi: log r = log ref - log pi, differentiated through log pi.
@@ -147,7 +151,7 @@ class LLMPPOTrainer:
         logprobs, ref_logprobs = torch.cat(logprobs), torch.cat(ref_logprobs)  # (batch, R)
         values, entropy = torch.cat(values), torch.cat(entropy)  # (batch, R)
         maskf = mask.float()
-        values = values * maskf
+        logprobs, ref_logprobs, values = (x.masked_fill(~mask, 0.0) for x in (logprobs, ref_logprobs, values))
 
         lengths = mask.sum(-1)  # (batch,)
         completions = [

@@ -1,0 +1,143 @@
+"""`ppox llm train | eval | demo`: flags generated from the config dataclasses with tyro.
+
+The top-level `ppox` command dispatches `ppox llm <rest>` to `main(rest)`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass
+
+from ppox.errors import ConfigError, PPOXError
+from ppox.llm.config import LLMPPOConfig
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # local directories only: never reach the network
+
+USAGE = """usage: ppox llm {train,eval,demo} [--help] [flags]
+
+  train   PPO on a local causal LM (--model-path DIR) with a task or a reward model
+  eval    greedy exact-match accuracy of a model on the arithmetic test split
+  demo    offline demo: tiny GPT-2, supervised pre-training, then PPO on arithmetic
+"""
+
+
+@dataclass
+class EvalConfig:
+    """Greedy exact-match accuracy of a causal LM on the arithmetic task's held-out split."""
+
+    model_path: str
+    """Local model directory (save_pretrained layout, with its tokenizer)."""
+    task: str = "arithmetic"
+    """Task to evaluate on (only 'arithmetic')."""
+    num_test: int = 500
+    """Held-out test problems (the same split as training with the same seed and num_test)."""
+    seed: int = 1
+    """Seed that drew the split."""
+    max_new_tokens: int = 6
+    """Longest completion."""
+    torch_threads: int = 2
+    """CPU threads for torch."""
+
+
+def build_trainer(cfg: LLMPPOConfig):
+    """The trainer a `train` command describes: model, prompts, reward and evaluation from the flags."""
+    from ppox.llm.data import load_prompts
+    from ppox.llm.models import load_policy
+    from ppox.llm.reward import RewardModel
+    from ppox.llm.tasks import REWARDS, arithmetic_splits, exact_match_reward, greedy_accuracy
+    from ppox.llm.trainer import LLMPPOTrainer
+
+    if cfg.model_path is None:
+        raise ConfigError(
+            "--model-path is required: a local causal-LM directory "
+            "(e.g. DIR/sft_model written by `ppox llm demo --run-dir DIR`)"
+        )
+    if cfg.task == "none" and cfg.prompts_file is None:
+        raise ConfigError("with --task none a prompt dataset is needed: set --prompts-file")
+    if cfg.task == "none" and cfg.reward_model_path is None:
+        raise ConfigError("with --task none a reward is needed: set --reward-model-path")
+    model, tokenizer = load_policy(cfg.model_path)
+    train = test = None
+    if cfg.task == "arithmetic":
+        train, test = arithmetic_splits(cfg.num_test, 50_000, cfg.seed)
+    prompts = load_prompts(cfg.prompts_file) if cfg.prompts_file else [p.prompt for p in train]
+    reward_fn = RewardModel(cfg.reward_model_path, cfg.device) if cfg.reward_model_path else REWARDS[cfg.reward]
+    on_task = cfg.task == "arithmetic" and cfg.prompts_file is None
+    return LLMPPOTrainer(
+        cfg, model, tokenizer, reward_fn, prompts,
+        accuracy_fn=exact_match_reward if on_task else None,
+        evaluate_fn=(lambda policy: {"accuracy": greedy_accuracy(policy, tokenizer, test)[0]}) if test else None,
+    )
+
+
+def _train(argv: list[str]) -> int:
+    import tyro
+
+    cfg = tyro.cli(LLMPPOConfig, args=argv, default=LLMPPOConfig(), prog="ppox llm train")
+    trainer = build_trainer(cfg)
+
+    def show(r: dict) -> None:
+        acc = f" acc={r['accuracy']:.3f}" if "accuracy" in r else ""
+        test = f" test_acc={r['eval_accuracy']:.3f}" if "eval_accuracy" in r else ""
+        print(f"step {r['iteration']}: reward={r['reward_mean']:.3f}{acc} kl_ref={r['kl_ref']:.3f} "
+              f"approx_kl={r['approx_kl']:.4f} clipfrac={r['clipfrac']:.3f}{test}", flush=True)
+
+    trainer.train(cfg.run_dir, log=show)
+    print(f"policy saved to {cfg.run_dir}/policy")
+    return 0
+
+
+def _eval(argv: list[str]) -> int:
+    import torch
+    import tyro
+
+    from ppox.llm.models import load_policy
+    from ppox.llm.tasks import arithmetic_splits, greedy_accuracy
+
+    cfg = tyro.cli(EvalConfig, args=argv, prog="ppox llm eval")
+    if cfg.task != "arithmetic":
+        raise ConfigError(f"unknown task {cfg.task!r}: only 'arithmetic' can be evaluated")
+    if cfg.torch_threads:
+        torch.set_num_threads(cfg.torch_threads)
+    model, tokenizer = load_policy(cfg.model_path)
+    _, test = arithmetic_splits(cfg.num_test, 0, cfg.seed)
+    accuracy, tps = greedy_accuracy(model, tokenizer, test, cfg.max_new_tokens)
+    print(json.dumps({"accuracy": accuracy, "test_problems": len(test), "tokens_per_s": tps}))
+    return 0
+
+
+def _demo(argv: list[str]) -> int:
+    import tyro
+
+    from ppox.llm.demo import DemoConfig, run_demo
+
+    cfg = tyro.cli(DemoConfig, args=argv, default=DemoConfig(), prog="ppox llm demo")
+    run_demo(cfg)
+    return 0
+
+
+COMMANDS = {"train": _train, "eval": _eval, "demo": _demo}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE, end="")
+        return 0 if argv else 2
+    command = COMMANDS.get(argv[0])
+    if command is None:
+        print(f"error: unknown command 'ppox llm {argv[0]}' (choose train, eval or demo)", file=sys.stderr)
+        return 2
+    try:
+        return command(argv[1:])
+    except PPOXError as exc:
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
+    except SystemExit as exc:  # tyro: --help (0) or a malformed flag (2)
+        return exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
