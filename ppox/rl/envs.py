@@ -364,9 +364,13 @@ class _WorkerEnvFn:
         self.env_fn = env_fn
 
     def __call__(self) -> gym.Env:
+        import multiprocessing
         import signal
 
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        # AsyncVectorEnv also calls the factory once in the trainer's own process (to read the
+        # spaces): only a worker process may ignore Ctrl-C
+        if multiprocessing.parent_process() is not None:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
         return self.env_fn()
 
 

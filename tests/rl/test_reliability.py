@@ -393,3 +393,16 @@ def test_custom_env_failing_the_checker_is_reported_in_plain_words():
 
     with pytest.raises(EnvError, match="the env factory raised OSError: simulator licence not found"):
         PPO(PPOConfig(env_id=None, **TINY), env_fn=broken_factory)
+
+
+def test_async_envs_leave_the_trainers_ctrl_c_handler_alone(tiny):
+    import signal
+
+    from ppox import PPO
+
+    before = signal.getsignal(signal.SIGINT)
+    model = PPO(tiny(vectorization="async", num_envs=2))
+    try:
+        assert signal.getsignal(signal.SIGINT) is before
+    finally:
+        model.close()
