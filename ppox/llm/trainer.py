@@ -17,6 +17,7 @@ import torch
 
 from ppox.core import AdaptiveKLController, aggregate, gae, kl_estimate, normalize
 from ppox.core.update import PolicyOutput, ppo_update
+from ppox.errors import PPOXError
 from ppox.io import atomic_write_json, save_tensors
 from ppox.llm.config import LLMPPOConfig
 from ppox.llm.data import check_prompts, prompt_batches
@@ -61,7 +62,7 @@ class LLMPPOTrainer:
         self.eos_token_id = tokenizer.eos_token_id
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         if self.pad_token_id is None:
-            raise ValueError("the tokenizer has neither a pad nor an eos token")
+            raise PPOXError("the tokenizer has neither a pad nor an eos token: set tokenizer.pad_token")
         tokenizer.pad_token_id = self.pad_token_id
 
         policy = policy.to(self.device)
@@ -161,6 +162,8 @@ class LLMPPOTrainer:
         scores = score(self.reward_fn, prompts, completions).to(self.device)  # (batch,)
         task_reward = normalize(scores) if cfg.normalize_reward and len(prompts) > 1 else scores.clone()
         hit_eos = (responses == self.eos_token_id).any(-1)  # (batch,) False: cut at max_new_tokens
+        if self.eos_token_id is None:
+            hit_eos = torch.ones_like(hit_eos)
         if cfg.missing_eos_penalty is not None:
             task_reward = task_reward - cfg.missing_eos_penalty * (~hit_eos).float()
 

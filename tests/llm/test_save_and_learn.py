@@ -68,3 +68,20 @@ def test_demo_end_to_end(tmp_path):
     assert summary["test_problems"] == 40
     assert AutoModelForCausalLM.from_pretrained(run_dir / "policy", local_files_only=True) is not None
     assert main(["eval", "--model-path", str(run_dir / "policy"), "--num-test", "40"]) == 0
+
+
+def test_reward_model_directory(tmp_path, tokenizer):
+    from transformers import GPT2Config, GPT2ForSequenceClassification
+
+    from ppox.llm.reward import RewardModel, score
+
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=len(tokenizer), n_positions=32, n_embd=16, n_layer=1, n_head=2, num_labels=1,
+                        pad_token_id=tokenizer.pad_token_id)
+    GPT2ForSequenceClassification(config).save_pretrained(tmp_path / "rm")
+    tokenizer.save_pretrained(tmp_path / "rm")
+    rm = RewardModel(tmp_path / "rm")
+    rewards = score(rm, ["1+2=", "12+345="], ["3", "357"])
+    assert rewards.shape == (2,) and torch.isfinite(rewards).all()
+    # left padding must not change a sequence's score
+    assert rm(["12+345="], ["357"])[0] == pytest.approx(rewards[1].item(), abs=1e-5)
