@@ -138,13 +138,33 @@ def stats(values: list[float]) -> dict:
 
 def welch_p(a: list[float], b: list[float]) -> float | None:
     """Two-sided Welch t-test p-value (scipy if present), None if undefined."""
+    if len(a) < 2 or len(b) < 2 or (statistics.pstdev(a) == 0 and statistics.pstdev(b) == 0):
+        return 1.0 if statistics.fmean(a) == statistics.fmean(b) else None
     try:
         from scipy import stats as st
     except ImportError:
-        return None
-    if len(a) < 2 or len(b) < 2 or (statistics.pstdev(a) == 0 and statistics.pstdev(b) == 0):
-        return 1.0 if statistics.fmean(a) == statistics.fmean(b) else None
+        return welch_p_numpy(a, b)
     return float(st.ttest_ind(a, b, equal_var=False).pvalue)
+
+
+def welch_p_numpy(a: list[float], b: list[float]) -> float:
+    """Welch's t-test without scipy: t, Welch-Satterthwaite df, two-sided tail of Student's t by
+    numerical integration (substituting x = |t| / u, u in (0, 1])."""
+    import math
+
+    import numpy as np
+
+    va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
+    t = abs(statistics.fmean(a) - statistics.fmean(b)) / math.sqrt(va + vb)
+    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    if t == 0:
+        return 1.0
+    log_c = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
+    u = np.linspace(1e-9, 1.0, 200_001)
+    x = t / u
+    f = np.exp(log_c - (df + 1) / 2 * np.log1p(x * x / df)) * t / (u * u)
+    tail = float(np.sum((f[1:] + f[:-1]) * np.diff(u)) / 2)
+    return min(1.0, 2 * tail)
 
 
 def write(name: str, command: str, md_lines: list[str], data: dict) -> None:
@@ -199,7 +219,21 @@ def compare(a: argparse.Namespace, command: str) -> None:
                       f"| {excl:,.0f} | {ratio:.2f}x | {statistics.median(r['compile_s'] for r in rs):.1f} "
                       f"| {fmt(ret and ret['mean'])} ± {fmt(ret and ret['std'])} | {fmt(p, 2)} "
                       f"| {max(r['peak_rss_mib'] for r in rs):,.0f} |")
+    md += ["", "Paired ratio (ppox sps / SB3 sps of the same seed, the two runs back to back; less sensitive "
+           "to load changes than the ratio of medians):", ""]
+    for env in a.envs:
+        pairs = paired_ratios(runs, env)
+        summary[env]["paired_ratios"] = pairs
+        md.append(f"* {env}: median {statistics.median(pairs):.2f}x (per seed: "
+                  f"{', '.join(f'{x:.2f}x' for x in pairs)})")
     write(a.name or f"compare_{'_'.join(a.envs)}_{a.steps}", command, md, {"runs": runs, "summary": summary})
+
+
+def paired_ratios(runs: list[dict], env: str) -> list[float]:
+    """ppox sps / SB3 sps per seed (the two runs of a seed run back to back)."""
+    by = {(r["seed"], r["lib"]): r["sps"] for r in runs if r["env"] == env}
+    seeds = sorted({s for s, _ in by})
+    return [by[(s, "ppox")] / by[(s, "sb3")] for s in seeds if (s, "ppox") in by and (s, "sb3") in by]
 
 
 class Solved(Exception):
@@ -347,7 +381,9 @@ def main() -> None:
     g.add_argument("--num-minibatches", type=int, default=4)
     g.add_argument("--update-epochs", type=int, default=4)
     g.add_argument("--steps", type=int, default=500_000)
-    common(g, threads=0)
+    # 1 torch thread: on the shared 2-core machine 2 threads made both the env-only and the training
+    # rate ~40x slower (thread wake-ups under load; benchmarks/results/scale_*)
+    common(g, threads=1)
 
     r = sub.add_parser("_run", help=argparse.SUPPRESS)  # one run in a child process; prints JSON
     r.add_argument("--lib", required=True)
