@@ -56,7 +56,8 @@ def run_ppox(a: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         cfg = preset_config(a.env, preset=a.preset or preset_for(a.env), seed=a.seed, total_timesteps=a.steps,
                             compile=a.compile, torch_threads=a.threads, progress=False, tensorboard=False,
-                            eval_episodes=0, run_dir=tmp, overwrite=True, env_backend=a.env_backend,
+                            eval_episodes=0, run_dir=tmp, overwrite=True,
+                            **({"env_backend": a.env_backend} if a.env_backend else {}),
                             **({"num_envs": a.num_envs} if a.num_envs else {}))
         model = PPO(cfg)
         start = time.perf_counter()
@@ -67,7 +68,7 @@ def run_ppox(a: argparse.Namespace) -> dict:
     return {"lib": "ppox", "wall_s": wall, "steps": model.global_step, "sps": model.global_step / wall,
             "compile_s": compile_s, "sps_excl_compile": model.global_step / max(wall - compile_s, 1e-9),
             "eval_mean": ev["mean"], "eval_std": ev["std"], "peak_rss_mib": peak_rss_mib(),
-            "torch_threads": torch.get_num_threads(), "compile": a.compile, "env_backend": a.env_backend}
+            "torch_threads": torch.get_num_threads(), "compile": a.compile, "env_backend": model.envs.backend}
 
 
 def run_sb3(a: argparse.Namespace) -> dict:
@@ -259,7 +260,7 @@ def solve_once(a: argparse.Namespace, seed: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         cfg = preset_config(a.env, preset=a.preset, seed=seed, compile=a.compile, torch_threads=a.threads,
                             progress=False, tensorboard=False, eval_episodes=0, run_dir=tmp, overwrite=True,
-                            total_timesteps=a.max_steps, env_backend=a.env_backend)
+                            total_timesteps=a.max_steps, **({"env_backend": a.env_backend} if a.env_backend else {}))
         t0 = time.perf_counter()  # the clock starts before construction (env creation, compile included)
         model = Timed(cfg)
         model.t0, model.eval_seconds, model.curve = t0, 0.0, []
@@ -271,7 +272,7 @@ def solve_once(a: argparse.Namespace, seed: int) -> dict:
         seconds = time.perf_counter() - t0 - model.eval_seconds
     return {"seed": seed, "solved": solved, "seconds": seconds, "steps": model.global_step,
             "compile_s": model.compile_timer.seconds, "eval_seconds_excluded": model.eval_seconds,
-            "curve": model.curve}
+            "env_backend": model.envs.backend, "curve": model.curve}
 
 
 def solve(a: argparse.Namespace, command: str) -> None:
@@ -359,8 +360,8 @@ def main() -> None:
     c.add_argument("--seeds", type=int, default=3)
     c.add_argument("--steps", type=int, default=100_000)
     c.add_argument("--eval-episodes", type=int, default=20)
-    c.add_argument("--env-backend", default="gymnasium", choices=["gymnasium", "torch"],
-                   help="ppox's env backend (SB3 always steps the gymnasium env)")
+    c.add_argument("--env-backend", default=None, choices=["gymnasium", "numpy", "torch", "auto"],
+                   help="ppox's env backend (default: the preset's; SB3 always steps the gymnasium env)")
     common(c)
 
     s = sub.add_parser("solve", help="time to solve with ppox's best preset")
@@ -371,7 +372,8 @@ def main() -> None:
     s.add_argument("--eval-every", type=int, default=10)
     s.add_argument("--eval-episodes", type=int, default=20)
     s.add_argument("--max-steps", type=int, default=300_000)
-    s.add_argument("--env-backend", default="gymnasium", choices=["gymnasium", "torch"])
+    s.add_argument("--env-backend", default=None, choices=["gymnasium", "numpy", "torch", "auto"],
+                   help="default: the preset's")
     common(s)
 
     g = sub.add_parser("scale", help="training vs env-only rate with many batched torch envs")
@@ -398,7 +400,6 @@ def main() -> None:
     a = p.parse_args()
     command = "python benchmarks/bench_vs_sb3.py " + shlex.join(sys.argv[1:])
     if a.cmd == "_run":
-        a.env_backend = a.env_backend or "gymnasium"
         fn = {"ppox": run_ppox, "sb3": run_sb3, "solve": lambda x: solve_once(x, x.seed), "scale": scale_once}
         print(json.dumps(fn[a.lib](a)))
     else:

@@ -86,7 +86,19 @@ class VecEnv:
         self.restarts = 0
         self._last_obs: torch.Tensor | None = None
         self._vectorization = vectorization
-        if backend == "torch" and env_fn is None:
+        self.backend = backend = resolve_env_backend(backend, env_id, device, env_fn, vectorization)
+        self._fresh_obs = False  # the env returns a new observation array every step (no copy needed)
+        if backend == "numpy":
+            from ppox.envs import NUMPY_ENV_IDS, make_numpy_vec_env
+
+            if env_id not in NUMPY_ENV_IDS:
+                raise EnvError(
+                    f"env_backend numpy has no {env_id!r}; it has {', '.join(NUMPY_ENV_IDS)} "
+                    "(use --env-backend gymnasium or auto)"
+                )
+            self.envs = make_numpy_vec_env(env_id, num_envs, seed=seed)
+            self._fresh_obs = True
+        elif backend == "torch":
             from ppox.envs import TORCH_ENV_IDS, make_torch_vec_env
 
             if env_id not in TORCH_ENV_IDS:
@@ -118,7 +130,8 @@ class VecEnv:
         self.obs_dim = obs_dim(self.single_observation_space)
         self._episode_return = np.zeros(num_envs, dtype=np.float64)
         self._episode_length = np.zeros(num_envs, dtype=np.int64)
-        self.numpy_backend = isinstance(self.envs, gym.vector.SyncVectorEnv | gym.vector.AsyncVectorEnv)
+        self.numpy_backend = backend == "numpy" or isinstance(
+            self.envs, gym.vector.SyncVectorEnv | gym.vector.AsyncVectorEnv)
         self._box_obs = isinstance(self.single_observation_space, gym.spaces.Box)
 
     def _encode(self, obs) -> torch.Tensor:
@@ -128,6 +141,8 @@ class VecEnv:
 
     def _encode_np(self, obs) -> np.ndarray:
         """Raw numpy observations -> a new float32 array (num_envs, obs_dim) (never the env's own buffer)."""
+        if self._fresh_obs:  # ppox's numpy envs: already a new float32 (num_envs, obs_dim) array
+            return obs
         if self._box_obs:
             obs = np.asarray(obs)
             return np.array(obs.reshape(obs.shape[0], -1), dtype=np.float32)
@@ -288,8 +303,11 @@ class VecEnv:
             self._episode_return[done] = 0
             self._episode_length[done] = 0
             final_obs = next_obs.copy()
-            for i in np.flatnonzero(done):  # raw_final[i]: the last observation of ended env i
-                final_obs[i] = self._encode_np(_batch_of_one(raw_final[i], self.single_observation_space))[0]
+            if self._fresh_obs:  # a (num_envs, obs_dim) float32 array
+                final_obs[done] = raw_final[done]
+            else:
+                for i in np.flatnonzero(done):  # raw_final[i]: the last observation of ended env i
+                    final_obs[i] = self._encode_np(_batch_of_one(raw_final[i], self.single_observation_space))[0]
         return StepResult(
             obs=next_obs,
             reward=reward.astype(np.float32),
@@ -305,6 +323,21 @@ class VecEnv:
             self.envs.close()
         except Exception:  # a dead async worker: terminate the rest rather than wait on it
             _shutdown(self.envs)
+
+
+def resolve_env_backend(backend: str, env_id: str | None, device: torch.device, env_fn: EnvFn | None,
+                        vectorization: str = "auto") -> str:
+    """The backend a VecEnv uses: "auto" is "numpy" (ppox's numpy twin, same dynamics step for step)
+    when the env id has one, the device is a CPU, no env_fn is given and vectorization is not async;
+    else "gymnasium". An env_fn always means gymnasium."""
+    if env_fn is not None:
+        return "gymnasium"
+    if backend == "auto":
+        from ppox.envs import NUMPY_ENV_IDS
+
+        cpu = torch.device(device).type == "cpu"
+        return "numpy" if env_id in NUMPY_ENV_IDS and cpu and vectorization != "async" else "gymnasium"
+    return backend
 
 
 def _step_sync_envs(envs: list[gym.Env], actions: np.ndarray, spec: ActionSpec):

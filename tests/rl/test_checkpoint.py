@@ -296,3 +296,15 @@ def test_torch_backend_env_state_is_captured(tmp_path, monkeypatch):
     assert json.loads((ckpt.latest_checkpoint(run) / "state.json").read_text())["env_state"]["captured"]
     PPO.resume(run).learn()
     assert_same_run(ref, run)
+
+
+def test_numpy_backend_env_state_is_captured(tmp_path, monkeypatch):
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    kw = dict(TINY, env_backend="numpy", num_envs=4, total_timesteps=640, checkpoint_every=2)
+    PPO("Acrobot-v1", run_dir=ref, **kw).learn()
+    kill_at_env_step(monkeypatch, 16 * 5 + 3)
+    with pytest.raises(Killed):
+        PPO("Acrobot-v1", run_dir=run, **kw).learn()
+    assert json.loads((ckpt.latest_checkpoint(run) / "state.json").read_text())["env_state"]["captured"]
+    PPO.resume(run).learn()
+    assert_same_run(ref, run)

@@ -211,7 +211,9 @@ def test_env_fault_without_restarts_configured_is_reported_by_cli(tmp_path, caps
 
     monkeypatch.setattr(envs_module, "make_single_env", make)
     run = tmp_path / "run"
-    assert main(["train", "CartPole-v1", *CLI_TINY, "--max-env-restarts", "0", "--run-dir", str(run)]) == 2
+    # the fault is in gymnasium's env (the CartPole-v1 preset would train on ppox's numpy twin)
+    assert main(["train", "CartPole-v1", *CLI_TINY, "--max-env-restarts", "0", "--env-backend", "gymnasium",
+                 "--run-dir", str(run)]) == 2
     err = one_line_error(capsys)
     assert "environment 0" in err and "non-finite observation" in err and "checkpoint" in err
 
