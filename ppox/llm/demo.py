@@ -35,7 +35,7 @@ def _demo_ppo_defaults() -> LLMPPOConfig:
     # completions per step the gradient of the exact-match reward is mostly noise, and Adam turns
     # noise into steps of full size: larger learning rates made test accuracy *fall*.
     return LLMPPOConfig(
-        total_steps=40,
+        total_steps=70,
         batch_size=512,
         num_minibatches=4,
         update_epochs=4,
