@@ -85,7 +85,8 @@ def _train(argv: list[str]) -> int:
               f"approx_kl={r['approx_kl']:.4f} clipfrac={r['clipfrac']:.3f}{test}", flush=True)
 
     trainer.train(cfg.run_dir, log=show)
-    print(f"policy saved to {cfg.run_dir}/policy")
+    if trainer.collective.is_main:  # torchrun: rank 0 reports for the group
+        print(f"policy saved to {cfg.run_dir}/policy")
     return 0
 
 

@@ -17,6 +17,7 @@ import torch
 
 from ppox.core import AdaptiveKLController, aggregate, gae, kl_estimate, normalize
 from ppox.core.update import PolicyOutput, ppo_update
+from ppox.distributed import init_from_env, parameter_hash
 from ppox.errors import PPOXError
 from ppox.io import atomic_write_json, save_tensors
 from ppox.llm.config import LLMPPOConfig
@@ -54,6 +55,11 @@ class LLMPPOTrainer:
             torch.set_num_threads(cfg.torch_threads)
         torch.manual_seed(cfg.seed)
         self.device = torch.device(cfg.device)
+        # torchrun: one process per rank, gradients averaged by the shared update loop
+        self.collective = init_from_env(self.device.type)
+        if self.collective.enabled and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.collective.local_rank)
+        self._reduce_sum = self.collective.sum_ if self.collective.enabled else None
         self.prompts = check_prompts(prompts)
         self.tokenizer = tokenizer
         self.reward_fn = reward_fn
@@ -84,11 +90,15 @@ class LLMPPOTrainer:
             ],
             weight_decay=0.0,
         )
+        if self.collective.enabled:  # rank 0's critic init everywhere; distinct samples per rank
+            self.collective.broadcast_module(self.policy)
+            self.collective.broadcast_module(self.critic)
+            torch.manual_seed(cfg.seed + self.collective.rank)
         horizon = cfg.kl_horizon if cfg.target_ref_kl is not None else None
         self.kl_ctl = AdaptiveKLController(cfg.kl_coef, cfg.target_ref_kl, horizon)
         self.settings = cfg.loss_settings()
         self.generator = torch.Generator().manual_seed(cfg.seed)
-        self._batches = prompt_batches(self.prompts, cfg.batch_size, cfg.seed)
+        self._batches = prompt_batches(self.prompts, cfg.batch_size, cfg.seed + self.collective.rank)
         self.step_count = 0
         self.global_step = 0  # completions sampled so far
 
@@ -160,7 +170,10 @@ class LLMPPOTrainer:
             for i in range(len(prompts))
         ]
         scores = score(self.reward_fn, prompts, completions).to(self.device)  # (batch,)
-        task_reward = normalize(scores) if cfg.normalize_reward and len(prompts) > 1 else scores.clone()
+        task_reward = (
+            normalize(scores, all_reduce_sum=self._reduce_sum) if cfg.normalize_reward and len(prompts) > 1
+            else scores.clone()
+        )
         hit_eos = (responses == self.eos_token_id).any(-1)  # (batch,) False: cut at max_new_tokens
         if self.eos_token_id is None:
             hit_eos = torch.ones_like(hit_eos)
@@ -180,8 +193,8 @@ class LLMPPOTrainer:
             rewards.T, values.T, next_values.T, done.T, done.T, cfg.gamma, cfg.gae_lambda
         )
         advantages, returns = advantages.T * maskf, returns.T * maskf  # (batch, R)
-        if cfg.whiten_advantages:
-            advantages = normalize(advantages, mask)
+        if cfg.whiten_advantages:  # over the valid tokens of all ranks' batches
+            advantages = normalize(advantages, mask, all_reduce_sum=self._reduce_sum)
 
         batch = {
             "input_ids": input_ids, "attention_mask": attention_mask, "mask": mask,
@@ -221,12 +234,16 @@ class LLMPPOTrainer:
             update_epochs=cfg.update_epochs, num_minibatches=cfg.num_minibatches,
             max_grad_norm=cfg.max_grad_norm, target_kl=cfg.target_kl,
             grad_accum_steps=cfg.grad_accum_steps, generator=self.generator,
+            collective=self.collective if self.collective.enabled else None,
         )
         update_seconds = time.perf_counter() - t1
         self.step_count += 1
-        self.global_step += len(prompts)
+        self.global_step += len(prompts) * self.collective.world_size
+        if self.collective.enabled:  # logged statistics and the KL controller's input are global
+            stats = self._mean_over_ranks(stats)
+            result.stats.update(self._mean_over_ranks(result.stats))
         kl_coef = self.kl_ctl.coef  # the coefficient this step used
-        self.kl_ctl.update(stats["kl_ref"], n_steps=len(prompts))
+        self.kl_ctl.update(stats["kl_ref"], n_steps=len(prompts) * self.collective.world_size)
         num_tokens = float(batch["mask"].sum())
         return {
             "global_step": self.global_step,
@@ -241,29 +258,49 @@ class LLMPPOTrainer:
             "step_seconds": time.perf_counter() - t0,
         }
 
+    def _mean_over_ranks(self, stats: dict[str, float]) -> dict[str, float]:
+        keys = sorted(k for k, v in stats.items() if isinstance(v, int | float))
+        values = self.collective.mean_(torch.tensor([float(stats[k]) for k in keys], dtype=torch.float64))
+        return {**stats, **dict(zip(keys, values.tolist(), strict=True))}
+
     def train(self, run_dir: str | Path | None = None, log: Callable[[dict], None] | None = None) -> list[dict]:
         """Run config.total_steps steps, logging every step; saves the policy to run_dir/policy."""
         cfg = self.config
         run_dir = Path(run_dir if run_dir is not None else cfg.run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(run_dir / "config.json", cfg.to_dict())
-        logger = MetricsLogger(run_dir, cfg.tensorboard)
+        is_main = self.collective.is_main  # with torchrun, rank 0 alone writes the run directory
+        if is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(run_dir / "config.json", cfg.to_dict())
+        logger = MetricsLogger(run_dir, cfg.tensorboard) if is_main else None
         history = []
         try:
             for step in range(1, cfg.total_steps + 1):
                 record = self.step()
-                if self.evaluate_fn is not None and (
+                if is_main and self.evaluate_fn is not None and (
                     step == cfg.total_steps or (cfg.eval_every and step % cfg.eval_every == 0)
                 ):
                     record.update({f"eval_{k}": v for k, v in self.evaluate_fn(self.policy).items()})
-                logger.log(record)
+                if logger is not None:
+                    logger.log(record)
                 history.append(record)
-                if log is not None:
+                if log is not None and is_main:
                     log(record)
         finally:
-            logger.close()
-        self.save(run_dir / "policy")
-        save_tensors(run_dir / "critic.safetensors", self.critic.state_dict())
+            if logger is not None:
+                logger.close()
+        # every rank must hold the same weights: compare hashes of all ranks' policy and critic
+        hashes = self.collective.gather_objects(parameter_hash(torch.nn.ModuleList([self.policy, self.critic])))
+        self.weights_identical_across_ranks = len(set(hashes)) == 1
+        if is_main:
+            self.save(run_dir / "policy")
+            save_tensors(run_dir / "critic.safetensors", self.critic.state_dict())
+            atomic_write_json(run_dir / "summary.json", {
+                "steps": self.step_count, "completions": self.global_step,
+                "world_size": self.collective.world_size,
+                "weights_identical_across_ranks": self.weights_identical_across_ranks,
+                **{k: v for k, v in (history[-1] if history else {}).items() if isinstance(v, int | float)},
+            })
+        self.collective.barrier()
         return history
 
     def save(self, path: str | Path) -> None:
