@@ -22,8 +22,9 @@ def env() -> dict:
 def test_two_processes_solve_cartpole_with_identical_weights(tmp_path):
     run = tmp_path / "run"
     proc = subprocess.run(
-        [*TORCHRUN, "-m", "ppox", "train", "CartPole-v1", "--run-dir", str(run), "--no-progress",
-         "--no-tensorboard"], env=env(), capture_output=True, text=True, timeout=280)
+        # the preset's 100k steps on each rank (the budget is global, so 200k in all)
+        [*TORCHRUN, "-m", "ppox", "train", "CartPole-v1", "--total-timesteps", "200000", "--run-dir", str(run),
+         "--no-progress", "--no-tensorboard"], env=env(), capture_output=True, text=True, timeout=280)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((run / "summary.json").read_text())
     assert summary["world_size"] == 2
