@@ -232,14 +232,14 @@ def plot_runs(
         for g in groups
     ]
     palette = {key: f"C{i % 10}" for i, key in enumerate(dict.fromkeys(config_keys))}
-    colours = {id(g): palette[key] for g, key in zip(groups, config_keys)}
+    colours = {id(g): palette[key] for g, key in zip(groups, config_keys, strict=True)}
     for col, env in enumerate(envs):
         env_groups = [g for g in groups if g.env_id == env]
         labels = group_labels(env_groups)
         for row, metric in enumerate(metric_list):
             ax = axes[row][col]
             drew = False
-            for g, label in zip(env_groups, labels):
+            for g, label in zip(env_groups, labels, strict=True):
                 curve = group_curve(g, x_key, metric)
                 if curve is None:
                     continue

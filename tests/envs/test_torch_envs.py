@@ -228,7 +228,7 @@ def test_actions_with_grad_and_numpy_are_accepted() -> None:
 
 
 def test_unknown_env_id() -> None:
-    with pytest.raises(ValueError, match="CartPole-v1.*Pendulum-v1"):
+    with pytest.raises(ValueError, match=r"CartPole-v1.*Pendulum-v1"):
         make_torch_vec_env("LunarLander-v3", 4)
 
 
