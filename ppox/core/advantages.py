@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import torch
 
 
@@ -31,14 +32,31 @@ def gae(
     Returns (advantages, returns = advantages + values).
     """
     not_terminal = 1.0 - terminated.to(values.dtype)
-    continues = 1.0 - episode_end.to(values.dtype)
+    decay = gamma * gae_lambda * (1.0 - episode_end.to(values.dtype))
     deltas = rewards + gamma * not_terminal * next_values - values
     advantages = torch.empty_like(values)
-    last = torch.zeros_like(values[0])
-    for t in range(values.shape[0] - 1, -1, -1):
-        last = deltas[t] + gamma * gae_lambda * continues[t] * last
-        advantages[t] = last
+    if deltas.device.type == "cpu" and not deltas.requires_grad:
+        _reverse_scan_numpy(deltas.numpy(), decay.numpy(), advantages.numpy())
+    else:
+        _reverse_scan_torch(deltas, decay, advantages)
     return advantages, advantages + values
+
+
+def _reverse_scan_torch(deltas: torch.Tensor, decay: torch.Tensor, out: torch.Tensor) -> None:
+    """out[t] = deltas[t] + decay[t] * out[t + 1], from the last step back (out[T] = 0)."""
+    last = torch.zeros_like(deltas[0])
+    for t in range(deltas.shape[0] - 1, -1, -1):
+        last = deltas[t] + decay[t] * last
+        out[t] = last
+
+
+def _reverse_scan_numpy(deltas: np.ndarray, decay: np.ndarray, out: np.ndarray) -> None:
+    """The same scan on CPU arrays (views of the tensors): the loop is sequential, and a numpy op
+    on a small row costs a fraction of a torch op's dispatch."""
+    last = np.zeros_like(deltas[0])
+    for t in range(deltas.shape[0] - 1, -1, -1):
+        last = deltas[t] + decay[t] * last
+        out[t] = last
 
 
 def normalize(

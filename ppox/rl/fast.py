@@ -31,7 +31,7 @@ import torch
 from torch.func import functional_call, grad
 
 from ppox.core.update import LossSettings, PolicyOutput, UpdateResult, ppo_loss
-from ppox.rl.spaces import LOG_SQRT_2PI, ActionSpec, log_prob_entropy, sample
+from ppox.rl.spaces import LOG_SQRT_2PI, ActionSpec, log_prob_entropy
 
 STAT_KEYS = ("policy_loss", "value_loss", "entropy", "kl_penalty", "approx_kl", "old_approx_kl", "clipfrac")
 
@@ -226,10 +226,7 @@ def make_policy_step(
         return PackedPolicy(agent, spec)
 
     def step(obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        head, value = agent(obs)
-        actions = sample(head, agent.log_std, spec, deterministic=False)
-        logprob, _ = log_prob_entropy(head, agent.log_std, actions, spec)
-        return actions, logprob, value
+        return agent.act(obs)
 
     compiled = _compile(step, compile)
     if compile and timer is not None:

@@ -170,11 +170,11 @@ def test_numpy_rollout_logprobs_give_ratio_one(env_id, tmp_path):
     model.close()
 
 
-def test_gae_numpy_equals_core_gae():
+def test_gae_numpy_scan_equals_torch_scan():
     import numpy as np
 
     from ppox.core import gae
-    from ppox.rl.ppo import gae_numpy
+    from ppox.core.advantages import _reverse_scan_torch
 
     g = torch.Generator().manual_seed(0)
     r, v, fv = (torch.randn(64, 3, generator=g) for _ in range(3))
@@ -182,8 +182,11 @@ def test_gae_numpy_equals_core_gae():
     term = torch.rand(64, 3, generator=g) < 0.05
     end = term | (torch.rand(64, 3, generator=g) < 0.05)
     next_values = torch.where(end & ~term, fv, torch.cat([v[1:], last[None]]))
-    adv, ret = gae(r, v, next_values, term, end, 0.99, 0.95)
-    adv2, ret2 = gae_numpy(r.numpy(), v.numpy(), last.numpy(), fv.numpy(), term.numpy(), end.numpy(), 0.99, 0.95)
+    adv, ret = gae(r, v, next_values, term, end, 0.99, 0.95)  # CPU: the numpy scan
+    deltas = r + 0.99 * (1.0 - term.float()) * next_values - v
+    adv2 = torch.empty_like(v)
+    _reverse_scan_torch(deltas, 0.99 * 0.95 * (1.0 - end.float()), adv2)
+    adv2, ret2 = adv2.numpy(), (adv2 + v).numpy()
     assert np.allclose(adv.numpy(), adv2, atol=1e-6) and np.allclose(ret.numpy(), ret2, atol=1e-6)
 
 
