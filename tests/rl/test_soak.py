@@ -60,10 +60,10 @@ def test_random_sigkills_and_resumes_lose_nothing(tmp_path):
             if proc.returncode == 0:
                 break
             assert proc.returncode == -signal.SIGKILL, err.decode()[-2000:]
-        if (run / "checkpoints").exists():
+        if ckpt.list_checkpoints(run):
             resumed_from.append(ckpt.latest_checkpoint(run).name)
             cmd = again
-        else:  # killed before the first checkpoint: start over
+        else:  # killed before the first checkpoint was complete: start over
             cmd = [*first, "--overwrite"]
     assert kills >= 3
 
