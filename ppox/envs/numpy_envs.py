@@ -25,11 +25,10 @@ import math
 from typing import Any, ClassVar
 
 import numpy as np
-from gymnasium import spaces
-from gymnasium.envs.classic_control.utils import maybe_parse_reset_bounds, verify_number_and_cast
 from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
-from gymnasium.vector.utils import batch_space
+
+from ppox.envs.constants import Acrobot, CartPole, ClassicControl, ContinuousMountainCar, MountainCar, Pendulum
 
 __all__ = [
     "NUMPY_ENV_IDS",
@@ -43,19 +42,17 @@ __all__ = [
 ]
 
 
-class NumpyClassicControlVecEnv(VectorEnv):
+class NumpyClassicControlVecEnv(ClassicControl, VectorEnv):
     """Base class: state, TimeLimit, SAME_STEP autoreset, per-env seeding.
 
-    Subclasses implement ``_make_spaces``, ``_reset_bounds``, ``_dynamics`` (whole batch) and
-    ``_observe``. ``state`` is ``(num_envs, state_dim)`` float64 like gymnasium's
-    ``env.unwrapped.state`` (a view of the row-major ``(state_dim, num_envs)`` array; settable).
+    Subclasses inherit an env's parameters, spaces and reset range from ``ppox.envs.constants``
+    first, and implement ``_dynamics`` (whole batch), ``_observe`` and where needed ``_draw``.
+    ``state`` is ``(num_envs, state_dim)`` float64 like gymnasium's ``env.unwrapped.state``
+    (a view of the row-major ``(state_dim, num_envs)`` array; settable).
     """
 
     metadata: ClassVar[dict[str, Any]] = {"render_modes": [], "autoreset_mode": AutoresetMode.SAME_STEP}
 
-    env_id: str
-    state_dim: int
-    default_max_episode_steps: int
     reset_dtype: type = np.float64  # Acrobot stores its reset state as float32
     # Up to this many envs, `_dynamics_scalar` (plain Python floats, a loop over envs) is used where a
     # class has one: a numpy call on a few elements costs ~0.5-1 us whatever its size, so at 4 envs
@@ -64,16 +61,9 @@ class NumpyClassicControlVecEnv(VectorEnv):
     scalar_max_envs: int = 0
 
     def __init__(self, num_envs: int, seed: int | None = None, *, max_episode_steps: int | None = None) -> None:
-        if num_envs < 1:
-            raise ValueError(f"num_envs must be >= 1, got {num_envs}")
-        self.num_envs = int(num_envs)
-        self.max_episode_steps = max_episode_steps or self.default_max_episode_steps
-        self.render_mode = None
-        self.single_observation_space, self.single_action_space = self._make_spaces()
-        self.observation_space = batch_space(self.single_observation_space, self.num_envs)
-        self.action_space = batch_space(self.single_action_space, self.num_envs)
+        self._init_vector(num_envs, max_episode_steps)
         self._rngs = [seeding.np_random(None if seed is None else seed + i)[0] for i in range(self.num_envs)]
-        self._low, self._high = self._reset_bounds(None)
+        self._low, self._high = self._reset_range(None)
         self._s = np.zeros((self.state_dim, self.num_envs))
         for i in range(self.num_envs):
             self._s[:, i] = self._draw(i)
@@ -98,7 +88,7 @@ class NumpyClassicControlVecEnv(VectorEnv):
             if len(seeds) != self.num_envs:
                 raise ValueError(f"{len(seeds)} seeds for {self.num_envs} envs")
             self._rngs = [seeding.np_random(s)[0] for s in seeds]
-        self._low, self._high = self._reset_bounds(options)
+        self._low, self._high = self._reset_range(options)
         for i in range(self.num_envs):
             self._s[:, i] = self._draw(i)
         self.elapsed_steps[:] = 0
@@ -137,12 +127,6 @@ class NumpyClassicControlVecEnv(VectorEnv):
         """Env i's initial state: the same generator call as gymnasium's reset."""
         return self._rngs[i].uniform(low=self._low, high=self._high, size=(self.state_dim,)).astype(self.reset_dtype)
 
-    def _make_spaces(self) -> tuple[spaces.Space, spaces.Space]:
-        raise NotImplementedError
-
-    def _reset_bounds(self, options: dict[str, Any] | None):
-        raise NotImplementedError
-
     def _dynamics(self, s: np.ndarray, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(state_dim, n)`` state -> (new ``(state_dim, n)`` state, float64 reward, bool terminated)."""
         raise NotImplementedError
@@ -156,30 +140,8 @@ class NumpyClassicControlVecEnv(VectorEnv):
         return s.T.astype(np.float32)
 
 
-class CartPoleNumpyVecEnv(NumpyClassicControlVecEnv):
+class CartPoleNumpyVecEnv(CartPole, NumpyClassicControlVecEnv):
     """CartPole-v1 (Euler integrator). State ``[x, x_dot, theta, theta_dot]``; actions {0, 1}."""
-
-    env_id = "CartPole-v1"
-    state_dim = 4
-    default_max_episode_steps = 500
-
-    gravity = 9.8
-    masscart = 1.0
-    masspole = 0.1
-    total_mass = masspole + masscart
-    length = 0.5
-    polemass_length = masspole * length
-    force_mag = 10.0
-    tau = 0.02
-    theta_threshold_radians = 12 * 2 * math.pi / 360
-    x_threshold = 2.4
-
-    def _make_spaces(self):
-        high = np.array([self.x_threshold * 2, np.inf, self.theta_threshold_radians * 2, np.inf], dtype=np.float32)
-        return spaces.Box(-high, high, dtype=np.float32), spaces.Discrete(2)
-
-    def _reset_bounds(self, options):
-        return maybe_parse_reset_bounds(options, -0.05, 0.05)
 
     def _dynamics(self, s, actions):
         _, x_dot, theta, theta_dot = s
@@ -220,17 +182,11 @@ class CartPoleNumpyVecEnv(NumpyClassicControlVecEnv):
         return np.array((xs, xds, ths, thds)), np.ones(self.num_envs), np.array(term)
 
 
-class AcrobotNumpyVecEnv(NumpyClassicControlVecEnv):
+class AcrobotNumpyVecEnv(Acrobot, NumpyClassicControlVecEnv):
     """Acrobot-v1 ("book" dynamics, no torque noise), RK4 with dt 0.2 in float64, vectorised."""
 
-    env_id = "Acrobot-v1"
-    state_dim = 4
-    default_max_episode_steps = 500
     reset_dtype = np.float32
 
-    dt = 0.2
-    MAX_VEL_1 = 4 * math.pi
-    MAX_VEL_2 = 9 * math.pi
     # gymnasium's constants: m1 = m2 = l1 = 1, lc1 = lc2 = 0.5, I1 = I2 = 1, g = 9.8. Folded below:
     # d1 = m1 lc1^2 + m2 (l1^2 + lc2^2 + 2 l1 lc2 cos th2) + I1 + I2 = 3.5 + cos th2
     # d2 = m2 (lc2^2 + l1 lc2 cos th2) + I2 = 1.25 + 0.5 cos th2
@@ -242,13 +198,6 @@ class AcrobotNumpyVecEnv(NumpyClassicControlVecEnv):
     # All four trig values of a derivative come from one np.sin of [th2 + pi/2, th2, th1 + th2, th1].
     _TRIG = np.array([[0.0, 1.0], [0.0, 1.0], [1.0, 1.0], [1.0, 0.0]])
     _TRIG_SHIFT = np.array([[math.pi / 2], [0.0], [0.0], [0.0]])
-
-    def _make_spaces(self):
-        high = np.array([1.0, 1.0, 1.0, 1.0, self.MAX_VEL_1, self.MAX_VEL_2], dtype=np.float32)
-        return spaces.Box(-high, high, dtype=np.float32), spaces.Discrete(3)
-
-    def _reset_bounds(self, options):
-        return maybe_parse_reset_bounds(options, -0.1, 0.1)
 
     def _dsdt(self, s: np.ndarray, torque: np.ndarray) -> np.ndarray:
         trig = np.sin(self._TRIG @ s[:2] + self._TRIG_SHIFT)
@@ -344,28 +293,8 @@ class AcrobotNumpyVecEnv(NumpyClassicControlVecEnv):
         return obs.T.copy()
 
 
-class MountainCarNumpyVecEnv(NumpyClassicControlVecEnv):
+class MountainCarNumpyVecEnv(MountainCar, NumpyClassicControlVecEnv):
     """MountainCar-v0. State ``[position, velocity]``; actions {0, 1, 2}."""
-
-    env_id = "MountainCar-v0"
-    state_dim = 2
-    default_max_episode_steps = 200
-
-    min_position = -1.2
-    max_position = 0.6
-    max_speed = 0.07
-    goal_position = 0.5
-    goal_velocity = 0.0
-    force = 0.001
-    gravity = 0.0025
-
-    def _make_spaces(self):
-        low = np.array([self.min_position, -self.max_speed], dtype=np.float32)
-        high = np.array([self.max_position, self.max_speed], dtype=np.float32)
-        return spaces.Box(low, high, dtype=np.float32), spaces.Discrete(3)
-
-    def _reset_bounds(self, options):
-        return maybe_parse_reset_bounds(options, -0.6, -0.4)
 
     def _draw(self, i: int) -> np.ndarray:
         # gymnasium: state = [uniform(low, high), 0]
@@ -390,20 +319,11 @@ class MountainCarNumpyVecEnv(NumpyClassicControlVecEnv):
         return np.full(self.num_envs, -1.0)
 
 
-class ContinuousMountainCarNumpyVecEnv(MountainCarNumpyVecEnv):
+class ContinuousMountainCarNumpyVecEnv(ContinuousMountainCar, MountainCarNumpyVecEnv):
     """MountainCarContinuous-v0. State ``[position, velocity]``; force in [-1, 1]."""
 
-    env_id = "MountainCarContinuous-v0"
-    default_max_episode_steps = 999
-    goal_position = 0.45
-    power = 0.0015
-
-    def _make_spaces(self):
-        obs_space, _ = super()._make_spaces()
-        return obs_space, spaces.Box(-1.0, 1.0, shape=(1,), dtype=np.float32)
-
     def _push(self, actions):
-        return np.clip(actions.reshape(self.num_envs), -1.0, 1.0) * self.power
+        return np.clip(actions.reshape(self.num_envs), self.min_action, self.max_action) * self.power
 
     def _finish(self, ns):
         return ns.astype(np.float32).astype(np.float64)  # gymnasium keeps this state in float32
@@ -413,29 +333,8 @@ class ContinuousMountainCarNumpyVecEnv(MountainCarNumpyVecEnv):
         return 100.0 * terminated - a * a * 0.1  # the penalty uses the unclipped action
 
 
-class PendulumNumpyVecEnv(NumpyClassicControlVecEnv):
+class PendulumNumpyVecEnv(Pendulum, NumpyClassicControlVecEnv):
     """Pendulum-v1 (g=10). State ``[theta, theta_dot]``; torque in [-2, 2]."""
-
-    env_id = "Pendulum-v1"
-    state_dim = 2
-    default_max_episode_steps = 200
-    max_speed = 8.0
-    max_torque = 2.0
-    dt = 0.05
-    g = 10.0
-    m = 1.0
-    pole_length = 1.0
-
-    def _make_spaces(self):
-        high = np.array([1.0, 1.0, self.max_speed], dtype=np.float32)
-        action_space = spaces.Box(-self.max_torque, self.max_torque, shape=(1,), dtype=np.float32)
-        return spaces.Box(-high, high, dtype=np.float32), action_space
-
-    def _reset_bounds(self, options):
-        options = options or {}
-        x = verify_number_and_cast(options.get("x_init", math.pi))
-        y = verify_number_and_cast(options.get("y_init", 1.0))
-        return np.array([-x, -y]), np.array([x, y])
 
     def _draw(self, i: int) -> np.ndarray:
         return self._rngs[i].uniform(low=self._low, high=self._high)

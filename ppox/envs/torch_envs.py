@@ -21,12 +21,9 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 from gymnasium import spaces
-from gymnasium.envs.classic_control.utils import (
-    maybe_parse_reset_bounds,
-    verify_number_and_cast,
-)
 from gymnasium.vector import AutoresetMode, VectorEnv
-from gymnasium.vector.utils import batch_space
+
+from ppox.envs.constants import Acrobot, CartPole, ClassicControl, ContinuousMountainCar, MountainCar, Pendulum
 
 __all__ = [
     "TORCH_ENV_IDS",
@@ -40,12 +37,13 @@ __all__ = [
 ]
 
 
-class TorchClassicControlVecEnv(VectorEnv[torch.Tensor, torch.Tensor, torch.Tensor]):
+class TorchClassicControlVecEnv(ClassicControl, VectorEnv[torch.Tensor, torch.Tensor, torch.Tensor]):
     """Base class: state bookkeeping, TimeLimit, SAME_STEP autoreset, seeding.
 
-    Subclasses describe one environment through ``_make_spaces``,
-    ``_reset_bounds``, ``_dynamics`` and ``_observe``; those work on whole
-    batches and never loop over envs.
+    Subclasses inherit one environment's parameters, spaces and reset range
+    from ``ppox.envs.constants`` first and describe its maths through
+    ``_dynamics`` and ``_observe``; those work on whole batches and never
+    loop over envs.
 
     The state is stored transposed, ``(state_dim, num_envs)``, so each state
     variable is a contiguous row: the physics is written per variable, and
@@ -62,10 +60,6 @@ class TorchClassicControlVecEnv(VectorEnv[torch.Tensor, torch.Tensor, torch.Tens
         "autoreset_mode": AutoresetMode.SAME_STEP,
     }
 
-    # Filled in by subclasses.
-    env_id: str
-    state_dim: int
-    default_max_episode_steps: int
     # float32 unless float32 cannot reproduce gymnasium's float64 maths to 1e-5.
     default_physics_dtype: torch.dtype = torch.float32
 
@@ -90,18 +84,10 @@ class TorchClassicControlVecEnv(VectorEnv[torch.Tensor, torch.Tensor, torch.Tens
             physics_dtype: dtype of the internal state and maths; defaults to
                 the class's ``default_physics_dtype``.
         """
-        if num_envs < 1:
-            raise ValueError(f"num_envs must be >= 1, got {num_envs}")
-        self.num_envs = int(num_envs)
+        self._init_vector(num_envs, max_episode_steps)
         self.device = torch.device(device)
         self.dtype = dtype
         self.physics_dtype = physics_dtype or self.default_physics_dtype
-        self.max_episode_steps = max_episode_steps or self.default_max_episode_steps
-        self.render_mode = None
-
-        self.single_observation_space, self.single_action_space = self._make_spaces()
-        self.observation_space = batch_space(self.single_observation_space, num_envs)
-        self.action_space = batch_space(self.single_action_space, num_envs)
 
         # One generator for all envs: each draw covers the whole batch (one
         # value per env and variable), so no Python loop over envs is needed.
@@ -213,12 +199,12 @@ class TorchClassicControlVecEnv(VectorEnv[torch.Tensor, torch.Tensor, torch.Tens
         shape = (self.num_envs, *self.single_action_space.shape)
         return actions.reshape(shape).to(self.physics_dtype)
 
-    def _make_spaces(self) -> tuple[spaces.Space, spaces.Space]:
-        raise NotImplementedError
-
     def _reset_bounds(self, options: dict[str, Any] | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-dimension ``(low, high)`` of the initial-state distribution."""
-        raise NotImplementedError
+        """Per-dimension ``(low, high)`` columns of the initial-state distribution."""
+        low, high = self._reset_range(options)
+        if isinstance(low, tuple):
+            return self._bounds_tensor(list(low)), self._bounds_tensor(list(high))
+        return self._bounds_tensor([low] * self.state_dim), self._bounds_tensor([high] * self.state_dim)
 
     def _dynamics(
         self, state: torch.Tensor, actions: torch.Tensor
@@ -239,34 +225,8 @@ class TorchClassicControlVecEnv(VectorEnv[torch.Tensor, torch.Tensor, torch.Tens
         return out
 
 
-class CartPoleTorchVecEnv(TorchClassicControlVecEnv):
+class CartPoleTorchVecEnv(CartPole, TorchClassicControlVecEnv):
     """CartPole-v1. State ``[x, x_dot, theta, theta_dot]``; actions {0, 1}."""
-
-    env_id = "CartPole-v1"
-    state_dim = 4
-    default_max_episode_steps = 500
-
-    gravity = 9.8
-    masscart = 1.0
-    masspole = 0.1
-    total_mass = masspole + masscart
-    length = 0.5  # half the pole's length
-    polemass_length = masspole * length
-    force_mag = 10.0
-    tau = 0.02
-    theta_threshold_radians = 12 * 2 * math.pi / 360
-    x_threshold = 2.4
-
-    def _make_spaces(self) -> tuple[spaces.Space, spaces.Space]:
-        high = np.array(
-            [self.x_threshold * 2, np.inf, self.theta_threshold_radians * 2, np.inf],
-            dtype=np.float32,
-        )
-        return spaces.Box(-high, high, dtype=np.float32), spaces.Discrete(2)
-
-    def _reset_bounds(self, options: dict[str, Any] | None) -> tuple[torch.Tensor, torch.Tensor]:
-        low, high = maybe_parse_reset_bounds(options, -0.05, 0.05)
-        return self._bounds_tensor([low] * 4), self._bounds_tensor([high] * 4)
 
     def _dynamics(
         self, state: torch.Tensor, actions: torch.Tensor
@@ -299,32 +259,11 @@ class CartPoleTorchVecEnv(TorchClassicControlVecEnv):
         return next_state, torch.ones_like(theta), terminated
 
 
-class AcrobotTorchVecEnv(TorchClassicControlVecEnv):
+class AcrobotTorchVecEnv(Acrobot, TorchClassicControlVecEnv):
     """Acrobot-v1 ("book" dynamics, no torque noise). State ``[th1, th2, dth1, dth2]``."""
 
-    env_id = "Acrobot-v1"
-    state_dim = 4
-    default_max_episode_steps = 500
     # RK4 with dt=0.2 amplifies float32 rounding beyond 1e-5; gymnasium uses float64.
     default_physics_dtype = torch.float64
-
-    dt = 0.2
-    LINK_LENGTH_1 = 1.0
-    LINK_MASS_1 = 1.0
-    LINK_MASS_2 = 1.0
-    LINK_COM_POS_1 = 0.5
-    LINK_COM_POS_2 = 0.5
-    LINK_MOI = 1.0
-    MAX_VEL_1 = 4 * math.pi
-    MAX_VEL_2 = 9 * math.pi
-
-    def _make_spaces(self) -> tuple[spaces.Space, spaces.Space]:
-        high = np.array([1.0, 1.0, 1.0, 1.0, self.MAX_VEL_1, self.MAX_VEL_2], dtype=np.float32)
-        return spaces.Box(-high, high, dtype=np.float32), spaces.Discrete(3)
-
-    def _reset_bounds(self, options: dict[str, Any] | None) -> tuple[torch.Tensor, torch.Tensor]:
-        low, high = maybe_parse_reset_bounds(options, -0.1, 0.1)
-        return self._bounds_tensor([low] * 4), self._bounds_tensor([high] * 4)
 
     def _dsdt(self, s: torch.Tensor, torque: torch.Tensor) -> torch.Tensor:
         """Time derivative of ``s``; same expression order as gymnasium."""
@@ -332,7 +271,7 @@ class AcrobotTorchVecEnv(TorchClassicControlVecEnv):
         l1 = self.LINK_LENGTH_1
         lc1, lc2 = self.LINK_COM_POS_1, self.LINK_COM_POS_2
         I1 = I2 = self.LINK_MOI
-        g = 9.8
+        g = self.gravity
         theta1, theta2, dtheta1, dtheta2 = s
         cos_theta2 = torch.cos(theta2)
         sin_theta2 = torch.sin(theta2)
@@ -388,29 +327,12 @@ class AcrobotTorchVecEnv(TorchClassicControlVecEnv):
         return self._transpose_rows(rows)
 
 
-class MountainCarTorchVecEnv(TorchClassicControlVecEnv):
+class MountainCarTorchVecEnv(MountainCar, TorchClassicControlVecEnv):
     """MountainCar-v0. State ``[position, velocity]``; actions {0, 1, 2}."""
-
-    env_id = "MountainCar-v0"
-    state_dim = 2
-    default_max_episode_steps = 200
-
-    min_position = -1.2
-    max_position = 0.6
-    max_speed = 0.07
-    goal_position = 0.5
-    goal_velocity = 0.0
-    force = 0.001
-    gravity = 0.0025
-
-    def _make_spaces(self) -> tuple[spaces.Space, spaces.Space]:
-        low = np.array([self.min_position, -self.max_speed], dtype=np.float32)
-        high = np.array([self.max_position, self.max_speed], dtype=np.float32)
-        return spaces.Box(low, high, dtype=np.float32), spaces.Discrete(3)
 
     def _reset_bounds(self, options: dict[str, Any] | None) -> tuple[torch.Tensor, torch.Tensor]:
         # Position uniform in [low, high], velocity exactly 0.
-        low, high = maybe_parse_reset_bounds(options, -0.6, -0.4)
+        low, high = self._reset_range(options)
         return self._bounds_tensor([low, 0.0]), self._bounds_tensor([high, 0.0])
 
     def _push(self, velocity: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
@@ -438,21 +360,8 @@ class MountainCarTorchVecEnv(TorchClassicControlVecEnv):
         return torch.full(terminated.shape, -1.0, dtype=dtype, device=self.device)
 
 
-class ContinuousMountainCarTorchVecEnv(MountainCarTorchVecEnv):
+class ContinuousMountainCarTorchVecEnv(ContinuousMountainCar, MountainCarTorchVecEnv):
     """MountainCarContinuous-v0. State ``[position, velocity]``; force in [-1, 1]."""
-
-    env_id = "MountainCarContinuous-v0"
-    default_max_episode_steps = 999
-
-    min_action = -1.0
-    max_action = 1.0
-    goal_position = 0.45
-    power = 0.0015
-
-    def _make_spaces(self) -> tuple[spaces.Space, spaces.Space]:
-        obs_space, _ = super()._make_spaces()
-        action_space = spaces.Box(self.min_action, self.max_action, shape=(1,), dtype=np.float32)
-        return obs_space, action_space
 
     def _push(self, velocity: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         force = actions[:, 0].clamp(self.min_action, self.max_action)
@@ -471,33 +380,11 @@ class ContinuousMountainCarTorchVecEnv(MountainCarTorchVecEnv):
         return 100.0 * terminated.to(dtype) - actions[:, 0].square() * 0.1
 
 
-class PendulumTorchVecEnv(TorchClassicControlVecEnv):
+class PendulumTorchVecEnv(Pendulum, TorchClassicControlVecEnv):
     """Pendulum-v1 (g=10). State ``[theta, theta_dot]``; torque in [-2, 2]."""
 
-    env_id = "Pendulum-v1"
-    state_dim = 2
-    default_max_episode_steps = 200
     # theta is never wrapped and grows over an episode; float32 loses 1e-5 on it.
     default_physics_dtype = torch.float64
-
-    max_speed = 8.0
-    max_torque = 2.0
-    dt = 0.05
-    g = 10.0
-    m = 1.0
-    pole_length = 1.0
-
-    def _make_spaces(self) -> tuple[spaces.Space, spaces.Space]:
-        high = np.array([1.0, 1.0, self.max_speed], dtype=np.float32)
-        action_space = spaces.Box(-self.max_torque, self.max_torque, shape=(1,), dtype=np.float32)
-        return spaces.Box(-high, high, dtype=np.float32), action_space
-
-    def _reset_bounds(self, options: dict[str, Any] | None) -> tuple[torch.Tensor, torch.Tensor]:
-        options = options or {}
-        x = verify_number_and_cast(options.get("x_init", math.pi))
-        y = verify_number_and_cast(options.get("y_init", 1.0))
-        # Symmetric limits, as gymnasium enforces.
-        return self._bounds_tensor([-x, -y]), self._bounds_tensor([x, y])
 
     def _dynamics(
         self, state: torch.Tensor, actions: torch.Tensor

@@ -6,90 +6,36 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from gymnasium.vector import AutoresetMode
-from gymnasium.vector.utils import batch_space
 
 from ppox.envs import TORCH_ENV_IDS, make_torch_vec_env
+from tests.envs.helpers import ATOL, assert_spaces_like_gymnasium, gymnasium_step, random_step_inputs
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-MAX_STEPS = {
-    "CartPole-v1": 500,
-    "Acrobot-v1": 500,
-    "MountainCar-v0": 200,
-    "MountainCarContinuous-v0": 999,
-    "Pendulum-v1": 200,
-}
-ATOL = 1e-5
-
-
-def random_states(env_id: str, n: int, rng: np.random.Generator) -> np.ndarray:
-    """States covering the reachable region, terminal and clipped edges included."""
-    pi = np.pi
-    if env_id == "CartPole-v1":
-        low, high = [-2.6, -3.0, -0.25, -3.0], [2.6, 3.0, 0.25, 3.0]
-    elif env_id == "Acrobot-v1":
-        low, high = [-pi, -pi, -4 * pi, -9 * pi], [pi, pi, 4 * pi, 9 * pi]
-    elif env_id.startswith("MountainCar"):
-        # Overshoot the left wall so the clip + velocity reset path is hit.
-        low, high = [-1.3, -0.07], [0.6, 0.07]
-    else:  # Pendulum: theta is not wrapped by gymnasium, so go past +-pi.
-        low, high = [-3 * pi, -8.0], [3 * pi, 8.0]
-    states = rng.uniform(low, high, size=(n, len(low)))
-    if env_id.startswith("MountainCar"):
-        states[:, 0] = states[:, 0].clip(-1.2, 0.6)
-    # float32-representable values, so both sides start from the same state
-    # even when the torch env simulates in float32.
-    return states.astype(np.float32).astype(np.float64)
-
-
-def random_actions(env: gym.vector.VectorEnv, n: int, rng: np.random.Generator) -> np.ndarray:
-    space = env.single_action_space
-    if isinstance(space, gym.spaces.Discrete):
-        return rng.integers(0, space.n, size=n)
-    # Beyond the bounds too, to check that the env clips like gymnasium.
-    return rng.uniform(1.5 * space.low, 1.5 * space.high, size=(n, *space.shape)).astype(np.float32)
 
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("env_id", TORCH_ENV_IDS)
 def test_dynamics_match_gymnasium(env_id: str, device: str) -> None:
     n = 500
-    rng = np.random.default_rng(123)
-    ref = gym.make(env_id).unwrapped
-    ref.reset(seed=0)
     env = make_torch_vec_env(env_id, n, device=device, seed=0)
     env.reset()
 
-    states = random_states(env_id, n, rng)
-    actions = random_actions(env, n, rng)
+    states, actions = random_step_inputs(env_id, env, n)
     env.state = torch.as_tensor(states)
     obs, reward, terminated, truncated, info = env.step(torch.as_tensor(actions, device=device))
-
-    ref_obs, ref_reward, ref_term, ref_state = [], [], [], []
-    for i in range(n):
-        ref.state = states[i].copy()
-        ref.steps_beyond_terminated = None  # CartPole: avoid its post-termination reward
-        o, r, term, _, _ = ref.step(actions[i])
-        ref_obs.append(o)
-        ref_reward.append(r)
-        ref_term.append(term)
-        ref_state.append(np.asarray(ref.state, dtype=np.float64))
-    ref_term = np.array(ref_term)
+    ref = gymnasium_step(env_id, states, actions)
 
     # final_obs holds the true next observation of every env (ended or not).
-    np.testing.assert_allclose(info["final_obs"].cpu().numpy(), np.array(ref_obs), rtol=0, atol=ATOL)
-    np.testing.assert_allclose(reward.cpu().numpy(), np.array(ref_reward), rtol=0, atol=ATOL)
-    np.testing.assert_array_equal(terminated.cpu().numpy(), ref_term)
+    np.testing.assert_allclose(info["final_obs"].cpu().numpy(), ref["obs"], rtol=0, atol=ATOL)
+    np.testing.assert_allclose(reward.cpu().numpy(), ref["reward"], rtol=0, atol=ATOL)
+    np.testing.assert_array_equal(terminated.cpu().numpy(), ref["terminated"])
     assert not truncated.any()
-    if env_id != "Pendulum-v1":
-        # The sample must exercise termination, or the check above is vacuous.
-        assert 0 < ref_term.sum() < n
     # Envs that did not end continue from exactly that observation.
     alive = ~terminated
     torch.testing.assert_close(obs[alive], info["final_obs"][alive], rtol=0, atol=0)
     # The raw state too (it carries what obs hides, e.g. Acrobot's angle wrapping).
     np.testing.assert_allclose(
-        env.state[alive].cpu().numpy(), np.array(ref_state)[alive.cpu().numpy()], rtol=0, atol=ATOL
+        env.state[alive].cpu().numpy(), ref["state"][alive.cpu().numpy()], rtol=0, atol=ATOL
     )
 
 
@@ -97,14 +43,7 @@ def test_dynamics_match_gymnasium(env_id: str, device: str) -> None:
 def test_spaces_shapes_and_dtypes(env_id: str) -> None:
     n = 7
     env = make_torch_vec_env(env_id, n, seed=1)
-    ref = gym.make(env_id)
-
-    assert env.num_envs == n
-    assert env.metadata["autoreset_mode"] == AutoresetMode.SAME_STEP
-    assert env.single_observation_space == ref.observation_space
-    assert env.single_action_space == ref.action_space
-    assert env.observation_space == batch_space(ref.observation_space, n)
-    assert env.action_space == batch_space(ref.action_space, n)
+    ref = assert_spaces_like_gymnasium(env, env_id, n)
 
     obs, info = env.reset(seed=3)
     obs_dim = ref.observation_space.shape[0]
@@ -194,7 +133,7 @@ def test_same_step_autoreset_and_final_obs() -> None:
 @pytest.mark.parametrize("env_id", TORCH_ENV_IDS)
 def test_time_limit_truncation(env_id: str) -> None:
     n = 4
-    limit = MAX_STEPS[env_id]
+    limit = gym.spec(env_id).max_episode_steps
     env = make_torch_vec_env(env_id, n, seed=0)
     assert env.max_episode_steps == limit
     env.reset()
