@@ -8,6 +8,7 @@ bad value fails before any model is loaded.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -128,9 +129,10 @@ class LLMPPOConfig:
 
     # LoRA (needs the optional package peft)
     lora_r: int = 0
-    """LoRA rank of the policy's adapters; 0 = full fine-tuning."""
+    """LoRA rank of the policy's adapters on all linear layers; 0 = full fine-tuning. With LoRA the
+    reference model is the policy's frozen base (adapters disabled), not a copy; needs ppox[lora]."""
     lora_alpha: float = 16.0
-    """LoRA scaling alpha."""
+    """LoRA scaling alpha (the adapters' update is scaled by alpha / r)."""
 
     # logging and evaluation
     eval_every: int = 0
@@ -203,6 +205,8 @@ class LLMPPOConfig:
             raise ConfigError(f"unknown kl_estimator {self.kl_estimator!r}; choose k1, k2 or k3")
         if self.critic not in ("separate", "shared"):
             raise ConfigError(f"critic must be separate or shared, got {self.critic!r}")
+        if self.lora_r and importlib.util.find_spec("peft") is None:
+            raise ConfigError("lora_r > 0 needs the optional package peft: pip install 'ppox[lora]'")
 
     def loss_settings(self) -> LossSettings:
         """The view of this config that ppox.core's update needs."""

@@ -33,7 +33,8 @@ Batch = dict[str, torch.Tensor]
 class LLMPPOTrainer:
     """PPO for a transformers causal LM `policy` on `prompts`, rewarded by `reward_fn(prompts, completions)`.
 
-    The reference model is a frozen copy of the policy as given (or `ref_model`). Dropout is kept
+    The reference model is a frozen copy of the policy as given (or `ref_model`); with LoRA
+    (`config.lora_r > 0`) it is the policy's own base weights with the adapters disabled. Dropout is kept
     off throughout (models stay in eval mode): the rollout's log-probs must be reproduced exactly
     by the update's forward pass, so that the ratio is 1 at the first minibatch.
     """
@@ -72,14 +73,16 @@ class LLMPPOTrainer:
         tokenizer.pad_token_id = self.pad_token_id
 
         policy = policy.to(self.device)
-        self.ref = (ref_model if ref_model is not None else copy.deepcopy(policy)).to(self.device)
-        self.ref.eval().requires_grad_(False)
-        self.policy = apply_lora(policy, cfg.lora_r, cfg.lora_alpha) if cfg.lora_r else policy
-        self.policy.eval()
         self.context = context_length(policy)
-
+        # With LoRA the reference is the policy's own frozen base (adapters disabled): no second copy.
+        self.ref = ref_model if ref_model is not None else None if cfg.lora_r else copy.deepcopy(policy)
+        if self.ref is not None:
+            self.ref.to(self.device).eval().requires_grad_(False)
+        # The critic is built before LoRA wraps the policy, so a separate critic copies the plain trunk.
         self.critic = ValueModel(policy) if cfg.critic == "separate" else ValueHead(policy)
         self.critic.to(self.device).eval()
+        self.policy = apply_lora(policy, cfg.lora_r, cfg.lora_alpha) if cfg.lora_r else policy
+        self.policy.eval()
         policy_params = [p for p in self.policy.parameters() if p.requires_grad]
         critic_params = [p for p in self.critic.parameters() if p.requires_grad]
         self.params = policy_params + critic_params
@@ -108,6 +111,12 @@ class LLMPPOTrainer:
             return self.critic(hidden)  # (batch, R)
         values = self.critic(input_ids, attention_mask, position_ids_from(attention_mask))
         return values[:, prompt_width - 1 : -1]  # (batch, R): value of the state before each response token
+
+    def _ref_logprobs(self, input_ids, attention_mask, prompt_width: int) -> torch.Tensor:
+        if self.ref is not None:
+            return policy_forward(self.ref, input_ids, attention_mask, prompt_width, self.config.temperature)[0]
+        with self.policy.disable_adapter():  # LoRA: the frozen base weights are the reference
+            return policy_forward(self.policy, input_ids, attention_mask, prompt_width, self.config.temperature)[0]
 
     def forward(self, mb: Batch) -> PolicyOutput:
         """Current policy and critic on a minibatch of the rollout (the `forward` of ppo_update)."""
@@ -154,7 +163,7 @@ class LLMPPOTrainer:
         for i in range(0, len(prompts), cfg.micro_batch_size):
             ids, am = input_ids[i : i + cfg.micro_batch_size], attention_mask[i : i + cfg.micro_batch_size]
             lp, ent, hidden = policy_forward(self.policy, ids, am, prompt_width, cfg.temperature, shared)
-            ref_lp, _, _ = policy_forward(self.ref, ids, am, prompt_width, cfg.temperature)
+            ref_lp = self._ref_logprobs(ids, am, prompt_width)
             logprobs.append(lp)
             entropy.append(ent)
             ref_logprobs.append(ref_lp)
