@@ -23,21 +23,71 @@ plain Adam) `CompiledUpdate.supported` is False and the trainer uses the eager l
 from __future__ import annotations
 
 import contextlib
+import json
+import os
+import platform
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch.func import functional_call, grad
 
 from ppox.core.update import LossSettings, PolicyOutput, UpdateResult, ppo_loss
+from ppox.io import atomic_write_json
 from ppox.rl.spaces import LOG_SQRT_2PI, ActionSpec, log_prob_entropy
 
 STAT_KEYS = ("policy_loss", "value_loss", "entropy", "kl_penalty", "approx_kl", "old_approx_kl", "clipfrac")
 
 
 def _compile(fn: Callable, enabled: bool) -> Callable:
+    if enabled:
+        remember_cpu_isa_probe()
     return torch.compile(fn, fullgraph=True, dynamic=False) if enabled else fn
+
+
+def _isa_cache_path() -> Path:
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(root) / "ppox" / "inductor_vec_isa.json"
+
+
+def remember_cpu_isa_probe() -> None:
+    """Skip inductor's per-process probe of the CPU's SIMD support once it has succeeded here.
+
+    Before its first CPU kernel, every process builds a test library per candidate ISA (AMX, AVX-512,
+    AVX2, ...) and dlopens each in a child Python: 1-3 s of a ~4 s warm-cache compile on this 2-core
+    machine. The answer depends only on the machine and the torch build, so the first process records
+    the ISA the probe picked (in ~/.cache/ppox/inductor_vec_isa.json, keyed by host, torch version and
+    CPU capability) and later processes set inductor's own switch `cpp.vec_isa_ok` (env
+    TORCHINDUCTOR_VEC_ISA_OK), keeping it only if inductor then picks the same ISA. A user's own
+    setting of that switch is left alone.
+    """
+    from torch._inductor import config as inductor_config
+    from torch._inductor import cpu_vec_isa
+
+    if os.environ.get("TORCHINDUCTOR_VEC_ISA_OK") is not None or inductor_config.cpp.vec_isa_ok is not None:
+        return
+    key = "|".join((platform.node(), platform.machine(), torch.__version__, torch.backends.cpu.get_cpu_capability()))
+    path = _isa_cache_path()
+    try:
+        known = json.loads(path.read_text())
+    except (OSError, ValueError):
+        known = {}
+    known = known if isinstance(known, dict) else {}
+    if known.get(key):
+        inductor_config.cpp.vec_isa_ok = True
+        cpu_vec_isa.valid_vec_isa_list.cache_clear()
+        if str(cpu_vec_isa.pick_vec_isa()) == known[key]:
+            return
+        inductor_config.cpp.vec_isa_ok = None  # not what the probe found: probe again
+        cpu_vec_isa.valid_vec_isa_list.cache_clear()
+    isa = cpu_vec_isa.pick_vec_isa()  # inductor's probe, once
+    if isa:
+        known[key] = str(isa)
+        with contextlib.suppress(OSError):  # a read-only home only costs the probe next time
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(path, known)
 
 
 class CompileTimer:

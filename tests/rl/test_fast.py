@@ -217,3 +217,53 @@ def test_numpy_and_torch_rollouts_step_envs_alike(monkeypatch):
         assert np.array_equal(terminated, ra.terminated) and np.array_equal(truncated, ra.truncated)
         for i in np.flatnonzero(terminated | truncated):
             assert np.array_equal(info["final_obs"][i], ra.final_obs[i])
+
+
+@pytest.fixture
+def isa_cache(tmp_path, monkeypatch):
+    """A fresh ppox cache dir, inductor's vec_isa_ok switch unset (restored afterwards)."""
+    from torch._inductor import config as inductor_config
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.delenv("TORCHINDUCTOR_VEC_ISA_OK", raising=False)
+    with inductor_config.patch({"cpp.vec_isa_ok": None}):
+        yield tmp_path / "ppox" / "inductor_vec_isa.json"
+
+
+def test_cpu_isa_probe_runs_once_then_is_trusted(isa_cache, monkeypatch):
+    from torch._inductor import config as inductor_config
+    from torch._inductor import cpu_vec_isa
+
+    from ppox.rl import fast
+
+    probes = []
+
+    def fake_pick():  # the probe's answer depends on whether inductor was told to trust the CPU flags
+        probes.append(inductor_config.cpp.vec_isa_ok)
+        return "avx2"
+
+    monkeypatch.setattr(cpu_vec_isa, "pick_vec_isa", fake_pick)
+    fast.remember_cpu_isa_probe()  # first process: inductor probes, the answer is recorded
+    assert probes == [None] and inductor_config.cpp.vec_isa_ok is None
+    assert "avx2" in isa_cache.read_text()
+    fast.remember_cpu_isa_probe()  # later: trusted, and kept because inductor picks the same ISA
+    assert probes == [None, True] and inductor_config.cpp.vec_isa_ok is True
+
+    inductor_config.cpp.vec_isa_ok = None
+    monkeypatch.setattr(cpu_vec_isa, "pick_vec_isa", lambda: "avx512" if inductor_config.cpp.vec_isa_ok else "avx2")
+    fast.remember_cpu_isa_probe()  # trusting would pick another ISA than the probe did: probe instead
+    assert inductor_config.cpp.vec_isa_ok is None
+
+
+def test_corrupt_isa_cache_means_probing_again(isa_cache, monkeypatch):
+    from torch._inductor import config as inductor_config
+    from torch._inductor import cpu_vec_isa
+
+    from ppox.rl import fast
+
+    isa_cache.parent.mkdir()
+    isa_cache.write_text("{not json")
+    monkeypatch.setattr(cpu_vec_isa, "pick_vec_isa", lambda: "avx2")
+    fast.remember_cpu_isa_probe()
+    assert inductor_config.cpp.vec_isa_ok is None
+    assert "avx2" in isa_cache.read_text()
