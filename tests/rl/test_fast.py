@@ -267,3 +267,17 @@ def test_corrupt_isa_cache_means_probing_again(isa_cache, monkeypatch):
     fast.remember_cpu_isa_probe()
     assert inductor_config.cpp.vec_isa_ok is None
     assert "avx2" in isa_cache.read_text()
+
+
+@pytest.mark.parametrize("shared_trunk", [False, True])
+@pytest.mark.parametrize("spec", [DISCRETE, CONTINUOUS], ids=["discrete", "continuous"])
+def test_functional_forward_matches_module(spec, shared_trunk):
+    from ppox.rl.fast import functional_forward
+
+    torch.manual_seed(0)
+    agent = Agent(5, spec, hidden_sizes=(16, 8), activation="relu" if shared_trunk else "tanh",
+                  shared_trunk=shared_trunk)
+    obs = torch.randn(7, 5)
+    head, value = functional_forward(agent)(dict(agent.named_parameters()), obs)
+    expected_head, expected_value = agent(obs)
+    assert torch.equal(head, expected_head) and torch.equal(value, expected_value)
