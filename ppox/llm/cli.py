@@ -17,7 +17,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # local directories only: never re
 
 USAGE = """usage: ppox llm {train,eval,demo} [--help] [flags]
 
-  train   PPO on a local causal LM (--model-path DIR) with a task or a reward model
+  train   PPO on a local causal LM (--model-path DIR) with a task or a reward model;
+          `train --resume RUN_DIR [--total-steps N]` continues a run from its latest checkpoint
   eval    greedy exact-match accuracy of a model on the arithmetic test split
   demo    offline demo: tiny GPT-2, supervised pre-training, then PPO on arithmetic
 """
@@ -72,11 +73,64 @@ def build_trainer(cfg: LLMPPOConfig):
     )
 
 
+RESUME_USAGE = "usage: ppox llm train --resume RUN_DIR [--total-steps N]"
+
+
+def _resume(argv: list[str]):
+    """`ppox llm train --resume RUN_DIR [--total-steps N]`: the run's trainer, restored from its latest checkpoint."""
+    from ppox.errors import ModelFileError
+    from ppox.llm.checkpoint import find_checkpoint, read_state
+
+    values: dict[str, str] = {}
+    i = 0
+    while i < len(argv):
+        key, _, inline = argv[i].partition("=")
+        key = key.replace("_", "-")
+        if key not in ("--resume", "--total-steps"):
+            raise PPOXError(f"--resume continues a run with its saved config; unexpected argument {argv[i]!r}. "
+                            f"{RESUME_USAGE}")
+        value = inline or (argv[i + 1] if i + 1 < len(argv) else None)
+        if value is None:
+            raise PPOXError(f"{key} needs a value; {RESUME_USAGE}")
+        values[key] = value
+        i += 1 if inline else 2
+    if "--resume" not in values:
+        raise PPOXError(RESUME_USAGE)
+    run_dir = values["--resume"]
+    ckpt = find_checkpoint(run_dir)
+    state = read_state(ckpt)
+    try:
+        cfg = LLMPPOConfig(**state["config"])
+    except TypeError as exc:
+        raise ModelFileError(f"{ckpt / 'state.json'} holds no valid config ({exc})") from None
+    changes: dict = {"run_dir": run_dir}
+    if "--total-steps" in values:
+        try:
+            changes["total_steps"] = int(values["--total-steps"])
+        except ValueError:
+            raise ConfigError(f"--total-steps must be an integer, got {values['--total-steps']!r}") from None
+    cfg = cfg.replace(**changes)
+    trainer = build_trainer(cfg)
+    trainer.resume(run_dir)
+    if trainer.collective.is_main:
+        print(f"resuming {run_dir} from step {trainer.step_count} ({ckpt.name})", file=sys.stderr)
+    return trainer
+
+
 def _train(argv: list[str]) -> int:
     import tyro
 
-    cfg = tyro.cli(LLMPPOConfig, args=argv, default=LLMPPOConfig(), prog="ppox llm train")
-    trainer = build_trainer(cfg)
+    from ppox.cli import _elastic_restart_run_dir
+
+    restarted_run = _elastic_restart_run_dir(argv)
+    if restarted_run is not None:  # torchrun --max-restarts relaunched us: continue from the checkpoint
+        argv = ["--resume", restarted_run]
+    if any(a == "--resume" or a.startswith("--resume=") for a in argv):
+        trainer = _resume(argv)
+        cfg = trainer.config
+    else:
+        cfg = tyro.cli(LLMPPOConfig, args=argv, default=LLMPPOConfig(), prog="ppox llm train")
+        trainer = build_trainer(cfg)
 
     def show(r: dict) -> None:
         acc = f" acc={r['accuracy']:.3f}" if "accuracy" in r else ""

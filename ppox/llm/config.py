@@ -142,6 +142,14 @@ class LLMPPOConfig:
     tensorboard: bool = True
     """Also write TensorBoard event files."""
 
+    # checkpoints (`ppox llm train --resume RUN_DIR` continues from the latest)
+    checkpoint_every: int = 10
+    """Write a resumable checkpoint (policy weights or LoRA adapters, critic, optimizer, KL
+    controller, step, RNG states, metrics so far) to RUN_DIR/checkpoints every N steps and at the
+    end; 0 = only at the end. Atomic: a kill mid-write leaves the previous checkpoint valid."""
+    keep_checkpoints: int = 2
+    """How many checkpoints to keep (older ones are deleted once a newer one is complete)."""
+
     def __post_init__(self) -> None:
         self.validate()
 
@@ -174,9 +182,11 @@ class LLMPPOConfig:
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise ConfigError(f"{name} must be > 0 or None, got {value}")
-        for name in ("vf_coef", "ent_coef", "kl_coef", "eval_every", "torch_threads", "lora_r"):
+        for name in ("vf_coef", "ent_coef", "kl_coef", "eval_every", "torch_threads", "lora_r", "checkpoint_every"):
             if not getattr(self, name) >= 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.keep_checkpoints < 1:
+            raise ConfigError(f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
         if self.batch_size % self.num_minibatches:
             raise ConfigError(
                 f"num_minibatches ({self.num_minibatches}) must divide batch_size ({self.batch_size})"

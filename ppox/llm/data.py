@@ -6,6 +6,7 @@ import json
 import random
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from ppox.errors import PPOXError
 
@@ -42,15 +43,44 @@ def check_prompts(prompts: Sequence[str], source: str = "the prompt dataset") ->
     return prompts
 
 
-def prompt_batches(prompts: Sequence[str], batch_size: int, seed: int) -> Iterator[list[str]]:
-    """Endless batches: a fresh shuffle per pass over the data (a small dataset repeats within a batch)."""
-    rng = random.Random(seed)
-    order: list[int] = []
-    while True:
+class PromptBatches:
+    """Endless batches: a fresh shuffle per pass over the data (a small dataset repeats within a batch).
+
+    Its state (the shuffle RNG and what is left of the current pass) goes into checkpoints, so a
+    resumed run draws the same batches as an uninterrupted one.
+    """
+
+    def __init__(self, prompts: Sequence[str], batch_size: int, seed: int) -> None:
+        self.prompts = list(prompts)
+        self.batch_size = batch_size
+        self.rng = random.Random(seed)
+        self.order: list[int] = []
+
+    def __iter__(self) -> Iterator[list[str]]:
+        return self
+
+    def __next__(self) -> list[str]:
         batch = []
-        while len(batch) < batch_size:
-            if not order:
-                order = list(range(len(prompts)))
-                rng.shuffle(order)
-            batch.append(prompts[order.pop()])
-        yield batch
+        while len(batch) < self.batch_size:
+            if not self.order:
+                self.order = list(range(len(self.prompts)))
+                self.rng.shuffle(self.order)
+            batch.append(self.prompts[self.order.pop()])
+        return batch
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-able state."""
+        version, internal, gauss = self.rng.getstate()
+        return {"rng": [version, list(internal), gauss], "order": list(self.order), "num_prompts": len(self.prompts)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state["num_prompts"] != len(self.prompts):
+            raise PPOXError(f"the checkpoint's prompt sampler saw {state['num_prompts']} prompts, this run has "
+                            f"{len(self.prompts)}: resume with the same prompt dataset")
+        version, internal, gauss = state["rng"]
+        self.rng.setstate((version, tuple(internal), gauss))
+        self.order = [int(i) for i in state["order"]]
+
+
+def prompt_batches(prompts: Sequence[str], batch_size: int, seed: int) -> PromptBatches:
+    return PromptBatches(prompts, batch_size, seed)

@@ -9,6 +9,7 @@ this file only arranges tensors.
 from __future__ import annotations
 
 import copy
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -20,12 +21,14 @@ from ppox.core.update import PolicyOutput, ppo_update
 from ppox.distributed import init_from_env, parameter_hash
 from ppox.errors import PPOXError
 from ppox.io import atomic_write_json, save_tensors
+from ppox.llm.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from ppox.llm.config import LLMPPOConfig
 from ppox.llm.data import check_prompts, prompt_batches
 from ppox.llm.models import ValueHead, ValueModel, apply_lora, context_length
 from ppox.llm.reward import RewardFn, score
 from ppox.llm.rollout import policy_forward, position_ids_from, response_mask, sample, tokenize_prompts
 from ppox.logger import MetricsLogger
+from ppox.rl.checkpoint import clear_checkpoints
 
 Batch = dict[str, torch.Tensor]
 
@@ -104,6 +107,7 @@ class LLMPPOTrainer:
         self._batches = prompt_batches(self.prompts, cfg.batch_size, cfg.seed + self.collective.rank)
         self.step_count = 0
         self.global_step = 0  # completions sampled so far
+        self.history: list[dict] = []  # metrics of every step so far (restored by resume())
 
     # ---------------------------------------------------------------- forward passes
     def _values(self, input_ids, attention_mask, prompt_width: int, hidden) -> torch.Tensor:
@@ -272,18 +276,36 @@ class LLMPPOTrainer:
         values = self.collective.mean_(torch.tensor([float(stats[k]) for k in keys], dtype=torch.float64))
         return {**stats, **dict(zip(keys, values.tolist(), strict=True))}
 
+    def resume(self, run_dir: str | Path) -> Path:
+        """Load RUN_DIR's latest checkpoint (every rank); the next train(run_dir) continues the run from there."""
+        if getattr(self, "sharded", False):
+            raise PPOXError("resuming an --fsdp run is not supported yet")
+        ckpt = find_checkpoint(run_dir)
+        self.history = load_checkpoint(self, ckpt)
+        return ckpt
+
     def train(self, run_dir: str | Path | None = None, log: Callable[[dict], None] | None = None) -> list[dict]:
-        """Run config.total_steps steps, logging every step; saves the policy to run_dir/policy."""
+        """Train up to step config.total_steps, logging and checkpointing; saves the policy to run_dir/policy.
+
+        Continues from the current step (after resume()); returns the metrics of every step so far.
+        """
         cfg = self.config
         run_dir = Path(run_dir if run_dir is not None else cfg.run_dir)
         is_main = self.collective.is_main  # with torchrun, rank 0 alone writes the run directory
+        resumed = self.step_count > 0
         if is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_json(run_dir / "config.json", cfg.to_dict())
-        logger = MetricsLogger(run_dir, cfg.tensorboard) if is_main else None
-        history = []
+            if not resumed:  # checkpoints of an earlier run in this directory would shadow ours
+                clear_checkpoints(run_dir)
+        # FSDP shards weights and optimizer state over the ranks, which these checkpoints do not cover yet
+        checkpointing = not getattr(self, "sharded", False)
+        if not checkpointing and is_main:
+            print("warning: --fsdp runs write no resumable checkpoints yet", file=sys.stderr)
+        logger = MetricsLogger(run_dir, cfg.tensorboard, append=resumed) if is_main else None
+        history = self.history
         try:
-            for step in range(1, cfg.total_steps + 1):
+            for step in range(self.step_count + 1, cfg.total_steps + 1):
                 record = self.step()
                 if is_main and self.evaluate_fn is not None and (
                     step == cfg.total_steps or (cfg.eval_every and step % cfg.eval_every == 0)
@@ -294,6 +316,10 @@ class LLMPPOTrainer:
                 history.append(record)
                 if log is not None and is_main:
                     log(record)
+                if checkpointing and (step == cfg.total_steps or (
+                    cfg.checkpoint_every and step % cfg.checkpoint_every == 0
+                )):
+                    save_checkpoint(self, run_dir, history)
         finally:
             if logger is not None:
                 logger.close()

@@ -189,13 +189,8 @@ def save_checkpoint(trainer: PPO, boundary: dict[str, Any] | None = None, captur
     live = boundary is None
     b = capture_boundary(trainer) if live else boundary
     iteration = int(b["iteration"])
-    root = checkpoint_dir(trainer.run_dir)
-    root.mkdir(parents=True, exist_ok=True)
     name = f"ckpt_{iteration}"
-    tmp = root / f".{name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
+    tmp = begin_checkpoint(trainer.run_dir, name)
 
     tensors: dict[str, torch.Tensor] = {
         "rng.torch": b["torch_rng"],
@@ -212,7 +207,7 @@ def save_checkpoint(trainer: PPO, boundary: dict[str, Any] | None = None, captur
     if b["reward_rms"] is not None:
         tensors.update({f"reward_rms.{k}": v for k, v in b["reward_rms"].items()})
         tensors["reward_returns"] = b["reward_returns"]
-    optim_json = _flatten_optimizer(trainer.optimizer.state_dict(), tensors)
+    optim_json = flatten_optimizer(trainer.optimizer.state_dict(), tensors)
 
     env_record: dict[str, Any] = {"captured": False, "reason": note or "the run stopped mid-iteration"}
     if live and capture_env_state:
@@ -255,12 +250,29 @@ def save_checkpoint(trainer: PPO, boundary: dict[str, Any] | None = None, captur
     save_tensors(tmp / "trainer.safetensors", tensors)
     atomic_write_json(tmp / "state.json", state)  # written last: a directory with state.json is complete
 
+    return publish_checkpoint(tmp, name, trainer.config.keep_checkpoints)
+
+
+def begin_checkpoint(run_dir: str | Path, name: str) -> Path:
+    """An empty temporary directory RUN_DIR/checkpoints/.<name>.tmp-<pid> to write a checkpoint into."""
+    root = checkpoint_dir(run_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / f".{name}.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    return tmp
+
+
+def publish_checkpoint(tmp: Path, name: str, keep_last: int) -> Path:
+    """Rename the finished `tmp` (from begin_checkpoint) to <name>, point `latest` at it, prune to keep_last."""
+    root = tmp.parent
     final = root / name
     if final.exists():  # a stale checkpoint from a killed attempt past the one resumed from
         shutil.rmtree(final)
     os.replace(tmp, final)
     atomic_write_bytes(root / LATEST, (name + "\n").encode())
-    _prune(root, trainer.config.keep_checkpoints, keep=name)
+    prune_checkpoints(root, keep_last, keep=name)
     return final
 
 
@@ -271,7 +283,7 @@ def clear_checkpoints(run_dir: str | Path) -> None:
         shutil.rmtree(root)
 
 
-def _flatten_optimizer(state_dict: dict[str, Any], tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
+def flatten_optimizer(state_dict: dict[str, Any], tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
     """Optimizer tensors into `tensors` as optim.<param>.<key>; the rest (param groups, scalars) as JSON."""
     scalars: dict[str, dict[str, Any]] = {}
     for param_id, param_state in state_dict["state"].items():
@@ -286,7 +298,7 @@ def _flatten_optimizer(state_dict: dict[str, Any], tensors: dict[str, torch.Tens
     return {"param_groups": groups, "scalars": scalars, "tuple_keys": ["betas"]}
 
 
-def _unflatten_optimizer(optim_json: dict[str, Any], tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
+def unflatten_optimizer(optim_json: dict[str, Any], tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
     state: dict[int, dict[str, Any]] = {}
     for key, value in tensors.items():
         if key.startswith("optim."):
@@ -300,7 +312,7 @@ def _unflatten_optimizer(optim_json: dict[str, Any], tensors: dict[str, torch.Te
     return {"state": state, "param_groups": groups}
 
 
-def _iteration_of(path: Path) -> int | None:
+def iteration_of(path: Path) -> int | None:
     name = path.name
     if not name.startswith("ckpt_"):
         return None
@@ -315,12 +327,12 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
     root = checkpoint_dir(run_dir)
     if not root.is_dir():
         return []
-    found = [(it, p) for p in root.iterdir() if p.is_dir() and (it := _iteration_of(p)) is not None
+    found = [(it, p) for p in root.iterdir() if p.is_dir() and (it := iteration_of(p)) is not None
              and (p / "state.json").is_file()]
     return [p for _, p in sorted(found)]
 
 
-def _prune(root: Path, keep_last: int, keep: str) -> None:
+def prune_checkpoints(root: Path, keep_last: int, keep: str) -> None:
     complete = list_checkpoints(root.parent)
     for path in complete[:-keep_last] if keep_last > 0 else complete:
         if path.name != keep:
@@ -388,11 +400,16 @@ def resume(cls: type[PPO], run_dir: str | Path, env_fn=None, total_timesteps: in
     trainer.run_dir = run_dir
     if not trainer.collective.is_main:  # torchrun: rank 0 owns the run directory
         return trainer
-    truncate_metrics(run_dir, trainer.iteration)
-    for stale in list_checkpoints(run_dir):  # written after `latest` by a killed process: superseded
-        if (_iteration_of(stale) or 0) > trainer.iteration:
-            shutil.rmtree(stale, ignore_errors=True)
+    discard_after(run_dir, trainer.iteration)
     return trainer
+
+
+def discard_after(run_dir: str | Path, iteration: int) -> None:
+    """On resume from `iteration`: drop later metrics lines and later checkpoints (a killed run's leftovers)."""
+    truncate_metrics(run_dir, iteration)
+    for stale in list_checkpoints(run_dir):  # written after `latest` by a killed process: superseded
+        if (iteration_of(stale) or 0) > iteration:
+            shutil.rmtree(stale, ignore_errors=True)
 
 
 def _restore(trainer: PPO, ckpt: Path, state: dict[str, Any]) -> None:
@@ -401,7 +418,7 @@ def _restore(trainer: PPO, ckpt: Path, state: dict[str, Any]) -> None:
     agent_state = {k.removeprefix("agent."): v for k, v in model_tensors.items() if k.startswith("agent.")}
     try:
         trainer.agent.load_state_dict(agent_state, strict=True)
-        trainer.optimizer.load_state_dict(_unflatten_optimizer(state["optimizer"], tensors))
+        trainer.optimizer.load_state_dict(unflatten_optimizer(state["optimizer"], tensors))
     except (RuntimeError, KeyError, ValueError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ModelFileError(f"checkpoint {ckpt} does not match this network/environment: {first}") from None

@@ -1,0 +1,164 @@
+"""Resumable checkpoints of an LLM PPO run (`ppox llm train --resume RUN_DIR`).
+
+A checkpoint is a directory RUN_DIR/checkpoints/ckpt_<step>/ holding
+
+    policy.safetensors    the policy's trainable parameters: all of them, or only the LoRA adapters
+                          (the frozen base is the model directory the run started from)
+    critic.safetensors    the critic's parameters (value model or value head)
+    trainer.safetensors   optimizer tensors, torch RNG state of every rank, the minibatch-shuffle generator
+    state.json            step, completions, optimizer param groups, KL controller, prompt-sampler
+                          state of every rank, config, the metrics so far
+
+It uses the directory protocol of the classic-RL checkpoints (ppox.rl.checkpoint): files written
+atomically into a temporary directory, which is renamed into place before `latest` is replaced,
+so a process killed at any instant leaves `latest` naming a complete checkpoint. No pickle.
+With torchrun, rank 0 writes (the other ranks send it their RNG states) and every rank loads.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ppox import __version__
+from ppox.errors import ModelFileError, PPOXError
+from ppox.io import FORMAT_VERSION, atomic_write_json, check_format_version, load_tensors, read_json, save_tensors
+from ppox.rl.checkpoint import (
+    begin_checkpoint,
+    discard_after,
+    flatten_optimizer,
+    latest_checkpoint,
+    publish_checkpoint,
+    unflatten_optimizer,
+)
+
+if TYPE_CHECKING:
+    from ppox.llm.trainer import LLMPPOTrainer
+
+KIND = "ppox.llm.checkpoint"
+
+
+def trainable_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The parameters training changes (all of them, or only LoRA adapters); tied weights once."""
+    return {name: p for name, p in module.named_parameters() if p.requires_grad}
+
+
+def _rng_state(trainer: LLMPPOTrainer) -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "prompts": trainer._batches.state_dict()}
+    if trainer.device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(trainer.device)
+    return state
+
+
+def save_checkpoint(trainer: LLMPPOTrainer, run_dir: str | Path, history: list[dict]) -> Path | None:
+    """Write RUN_DIR/checkpoints/ckpt_<step>/ (rank 0); every rank must call it. Returns the path on rank 0."""
+    ranks = trainer.collective.gather_objects(_rng_state(trainer))  # every rank's RNGs, in rank order
+    if not trainer.collective.is_main:
+        return None
+    name = f"ckpt_{trainer.step_count}"
+    tmp = begin_checkpoint(run_dir, name)
+    tensors: dict[str, torch.Tensor] = {"rng.shuffle": trainer.generator.get_state()}
+    for rank, rng in enumerate(ranks):
+        tensors[f"rng.torch.{rank}"] = rng["torch"]
+        if "cuda" in rng:
+            tensors[f"rng.cuda.{rank}"] = rng["cuda"]
+    optim_json = flatten_optimizer(trainer.optimizer.state_dict(), tensors)
+    state = {
+        "format_version": FORMAT_VERSION,
+        "kind": KIND,
+        "ppox_version": __version__,
+        "step": trainer.step_count,
+        "global_step": trainer.global_step,
+        "world_size": trainer.collective.world_size,
+        "lora": bool(trainer.config.lora_r),
+        "kl_controller": trainer.kl_ctl.state_dict(),
+        "optimizer": optim_json,
+        "prompt_sampler": [rng["prompts"] for rng in ranks],
+        "config": trainer.config.to_dict(),
+        "metrics": [{k: v for k, v in r.items() if isinstance(v, int | float | str | bool)} for r in history],
+    }
+    save_tensors(tmp / "policy.safetensors", trainable_state(trainer.policy))
+    save_tensors(tmp / "critic.safetensors", trainable_state(trainer.critic))
+    save_tensors(tmp / "trainer.safetensors", tensors)
+    atomic_write_json(tmp / "state.json", state)  # written last: a directory with state.json is complete
+    return publish_checkpoint(tmp, name, trainer.config.keep_checkpoints)
+
+
+def read_state(ckpt: Path) -> dict[str, Any]:
+    path = ckpt / "state.json"
+    state = read_json(path, "checkpoint state")
+    check_format_version(state, path)
+    if state.get("kind") != KIND:
+        raise ModelFileError(f"{path} is not a ppox LLM checkpoint (kind {state.get('kind')!r})")
+    for key in ("step", "global_step", "optimizer", "kl_controller", "prompt_sampler", "config", "metrics"):
+        if key not in state:
+            raise ModelFileError(f"{path} lacks {key!r}: a damaged checkpoint")
+    return state
+
+
+def find_checkpoint(run_dir: str | Path) -> Path:
+    """The latest complete checkpoint of RUN_DIR (a clear error if the directory or checkpoints are missing)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ModelFileError(f"run directory {run_dir} does not exist")
+    return latest_checkpoint(run_dir)
+
+
+def _load_parameters(module: torch.nn.Module, path: Path) -> None:
+    tensors = load_tensors(path, "cpu")
+    params = trainable_state(module)
+    missing, unexpected = sorted(set(params) - set(tensors)), sorted(set(tensors) - set(params))
+    if missing or unexpected:
+        what = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
+        raise ModelFileError(f"{path} does not match this model ({what}): was it written with another "
+                             "model, --critic or --lora-r?")
+    with torch.no_grad():
+        for name, p in params.items():
+            if tensors[name].shape != p.shape:
+                raise ModelFileError(f"{path}: {name} has shape {tuple(tensors[name].shape)}, the model "
+                                     f"{tuple(p.shape)}")
+            p.copy_(tensors[name])
+
+
+def load_checkpoint(trainer: LLMPPOTrainer, ckpt: Path) -> list[dict]:
+    """Restore a trainer built with the run's config from `ckpt`; returns the metrics so far."""
+    state = read_state(ckpt)
+    if bool(state.get("lora")) != bool(trainer.config.lora_r):
+        raise PPOXError(f"{ckpt} was written {'with' if state.get('lora') else 'without'} LoRA; "
+                        "resume with the run's own --lora-r")
+    _load_parameters(trainer.policy, ckpt / "policy.safetensors")
+    _load_parameters(trainer.critic, ckpt / "critic.safetensors")
+    path = ckpt / "trainer.safetensors"
+    tensors = load_tensors(path, "cpu")
+    try:
+        trainer.optimizer.load_state_dict(unflatten_optimizer(state["optimizer"], tensors))
+        trainer.kl_ctl.load_state_dict(state["kl_controller"])
+    except (RuntimeError, KeyError, ValueError, TypeError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ModelFileError(f"{path} does not match this run's optimizer: {first}") from None
+    trainer.step_count = int(state["step"])
+    trainer.global_step = int(state["global_step"])
+
+    # RNG states last: building the trainer consumed random numbers
+    rank, same_world = trainer.collective.rank, state.get("world_size") == trainer.collective.world_size
+    if "rng.shuffle" not in tensors or (same_world and f"rng.torch.{rank}" not in tensors):
+        raise ModelFileError(f"{path} lacks the RNG states: a damaged checkpoint")
+    trainer.generator.set_state(tensors["rng.shuffle"])
+    if same_world:
+        torch.set_rng_state(tensors[f"rng.torch.{rank}"])
+        if trainer.device.type == "cuda" and f"rng.cuda.{rank}" in tensors:
+            torch.cuda.set_rng_state(tensors[f"rng.cuda.{rank}"], trainer.device)
+        trainer._batches.load_state_dict(state["prompt_sampler"][rank])
+    else:  # another number of processes: fresh, distinct streams per rank (the run stays valid, not bit-exact)
+        seed = trainer.config.seed + rank + 7919 * trainer.step_count
+        torch.manual_seed(seed)
+        trainer._batches = type(trainer._batches)(trainer.prompts, trainer.config.batch_size, seed)
+        if trainer.collective.is_main:
+            print(f"warning: {ckpt} was written by {state.get('world_size')} process(es), this run has "
+                  f"{trainer.collective.world_size}: sampling continues with fresh random streams", file=sys.stderr)
+    if trainer.collective.is_main:
+        discard_after(ckpt.parent.parent, trainer.step_count)
+    return list(state["metrics"])

@@ -1,0 +1,170 @@
+"""Checkpoints and resume of LLM runs: a resumed run equals an uninterrupted one, damage is reported."""
+
+import json
+
+import pytest
+import torch
+
+from ppox.errors import PPOXError
+from ppox.llm.config import LLMPPOConfig
+from ppox.llm.demo import tiny_gpt2
+from ppox.llm.trainer import LLMPPOTrainer
+from ppox.rl.checkpoint import checkpoint_dir, latest_checkpoint
+
+from .conftest import PROMPTS
+
+TIMING = {"gen_tokens_per_s", "gen_seconds", "update_tokens_per_s", "update_seconds", "step_seconds"}
+
+
+def sevens(prompts, completions):
+    return [c.count("7") / max(len(c), 1) for c in completions]
+
+
+def fresh_model(tokenizer):
+    torch.manual_seed(0)
+    return tiny_gpt2(tokenizer, n_layer=1, n_embd=32, n_head=2, n_positions=32)
+
+
+def make(tokenizer, reward=sevens, **overrides) -> LLMPPOTrainer:
+    cfg = LLMPPOConfig(
+        batch_size=8, num_minibatches=2, max_new_tokens=5, learning_rate=3e-3, total_steps=4, checkpoint_every=2,
+        target_ref_kl=0.05, kl_horizon=64, tensorboard=False, torch_threads=2, seed=5,
+    ).replace(**overrides)
+    return LLMPPOTrainer(cfg, fresh_model(tokenizer), tokenizer, reward, PROMPTS * 2)
+
+
+def metrics(run_dir) -> list[dict]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if k not in TIMING} for line in lines]
+
+
+def state(trainer) -> dict[str, torch.Tensor]:
+    out = {f"policy.{k}": v for k, v in trainer.policy.state_dict().items()}
+    out.update({f"critic.{k}": v for k, v in trainer.critic.state_dict().items()})
+    for i, s in trainer.optimizer.state_dict()["state"].items():
+        out.update({f"optim.{i}.{k}": v for k, v in s.items()})
+    return out
+
+
+class Crash(Exception):
+    pass
+
+
+def crashing_after(calls: int):
+    """A reward function that dies on call `calls + 1`, like a process killed mid-step."""
+    count = 0
+
+    def reward(prompts, completions):
+        nonlocal count
+        count += 1
+        if count > calls:
+            raise Crash("killed")
+        return sevens(prompts, completions)
+
+    return reward
+
+
+@pytest.mark.parametrize("lora", [0, 4])
+def test_resumed_run_equals_uninterrupted_run(tokenizer, tmp_path, lora):
+    if lora:
+        pytest.importorskip("peft")
+    straight = make(tokenizer, lora_r=lora)
+    straight.train(tmp_path / "straight")
+
+    run = tmp_path / "run"
+    with pytest.raises(Exception, match="killed"):  # dies in step 3, after the checkpoint of step 2
+        make(tokenizer, reward=crashing_after(2), lora_r=lora).train(run)
+    assert latest_checkpoint(run).name == "ckpt_2"
+    assert len(metrics(run)) == 2
+
+    resumed = make(tokenizer, lora_r=lora)  # a new process: fresh model, fresh RNGs
+    assert resumed.resume(run).name == "ckpt_2" and resumed.step_count == 2
+    history = resumed.train(run)
+    assert [r["iteration"] for r in history] == [1, 2, 3, 4]
+
+    a, b = state(straight), state(resumed)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert metrics(run) == metrics(tmp_path / "straight")
+    assert resumed.kl_ctl.coef == straight.kl_ctl.coef != 0.05  # the adaptive controller moved and was restored
+
+    from safetensors.torch import load_file
+
+    saved = load_file(latest_checkpoint(run) / "policy.safetensors")
+    if lora:  # only the adapters: the frozen base is the model the run started from
+        assert saved and all(".lora_" in k for k in saved)
+    else:
+        assert len(saved) == len(list(resumed.policy.parameters()))
+
+
+def test_checkpoint_every_and_keep(tokenizer, tmp_path):
+    trainer = make(tokenizer, total_steps=5, checkpoint_every=2, keep_checkpoints=2)
+    trainer.train(tmp_path)
+    names = sorted(p.name for p in checkpoint_dir(tmp_path).iterdir())
+    assert names == ["ckpt_4", "ckpt_5", "latest"]  # every 2 steps and at the end, the last 2 kept
+    assert latest_checkpoint(tmp_path).name == "ckpt_5"
+
+
+def test_kill_while_writing_keeps_the_previous_checkpoint(tokenizer, tmp_path, monkeypatch):
+    import ppox.llm.checkpoint as ckpt_module
+
+    real = ckpt_module.atomic_write_json
+    writes = 0
+
+    def dying_write(path, obj):
+        nonlocal writes
+        writes += 1
+        if writes == 2:  # the second checkpoint dies just before its state.json lands
+            raise KeyboardInterrupt
+        real(path, obj)
+
+    monkeypatch.setattr(ckpt_module, "atomic_write_json", dying_write)
+    with pytest.raises(KeyboardInterrupt):
+        make(tokenizer, checkpoint_every=1).train(tmp_path)
+    monkeypatch.setattr(ckpt_module, "atomic_write_json", real)
+    assert latest_checkpoint(tmp_path).name == "ckpt_1"
+
+    resumed = make(tokenizer, checkpoint_every=1)
+    resumed.resume(tmp_path)
+    assert resumed.step_count == 1
+    resumed.train(tmp_path)
+    assert [r["iteration"] for r in metrics(tmp_path)] == [1, 2, 3, 4]
+    leftovers = [p.name for p in checkpoint_dir(tmp_path).iterdir() if ".tmp-" in p.name]
+    assert not leftovers
+
+
+@pytest.mark.parametrize("damage", ["policy.safetensors", "trainer.safetensors", "state.json"])
+def test_damaged_checkpoint_is_a_clear_error(tokenizer, tmp_path, damage):
+    make(tokenizer, total_steps=1).train(tmp_path)
+    path = latest_checkpoint(tmp_path) / damage
+    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
+    with pytest.raises(PPOXError, match=damage.replace(".", r"\.")):
+        make(tokenizer).resume(tmp_path)
+
+
+def test_mismatched_or_missing_checkpoint_is_a_clear_error(tokenizer, tmp_path):
+    with pytest.raises(PPOXError, match="does not exist"):
+        make(tokenizer).resume(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(PPOXError, match="no checkpoint"):
+        make(tokenizer).resume(tmp_path / "empty")
+    make(tokenizer, total_steps=1).train(tmp_path / "run")
+    with pytest.raises(PPOXError, match="does not match"):
+        make(tokenizer, critic="shared").resume(tmp_path / "run")
+
+
+def test_cli_resume(tokenizer, tmp_path):
+    from ppox.llm.cli import main
+
+    fresh_model(tokenizer).save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    run = tmp_path / "run"
+    common = ["--model-path", str(tmp_path / "model"), "--batch-size", "8", "--num-minibatches", "2",
+              "--max-new-tokens", "4", "--num-test", "8", "--torch-threads", "2", "--no-tensorboard"]
+    assert main(["train", *common, "--total-steps", "2", "--run-dir", str(run)]) == 0
+    assert main(["train", "--resume", str(run), "--total-steps", "3"]) == 0
+    assert [r["iteration"] for r in metrics(run)] == [1, 2, 3]
+    assert json.loads((run / "summary.json").read_text())["steps"] == 3
+    assert main(["train", "--resume", str(run), "--learning-rate", "1"]) == 2  # the run's own config only
+    assert main(["train", "--resume", str(tmp_path / "nowhere")]) == 2
