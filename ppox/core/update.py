@@ -131,6 +131,7 @@ def ppo_update(
     generator: torch.Generator | None = None,
     on_nonfinite: Callable[[], None] | None = None,
     collective: Collective | None = None,
+    gradients_synced: bool = False,
 ) -> UpdateResult:
     """Run the PPO epochs on `batch` (every tensor has the batch dimension first).
 
@@ -143,6 +144,9 @@ def ppo_update(
     the batch; gradients are averaged over processes every minibatch, advantage normalisation and
     the early-stopping KL are global, and a non-finite minibatch on any process is skipped on all,
     so every process takes the same optimizer steps and ends with the same weights.
+    `gradients_synced=True` means the modules average their own gradients inside backward (FSDP's
+    reduce-scatter): then the loop does not all-reduce them again, and every process runs backward
+    on every micro-batch, a non-finite one included, since backward itself is a collective there.
     """
     reduce_sum = collective.sum_ if collective is not None and collective.enabled else None
     params = [p for p in params if p.requires_grad]
@@ -176,6 +180,8 @@ def ppo_update(
                     # no break: the other micro-batches still run, so every process makes the
                     # same sequence of collective calls
                     loss_finite = False
+                    if gradients_synced and reduce_sum is not None:
+                        (loss / grad_accum_steps).backward()  # FSDP: backward's collectives run everywhere
                     continue
                 (loss / grad_accum_steps).backward()
                 for k, v in stats.items():
@@ -183,7 +189,9 @@ def ppo_update(
                 count += 1
                 epoch_kl = epoch_kl + stats["approx_kl"]
                 epoch_count += 1
-            if reduce_sum is not None:
+            if reduce_sum is not None and gradients_synced:  # skip on all if any process saw a non-finite loss
+                loss_finite = bool(reduce_sum(torch.tensor(float(not loss_finite), device=device)) == 0)
+            elif reduce_sum is not None:
                 if not loss_finite:  # NaN gradients make every process skip this minibatch too
                     for p in params:
                         p.grad = torch.full_like(p, float("nan"))

@@ -134,6 +134,12 @@ class LLMPPOConfig:
     lora_alpha: float = 16.0
     """LoRA scaling alpha (the adapters' update is scaled by alpha / r)."""
 
+    # scaling out (torchrun)
+    fsdp: bool = False
+    """Shard the policy, critic and reference over the torchrun processes with PyTorch FSDP
+    (fully_shard), for models that don't fit on one device; off = every process holds the whole
+    models and gradients are all-reduced (DDP-style). Needs a torchrun launch."""
+
     # logging and evaluation
     eval_every: int = 0
     """Evaluate greedy exact-match accuracy on the task's test split every N steps; 0 = only at the end."""
@@ -215,6 +221,8 @@ class LLMPPOConfig:
             raise ConfigError(f"unknown kl_estimator {self.kl_estimator!r}; choose k1, k2 or k3")
         if self.critic not in ("separate", "shared"):
             raise ConfigError(f"critic must be separate or shared, got {self.critic!r}")
+        if self.fsdp and self.lora_r:
+            raise ConfigError("fsdp with LoRA (lora_r > 0) is not supported yet: use one or the other")
         if self.lora_r and importlib.util.find_spec("peft") is None:
             raise ConfigError("lora_r > 0 needs the optional package peft: pip install 'ppox[lora]'")
 

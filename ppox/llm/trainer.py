@@ -21,6 +21,7 @@ from ppox.core.update import PolicyOutput, ppo_update
 from ppox.distributed import init_from_env, parameter_hash
 from ppox.errors import PPOXError
 from ppox.io import atomic_write_json, save_tensors
+from ppox.llm import fsdp
 from ppox.llm.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from ppox.llm.config import LLMPPOConfig
 from ppox.llm.data import check_prompts, prompt_batches
@@ -86,6 +87,12 @@ class LLMPPOTrainer:
         self.critic.to(self.device).eval()
         self.policy = apply_lora(policy, cfg.lora_r, cfg.lora_alpha) if cfg.lora_r else policy
         self.policy.eval()
+        if self.collective.enabled:  # rank 0's critic init everywhere; distinct samples per rank
+            self.collective.broadcast_module(self.policy)
+            self.collective.broadcast_module(self.critic)
+            torch.manual_seed(cfg.seed + self.collective.rank)
+        # --fsdp: each rank keeps 1/N of policy, critic and reference (before the optimizer sees the params)
+        self.sharded = fsdp.shard_models(cfg.fsdp, self.collective, self.policy, self.critic, self.ref)
         policy_params = [p for p in self.policy.parameters() if p.requires_grad]
         critic_params = [p for p in self.critic.parameters() if p.requires_grad]
         self.params = policy_params + critic_params
@@ -96,10 +103,6 @@ class LLMPPOTrainer:
             ],
             weight_decay=0.0,
         )
-        if self.collective.enabled:  # rank 0's critic init everywhere; distinct samples per rank
-            self.collective.broadcast_module(self.policy)
-            self.collective.broadcast_module(self.critic)
-            torch.manual_seed(cfg.seed + self.collective.rank)
         horizon = cfg.kl_horizon if cfg.target_ref_kl is not None else None
         self.kl_ctl = AdaptiveKLController(cfg.kl_coef, cfg.target_ref_kl, horizon)
         self.settings = cfg.loss_settings()
@@ -247,7 +250,7 @@ class LLMPPOTrainer:
             update_epochs=cfg.update_epochs, num_minibatches=cfg.num_minibatches,
             max_grad_norm=cfg.max_grad_norm, target_kl=cfg.target_kl,
             grad_accum_steps=cfg.grad_accum_steps, generator=self.generator,
-            collective=self.collective if self.collective.enabled else None,
+            collective=self.collective if self.collective.enabled else None, gradients_synced=self.sharded,
         )
         update_seconds = time.perf_counter() - t1
         self.step_count += 1
@@ -307,7 +310,7 @@ class LLMPPOTrainer:
         try:
             for step in range(self.step_count + 1, cfg.total_steps + 1):
                 record = self.step()
-                if is_main and self.evaluate_fn is not None and (
+                if (is_main or self.sharded) and self.evaluate_fn is not None and (  # FSDP: all ranks run it
                     step == cfg.total_steps or (cfg.eval_every and step % cfg.eval_every == 0)
                 ):
                     record.update({f"eval_{k}": v for k, v in self.evaluate_fn(self.policy).items()})
@@ -324,11 +327,15 @@ class LLMPPOTrainer:
             if logger is not None:
                 logger.close()
         # every rank must hold the same weights: compare hashes of all ranks' policy and critic
-        hashes = self.collective.gather_objects(parameter_hash(torch.nn.ModuleList([self.policy, self.critic])))
-        self.weights_identical_across_ranks = len(set(hashes)) == 1
+        # (FSDP: each rank holds different shards by design, so there is nothing to compare)
+        self.weights_identical_across_ranks = None
+        if not self.sharded:
+            hashes = self.collective.gather_objects(parameter_hash(torch.nn.ModuleList([self.policy, self.critic])))
+            self.weights_identical_across_ranks = len(set(hashes)) == 1
+        self.save(run_dir / "policy")  # rank 0 writes (FSDP: every rank helps gather the weights)
+        critic_state = fsdp.full_state_dict(self.critic) if self.sharded else self.critic.state_dict()
         if is_main:
-            self.save(run_dir / "policy")
-            save_tensors(run_dir / "critic.safetensors", self.critic.state_dict())
+            save_tensors(run_dir / "critic.safetensors", critic_state)
             atomic_write_json(run_dir / "summary.json", {
                 "steps": self.step_count, "completions": self.global_step,
                 "world_size": self.collective.world_size,
@@ -339,7 +346,18 @@ class LLMPPOTrainer:
         return history
 
     def save(self, path: str | Path) -> None:
-        """An ordinary save_pretrained directory (weights + tokenizer) that plain transformers loads."""
+        """An ordinary save_pretrained directory (weights + tokenizer) that plain transformers loads.
+
+        Rank 0 writes it; with FSDP every rank must call this (the full weights are gathered).
+        """
+        if self.sharded:
+            state = fsdp.full_state_dict(self.policy)  # the whole model, on rank 0 only
+            if self.collective.is_main:
+                self.policy.save_pretrained(path, state_dict=state)
+                self.tokenizer.save_pretrained(path)
+            return
+        if not self.collective.is_main:
+            return
         model = self.policy
         if hasattr(model, "merge_and_unload"):  # LoRA: fold the adapters into plain weights
             model = copy.deepcopy(model).merge_and_unload()
