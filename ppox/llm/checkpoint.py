@@ -13,6 +13,12 @@ It uses the directory protocol of the classic-RL checkpoints (ppox.rl.checkpoint
 atomically into a temporary directory, which is renamed into place before `latest` is replaced,
 so a process killed at any instant leaves `latest` naming a complete checkpoint. No pickle.
 With torchrun, rank 0 writes (the other ranks send it their RNG states) and every rank loads.
+
+With --fsdp the same files are written: the full (unsharded) parameters and optimizer state are
+gathered to rank 0 on CPU with torch.distributed.checkpoint's full_state_dict, and the optimizer
+state is stored in the unsharded layout (keyed by the parameter's position in the optimizer). A
+checkpoint therefore does not record whether the run was sharded: an --fsdp checkpoint resumes
+without FSDP and vice versa. On resume every rank reads the files and keeps its own shard.
 """
 
 from __future__ import annotations
@@ -46,6 +52,96 @@ def trainable_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {name: p for name, p in module.named_parameters() if p.requires_grad}
 
 
+def _reshard(trainer: LLMPPOTrainer) -> None:
+    """FSDP: register the sharded parameters again (a forward without grad leaves the root unsharded,
+    and then `named_parameters()` yields plain tensors the optimizer does not know)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for model in (trainer.policy, trainer.critic):
+        for sub in model.modules():
+            if isinstance(sub, FSDPModule):
+                sub.reshard()
+
+
+def _optimizer_fqns(trainer: LLMPPOTrainer) -> tuple[list[str], dict[str, str]]:
+    """Names of the optimizer's parameters in its order, as torch.distributed.checkpoint names them for
+    ModuleList([policy, critic]) ("0.<policy name>", "1.<critic name>"), and every alias of a tied
+    parameter (GPT-2's lm_head.weight = transformer.wte.weight) -> the name used here."""
+    names: list[str] = []
+    aliases: dict[str, str] = {}
+    for index, model in enumerate((trainer.policy, trainer.critic)):
+        first: dict[int, str] = {}
+        for name, param in model.named_parameters(remove_duplicate=False):
+            canonical = first.setdefault(id(param), f"{index}.{name}")
+            aliases[f"{index}.{name}"] = canonical
+            if canonical == f"{index}.{name}" and param.requires_grad:
+                names.append(canonical)
+    return names, aliases
+
+
+def _sharded_models(trainer: LLMPPOTrainer) -> torch.nn.Module:
+    return torch.nn.ModuleList([trainer.policy, trainer.critic])
+
+
+def _full_options(**kwargs: bool):
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, **kwargs)
+
+
+def model_state(trainer: LLMPPOTrainer, module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """trainable_state(module); with FSDP the full tensors on CPU on rank 0 (empty elsewhere; call on every rank)."""
+    if not getattr(trainer, "sharded", False):
+        return trainable_state(module)
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    names = list(trainable_state(module))
+    full = get_model_state_dict(module, options=_full_options(cpu_offload=True))
+    return {name: full[name] for name in names} if trainer.collective.is_main else {}
+
+
+def optimizer_state(trainer: LLMPPOTrainer) -> dict[str, Any]:
+    """The optimizer's state_dict in the unsharded layout (state keyed by parameter position).
+
+    With FSDP the full state is gathered to rank 0 (an empty dict elsewhere; call on every rank) and
+    its parameter names are mapped to positions, so both kinds of run write the same layout.
+    """
+    if not getattr(trainer, "sharded", False):
+        return trainer.optimizer.state_dict()
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    full = get_optimizer_state_dict(_sharded_models(trainer), trainer.optimizer,
+                                    options=_full_options(cpu_offload=True))
+    if not trainer.collective.is_main:
+        return {}
+    names, aliases = _optimizer_fqns(trainer)
+    position = {name: i for i, name in enumerate(names)}
+    return {
+        "state": {position[aliases[name]]: value for name, value in full["state"].items()},
+        "param_groups": [{**group, "params": [position[aliases[n]] for n in group["params"]]}
+                         for group in full["param_groups"]],
+    }
+
+
+def load_optimizer_state(trainer: LLMPPOTrainer, state_dict: dict[str, Any]) -> None:
+    """Load an unsharded-layout optimizer state_dict (from optimizer_state) into the trainer's optimizer."""
+    if not getattr(trainer, "sharded", False):
+        trainer.optimizer.load_state_dict(state_dict)
+        return
+    from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+
+    names, _ = _optimizer_fqns(trainer)
+    groups = state_dict["param_groups"]
+    if sorted(i for g in groups for i in g["params"]) != list(range(len(names))):
+        raise ValueError(f"the checkpoint's optimizer has {sum(len(g['params']) for g in groups)} "
+                         f"parameters, this run's {len(names)}")
+    by_name = {
+        "state": {names[int(i)]: value for i, value in state_dict["state"].items()},
+        "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in groups],
+    }
+    set_optimizer_state_dict(_sharded_models(trainer), trainer.optimizer, by_name, options=_full_options())
+
+
 def _rng_state(trainer: LLMPPOTrainer) -> dict[str, Any]:
     state: dict[str, Any] = {"torch": torch.get_rng_state(), "prompts": trainer._batches.state_dict()}
     if trainer.device.type == "cuda":
@@ -56,6 +152,11 @@ def _rng_state(trainer: LLMPPOTrainer) -> dict[str, Any]:
 def save_checkpoint(trainer: LLMPPOTrainer, run_dir: str | Path, history: list[dict]) -> Path | None:
     """Write RUN_DIR/checkpoints/ckpt_<step>/ (rank 0); every rank must call it. Returns the path on rank 0."""
     ranks = trainer.collective.gather_objects(_rng_state(trainer))  # every rank's RNGs, in rank order
+    if getattr(trainer, "sharded", False):
+        _reshard(trainer)
+    # FSDP: every rank takes part in gathering the full weights and optimizer state to rank 0
+    policy, critic = model_state(trainer, trainer.policy), model_state(trainer, trainer.critic)
+    optim = optimizer_state(trainer)
     if not trainer.collective.is_main:
         return None
     name = f"ckpt_{trainer.step_count}"
@@ -65,7 +166,7 @@ def save_checkpoint(trainer: LLMPPOTrainer, run_dir: str | Path, history: list[d
         tensors[f"rng.torch.{rank}"] = rng["torch"]
         if "cuda" in rng:
             tensors[f"rng.cuda.{rank}"] = rng["cuda"]
-    optim_json = flatten_optimizer(trainer.optimizer.state_dict(), tensors)
+    optim_json = flatten_optimizer(optim, tensors)
     state = {
         "format_version": FORMAT_VERSION,
         "kind": KIND,
@@ -80,8 +181,8 @@ def save_checkpoint(trainer: LLMPPOTrainer, run_dir: str | Path, history: list[d
         "config": trainer.config.to_dict(),
         "metrics": [{k: v for k, v in r.items() if isinstance(v, int | float | str | bool)} for r in history],
     }
-    save_tensors(tmp / "policy.safetensors", trainable_state(trainer.policy))
-    save_tensors(tmp / "critic.safetensors", trainable_state(trainer.critic))
+    save_tensors(tmp / "policy.safetensors", policy)
+    save_tensors(tmp / "critic.safetensors", critic)
     save_tensors(tmp / "trainer.safetensors", tensors)
     atomic_write_json(tmp / "state.json", state)  # written last: a directory with state.json is complete
     return publish_checkpoint(tmp, name, trainer.config.keep_checkpoints)
@@ -107,7 +208,7 @@ def find_checkpoint(run_dir: str | Path) -> Path:
     return latest_checkpoint(run_dir)
 
 
-def _load_parameters(module: torch.nn.Module, path: Path) -> None:
+def _load_parameters(trainer: LLMPPOTrainer, module: torch.nn.Module, path: Path) -> None:
     tensors = load_tensors(path, "cpu")
     params = trainable_state(module)
     missing, unexpected = sorted(set(params) - set(tensors)), sorted(set(tensors) - set(params))
@@ -115,11 +216,22 @@ def _load_parameters(module: torch.nn.Module, path: Path) -> None:
         what = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
         raise ModelFileError(f"{path} does not match this model ({what}): was it written with another "
                              "model, --critic or --lora-r?")
+    for name, p in params.items():  # FSDP: the shape of the full parameter, not of this rank's shard
+        if tensors[name].shape != p.shape:
+            raise ModelFileError(f"{path}: {name} has shape {tuple(tensors[name].shape)}, the model "
+                                 f"{tuple(p.shape)}")
+    if getattr(trainer, "sharded", False):  # every rank holds the full tensors and keeps its own shard
+        from torch.distributed.checkpoint.state_dict import set_model_state_dict
+
+        first: dict[int, str] = {}  # tied parameters: every alias gets the same tensor
+        for name, param in module.named_parameters(remove_duplicate=False):
+            canonical = first.setdefault(id(param), name)
+            if canonical in tensors:
+                tensors[name] = tensors[canonical]
+        set_model_state_dict(module, tensors, options=_full_options(strict=False))
+        return
     with torch.no_grad():
         for name, p in params.items():
-            if tensors[name].shape != p.shape:
-                raise ModelFileError(f"{path}: {name} has shape {tuple(tensors[name].shape)}, the model "
-                                     f"{tuple(p.shape)}")
             p.copy_(tensors[name])
 
 
@@ -129,12 +241,12 @@ def load_checkpoint(trainer: LLMPPOTrainer, ckpt: Path) -> list[dict]:
     if bool(state.get("lora")) != bool(trainer.config.lora_r):
         raise PPOXError(f"{ckpt} was written {'with' if state.get('lora') else 'without'} LoRA; "
                         "resume with the run's own --lora-r")
-    _load_parameters(trainer.policy, ckpt / "policy.safetensors")
-    _load_parameters(trainer.critic, ckpt / "critic.safetensors")
+    _load_parameters(trainer, trainer.policy, ckpt / "policy.safetensors")
+    _load_parameters(trainer, trainer.critic, ckpt / "critic.safetensors")
     path = ckpt / "trainer.safetensors"
     tensors = load_tensors(path, "cpu")
     try:
-        trainer.optimizer.load_state_dict(unflatten_optimizer(state["optimizer"], tensors))
+        load_optimizer_state(trainer, unflatten_optimizer(state["optimizer"], tensors))
         trainer.kl_ctl.load_state_dict(state["kl_controller"])
     except (RuntimeError, KeyError, ValueError, TypeError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__

@@ -139,8 +139,11 @@ def _train(argv: list[str]) -> int:
               f"approx_kl={r['approx_kl']:.4f} clipfrac={r['clipfrac']:.3f}{test}", flush=True)
 
     trainer.train(cfg.run_dir, log=show)
-    if trainer.collective.is_main:  # torchrun: rank 0 reports for the group
-        print(f"policy saved to {cfg.run_dir}/policy")
+    if not trainer.collective.is_main:  # torchrun: rank 0 reports for the group
+        return 130 if trainer.interrupted else 0
+    print(f"policy saved to {cfg.run_dir}/policy")
+    if trainer.interrupted:  # SIGINT/SIGTERM: stopped after a step, with a checkpoint (the trainer said how to resume)
+        return 130
     return 0
 
 

@@ -29,7 +29,7 @@ from ppox.llm.models import ValueHead, ValueModel, apply_lora, context_length
 from ppox.llm.reward import RewardFn, score
 from ppox.llm.rollout import policy_forward, position_ids_from, response_mask, sample, tokenize_prompts
 from ppox.logger import MetricsLogger
-from ppox.rl.checkpoint import clear_checkpoints
+from ppox.rl.checkpoint import StopSignals, clear_checkpoints
 
 Batch = dict[str, torch.Tensor]
 
@@ -111,6 +111,7 @@ class LLMPPOTrainer:
         self.step_count = 0
         self.global_step = 0  # completions sampled so far
         self.history: list[dict] = []  # metrics of every step so far (restored by resume())
+        self.interrupted = False  # the last train() stopped early on SIGINT/SIGTERM (after a checkpoint)
 
     # ---------------------------------------------------------------- forward passes
     def _values(self, input_ids, attention_mask, prompt_width: int, hidden) -> torch.Tensor:
@@ -280,9 +281,11 @@ class LLMPPOTrainer:
         return {**stats, **dict(zip(keys, values.tolist(), strict=True))}
 
     def resume(self, run_dir: str | Path) -> Path:
-        """Load RUN_DIR's latest checkpoint (every rank); the next train(run_dir) continues the run from there."""
-        if getattr(self, "sharded", False):
-            raise PPOXError("resuming an --fsdp run is not supported yet")
+        """Load RUN_DIR's latest checkpoint (every rank); the next train(run_dir) continues the run from there.
+
+        With --fsdp every rank reads the full tensors and keeps its shard; a checkpoint of a sharded
+        run resumes without FSDP and vice versa (the files are the same).
+        """
         ckpt = find_checkpoint(run_dir)
         self.history = load_checkpoint(self, ckpt)
         return ckpt
@@ -291,6 +294,9 @@ class LLMPPOTrainer:
         """Train up to step config.total_steps, logging and checkpointing; saves the policy to run_dir/policy.
 
         Continues from the current step (after resume()); returns the metrics of every step so far.
+        SIGINT/SIGTERM (on any rank, with torchrun) stop the run after the current step, with a
+        checkpoint: `self.interrupted` is then True and `resume(run_dir)` continues it. A second
+        signal raises KeyboardInterrupt at once (the last checkpoint on disk stays valid).
         """
         cfg = self.config
         run_dir = Path(run_dir if run_dir is not None else cfg.run_dir)
@@ -301,31 +307,54 @@ class LLMPPOTrainer:
             atomic_write_json(run_dir / "config.json", cfg.to_dict())
             if not resumed:  # checkpoints of an earlier run in this directory would shadow ours
                 clear_checkpoints(run_dir)
-        # FSDP shards weights and optimizer state over the ranks, which these checkpoints do not cover yet
-        checkpointing = not getattr(self, "sharded", False)
-        if not checkpointing and is_main:
-            print("warning: --fsdp runs write no resumable checkpoints yet", file=sys.stderr)
         logger = MetricsLogger(run_dir, cfg.tensorboard, append=resumed) if is_main else None
         history = self.history
+        self.interrupted = False
+        stop = StopSignals()
         try:
-            for step in range(self.step_count + 1, cfg.total_steps + 1):
-                record = self.step()
-                if (is_main or self.sharded) and self.evaluate_fn is not None and (  # FSDP: all ranks run it
-                    step == cfg.total_steps or (cfg.eval_every and step % cfg.eval_every == 0)
-                ):
-                    record.update({f"eval_{k}": v for k, v in self.evaluate_fn(self.policy).items()})
-                if logger is not None:
-                    logger.log(record)
-                history.append(record)
-                if log is not None and is_main:
-                    log(record)
-                if checkpointing and (step == cfg.total_steps or (
-                    cfg.checkpoint_every and step % cfg.checkpoint_every == 0
-                )):
-                    save_checkpoint(self, run_dir, history)
+            with stop:
+                self._train_steps(run_dir, history, logger, log, stop)
         finally:
             if logger is not None:
                 logger.close()
+        self._finish(run_dir, history)
+        return history
+
+    def _train_steps(self, run_dir: Path, history: list[dict], logger, log, stop: StopSignals) -> None:
+        cfg = self.config
+        is_main = self.collective.is_main
+        for step in range(self.step_count + 1, cfg.total_steps + 1):
+            record = self.step()
+            if (is_main or self.sharded) and self.evaluate_fn is not None and (  # FSDP: all ranks run it
+                step == cfg.total_steps or (cfg.eval_every and step % cfg.eval_every == 0)
+            ):
+                record.update({f"eval_{k}": v for k, v in self.evaluate_fn(self.policy).items()})
+            if logger is not None:
+                logger.log(record)
+            history.append(record)
+            if log is not None and is_main:
+                log(record)
+            stopping = self._stop_requested(stop)
+            if stopping or step == cfg.total_steps or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
+                save_checkpoint(self, run_dir, history)
+            if stopping and step < cfg.total_steps:
+                self.interrupted = True
+                if is_main:
+                    print(f"{stopping}: stopped after step {step} of {cfg.total_steps} with a checkpoint; "
+                          f"continue with `ppox llm train --resume {run_dir}`", file=sys.stderr)
+                return
+
+    def _stop_requested(self, stop: StopSignals) -> str | None:
+        """The signal seen here or (torchrun) on any rank: one all-reduced flag, so all ranks stop at the same step."""
+        if not self.collective.enabled:
+            return stop.requested
+        if self.collective.sum_(torch.tensor([float(stop.requested is not None)]))[0] > 0:
+            return stop.requested or "stop requested on another rank"
+        return None
+
+    def _finish(self, run_dir: Path, history: list[dict]) -> None:
+        """After the last step (or a stop): the policy, critic and summary of the run so far."""
+        is_main = self.collective.is_main
         # every rank must hold the same weights: compare hashes of all ranks' policy and critic
         # (FSDP: each rank holds different shards by design, so there is nothing to compare)
         self.weights_identical_across_ranks = None
@@ -340,10 +369,10 @@ class LLMPPOTrainer:
                 "steps": self.step_count, "completions": self.global_step,
                 "world_size": self.collective.world_size,
                 "weights_identical_across_ranks": self.weights_identical_across_ranks,
+                "interrupted": self.interrupted,
                 **{k: v for k, v in (history[-1] if history else {}).items() if isinstance(v, int | float)},
             })
         self.collective.barrier()
-        return history
 
     def save(self, path: str | Path) -> None:
         """An ordinary save_pretrained directory (weights + tokenizer) that plain transformers loads.
