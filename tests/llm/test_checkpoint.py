@@ -168,3 +168,57 @@ def test_cli_resume(tokenizer, tmp_path):
     assert json.loads((run / "summary.json").read_text())["steps"] == 3
     assert main(["train", "--resume", str(run), "--learning-rate", "1"]) == 2  # the run's own config only
     assert main(["train", "--resume", str(tmp_path / "nowhere")]) == 2
+
+
+def test_sigint_stops_after_the_step_with_a_checkpoint_and_resume_finishes(tokenizer, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from ppox.llm.cli import main
+    from tests.rl.test_checkpoint import REPO, _wait_for_lines
+
+    fresh_model(tokenizer).save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    run, total = tmp_path / "run", 20
+    cmd = [sys.executable, "-m", "ppox", "llm", "train", "--model-path", str(tmp_path / "model"), "--batch-size", "8",
+           "--num-minibatches", "2", "--max-new-tokens", "4", "--num-test", "8", "--torch-threads", "1",
+           "--no-tensorboard", "--checkpoint-every", "0", "--total-steps", str(total), "--run-dir", str(run)]
+    proc = subprocess.Popen(cmd, env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}, cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _wait_for_lines(run, proc, 1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    assert "SIGINT: stopped after step" in err and f"ppox llm train --resume {run}" in err
+    stopped = len(metrics(run))
+    assert 1 <= stopped < total
+    assert latest_checkpoint(run).name == f"ckpt_{stopped}"  # --checkpoint-every 0: written for the signal
+    assert json.loads((run / "summary.json").read_text())["interrupted"]
+
+    assert main(["train", "--resume", str(run)]) == 0
+    assert [r["iteration"] for r in metrics(run)] == list(range(1, total + 1))
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == total and not summary["interrupted"]
+
+
+def test_sigterm_in_process_stops_with_a_checkpoint_and_restores_the_handler(tokenizer, tmp_path):
+    import os
+    import signal
+
+    calls = 0
+
+    def reward(prompts, completions):
+        nonlocal calls
+        calls += 1
+        if calls == 2:  # during step 2: the step finishes, then the run stops
+            os.kill(os.getpid(), signal.SIGTERM)
+        return sevens(prompts, completions)
+
+    before = signal.getsignal(signal.SIGTERM)
+    trainer = make(tokenizer, reward=reward, checkpoint_every=0)
+    history = trainer.train(tmp_path)
+    assert trainer.interrupted and [r["iteration"] for r in history] == [1, 2]
+    assert latest_checkpoint(tmp_path).name == "ckpt_2"
+    assert signal.getsignal(signal.SIGTERM) is before
