@@ -288,25 +288,14 @@ def test_async_envs_cannot_be_captured_and_resume_says_so_in_one_line(tmp_path, 
     assert [m["iteration"] for m in metrics(run)] == [1, 2, 3, 4]
 
 
-def test_torch_backend_env_state_is_captured(tmp_path, monkeypatch):
+@pytest.mark.parametrize(("env_backend", "env_id"), [("torch", "CartPole-v1"), ("numpy", "Acrobot-v1")])
+def test_batched_backend_env_state_is_captured(tmp_path, monkeypatch, env_backend, env_id):
     ref, run = tmp_path / "ref", tmp_path / "run"
-    kw = dict(TINY, env_backend="torch", num_envs=4, total_timesteps=640, checkpoint_every=2)
-    PPO("CartPole-v1", run_dir=ref, **kw).learn()
+    kw = dict(TINY, env_backend=env_backend, num_envs=4, total_timesteps=640, checkpoint_every=2)
+    PPO(env_id, run_dir=ref, **kw).learn()
     kill_at_env_step(monkeypatch, 16 * 5 + 3)
     with pytest.raises(Killed):
-        PPO("CartPole-v1", run_dir=run, **kw).learn()
-    assert json.loads((ckpt.latest_checkpoint(run) / "state.json").read_text())["env_state"]["captured"]
-    PPO.resume(run).learn()
-    assert_same_run(ref, run)
-
-
-def test_numpy_backend_env_state_is_captured(tmp_path, monkeypatch):
-    ref, run = tmp_path / "ref", tmp_path / "run"
-    kw = dict(TINY, env_backend="numpy", num_envs=4, total_timesteps=640, checkpoint_every=2)
-    PPO("Acrobot-v1", run_dir=ref, **kw).learn()
-    kill_at_env_step(monkeypatch, 16 * 5 + 3)
-    with pytest.raises(Killed):
-        PPO("Acrobot-v1", run_dir=run, **kw).learn()
+        PPO(env_id, run_dir=run, **kw).learn()
     assert json.loads((ckpt.latest_checkpoint(run) / "state.json").read_text())["env_state"]["captured"]
     PPO.resume(run).learn()
     assert_same_run(ref, run)
