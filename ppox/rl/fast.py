@@ -41,10 +41,18 @@ from ppox.rl.spaces import LOG_SQRT_2PI, ActionSpec, log_prob_entropy
 STAT_KEYS = ("policy_loss", "value_loss", "entropy", "kl_penalty", "approx_kl", "old_approx_kl", "clipfrac")
 
 
-def _compile(fn: Callable, enabled: bool) -> Callable:
-    if enabled:
-        remember_cpu_isa_probe()
-    return torch.compile(fn, fullgraph=True, dynamic=False) if enabled else fn
+def _compile(fn: Callable, enabled: bool, cpp_wrapper: bool = False) -> Callable:
+    """torch.compile(fullgraph) of `fn`, or `fn` itself when not `enabled`.
+
+    `cpp_wrapper`: inductor's C++ wrapper instead of its Python one for calling the graph's kernels.
+    The Python wrapper spends ~1-2 us per intermediate buffer and per input view (~80 per update
+    call); in C++ the CPU update is ~20% faster, and compiles as fast with a warm cache.
+    """
+    if not enabled:
+        return fn
+    remember_cpu_isa_probe()
+    options = {"cpp_wrapper": True} if cpp_wrapper else None
+    return torch.compile(fn, fullgraph=True, dynamic=False, options=options)
 
 
 def _isa_cache_path() -> Path:
@@ -379,7 +387,8 @@ class CompiledUpdate:
         self.names = [n for n, p in agent.named_parameters() if p.requires_grad]
         self._params = dict(agent.named_parameters())
         step = self._make_step()
-        self._step = _compile(step, compile)
+        on_cpu = all(p.device.type == "cpu" for p in self._params.values())
+        self._step = _compile(step, compile, cpp_wrapper=on_cpu)
         if compile and timer is not None:
             self._step = timer.wrap(self._step)
         self._compiled = compile
