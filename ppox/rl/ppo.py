@@ -371,10 +371,21 @@ class PPO:
         """The PPO epochs on one rollout: the compiled update (ppox.rl.fast) or core's eager loop."""
         cfg = self.config
         if self._compiled_update is not None and self._compiled_update.supported and not self.collective.enabled:
-            return self._compiled_update.update(
-                batch, update_epochs=cfg.update_epochs, num_minibatches=cfg.num_minibatches,
-                target_kl=cfg.target_kl, kl_coef=self.kl_controller.coef, generator=generator,
-            )
+            try:
+                return self._compiled_update.update(
+                    batch, update_epochs=cfg.update_epochs, num_minibatches=cfg.num_minibatches,
+                    target_kl=cfg.target_kl, kl_coef=self.kl_controller.coef, generator=generator,
+                )
+            except RuntimeError as exc:
+                if not type(exc).__module__.startswith(("torch._dynamo", "torch._inductor")):
+                    raise
+                # Compiling failed (no C++ compiler, an unsupported op, ...). The compiled update works on
+                # copies and writes back only at its end, so the weights and Adam state are untouched:
+                # train on with the eager update, same maths.
+                first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                print(f"warning: --compile failed ({type(exc).__name__}: {first_line[:200]}); "
+                      "using the eager update (pass --no-compile to skip compiling)", file=sys.stderr)
+                self._compiled_update = None
         return ppo_update(
             batch, self._forward, self.optimizer, self.agent.parameters(), self.loss_settings,
             update_epochs=cfg.update_epochs, num_minibatches=cfg.num_minibatches,

@@ -281,3 +281,21 @@ def test_functional_forward_matches_module(spec, shared_trunk):
     head, value = functional_forward(agent)(dict(agent.named_parameters()), obs)
     expected_head, expected_value = agent(obs)
     assert torch.equal(head, expected_head) and torch.equal(value, expected_value)
+
+
+def test_a_failing_compile_falls_back_to_the_eager_update(tmp_path, monkeypatch, capsys):
+    from torch._inductor.exc import CppCompileError
+
+    from ppox.rl.ppo import PPO
+
+    def no_compiler(*args, **kwargs):
+        raise CppCompileError(["g++"], "g++: command not found")
+
+    model = PPO("CartPole-v1", run_dir=tmp_path / "run", num_envs=2, num_steps=16, total_timesteps=64,
+                compile=True, progress=False, tensorboard=False, eval_episodes=0)
+    monkeypatch.setattr(model._compiled_update, "update", no_compiler)
+    before = [p.detach().clone() for p in model.agent.parameters()]
+    model.learn()
+    assert "--compile failed (CppCompileError" in capsys.readouterr().err
+    assert model._compiled_update is None and model.global_step == 64  # trained on, eagerly
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.agent.parameters(), strict=True))
