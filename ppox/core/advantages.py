@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import numpy as np
 import torch
 
 
@@ -36,24 +35,17 @@ def gae(
     deltas = rewards + gamma * not_terminal * next_values - values
     advantages = torch.empty_like(values)
     if deltas.device.type == "cpu" and not deltas.requires_grad:
-        _reverse_scan_numpy(deltas.numpy(), decay.numpy(), advantages.numpy())
+        # the loop is sequential: on CPU run it on numpy views of the tensors, where an op on a
+        # small row costs a fraction of a torch op's dispatch
+        _reverse_scan(deltas.numpy(), decay.numpy(), advantages.numpy())
     else:
-        _reverse_scan_torch(deltas, decay, advantages)
+        _reverse_scan(deltas, decay, advantages)
     return advantages, advantages + values
 
 
-def _reverse_scan_torch(deltas: torch.Tensor, decay: torch.Tensor, out: torch.Tensor) -> None:
-    """out[t] = deltas[t] + decay[t] * out[t + 1], from the last step back (out[T] = 0)."""
-    last = torch.zeros_like(deltas[0])
-    for t in range(deltas.shape[0] - 1, -1, -1):
-        last = deltas[t] + decay[t] * last
-        out[t] = last
-
-
-def _reverse_scan_numpy(deltas: np.ndarray, decay: np.ndarray, out: np.ndarray) -> None:
-    """The same scan on CPU arrays (views of the tensors): the loop is sequential, and a numpy op
-    on a small row costs a fraction of a torch op's dispatch."""
-    last = np.zeros_like(deltas[0])
+def _reverse_scan(deltas, decay, out) -> None:
+    """out[t] = deltas[t] + decay[t] * out[t + 1], from the last step back (out[T] = 0); tensors or arrays."""
+    last = 0.0
     for t in range(deltas.shape[0] - 1, -1, -1):
         last = deltas[t] + decay[t] * last
         out[t] = last

@@ -174,7 +174,7 @@ def test_gae_numpy_scan_equals_torch_scan():
     import numpy as np
 
     from ppox.core import gae
-    from ppox.core.advantages import _reverse_scan_torch
+    from ppox.core.advantages import _reverse_scan
 
     g = torch.Generator().manual_seed(0)
     r, v, fv = (torch.randn(64, 3, generator=g) for _ in range(3))
@@ -185,7 +185,7 @@ def test_gae_numpy_scan_equals_torch_scan():
     adv, ret = gae(r, v, next_values, term, end, 0.99, 0.95)  # CPU: the numpy scan
     deltas = r + 0.99 * (1.0 - term.float()) * next_values - v
     adv2 = torch.empty_like(v)
-    _reverse_scan_torch(deltas, 0.99 * 0.95 * (1.0 - end.float()), adv2)
+    _reverse_scan(deltas, 0.99 * 0.95 * (1.0 - end.float()), adv2)  # on tensors
     adv2, ret2 = adv2.numpy(), (adv2 + v).numpy()
     assert np.allclose(adv.numpy(), adv2, atol=1e-6) and np.allclose(ret.numpy(), ret2, atol=1e-6)
 
