@@ -386,6 +386,7 @@ class CompiledUpdate:
         self.supported = adam_supported(optimizer)
         self.names = [n for n, p in agent.named_parameters() if p.requires_grad]
         self._params = dict(agent.named_parameters())
+        self._sizes = [self._params[n].numel() for n in self.names]  # the parameters' slices of a flat buffer
         step = self._make_step()
         on_cpu = all(p.device.type == "cpu" for p in self._params.values())
         self._step = _compile(step, compile, cpp_wrapper=on_cpu)
@@ -412,8 +413,7 @@ class CompiledUpdate:
 
         grad_fn = grad(loss_fn, has_aux=True)
 
-        shapes = [tuple(self._params[n].shape) for n in names]
-        sizes = [self._params[n].numel() for n in names]
+        shapes, sizes = [tuple(self._params[n].shape) for n in names], self._sizes
 
         def step(
             flat_params: torch.Tensor,  # (num_params,) all weights, one buffer; updated in place
@@ -529,8 +529,8 @@ class CompiledUpdate:
             self._signature = signature
         with torch.no_grad():
             for flat, tensors in ((flat_params, params), (flat_exp_avg, exp_avgs), (flat_exp_avg_sq, exp_avg_sqs)):
-                torch._foreach_copy_(tensors, [t.view_as(x) for t, x in
-                                               zip(flat.split([x.numel() for x in tensors]), tensors, strict=True)])
+                parts = flat.split(self._sizes)
+                torch._foreach_copy_(tensors, [t.view_as(x) for t, x in zip(parts, tensors, strict=True)])
             for s in steps:
                 s.copy_(adam_step)
         sums = totals.tolist()
