@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ppox.diagnostics.metrics_io import METRICS_FILE, MetricsReadWarning, load_run, metric_series
+from ppox.diagnostics.metrics_io import METRICS_FILE, MetricsReadWarning, load_run, metric_series, record_iterations
 
 # --- thresholds -------------------------------------------------------------
 #: Trend checks (anything "persistent", "rising" or "collapsing") need this many iterations.
@@ -177,7 +177,7 @@ class _Ctx:
         return len(self.records)
 
     def series(self, key: str) -> np.ndarray:
-        return metric_series(self.records, key)[1]
+        return metric_series(self.records, key)
 
 
 # --- checks -------------------------------------------------------------------
@@ -502,8 +502,7 @@ def diagnose(records: list[dict[str, Any]], config: dict[str, Any] | None = None
     """Run all checks on a run's metric records; an empty list means healthy."""
     if not records:
         return []
-    iterations = np.array([int(r.get("iteration", i + 1)) for i, r in enumerate(records)], dtype=int)
-    ctx = _Ctx(records=records, config=config, iterations=iterations)
+    ctx = _Ctx(records=records, config=config, iterations=record_iterations(records))
     findings: list[Finding] = []
     for check in CHECKS:
         findings.extend(check(ctx))

@@ -1,11 +1,11 @@
-"""Robust reading of a run directory: metrics.jsonl, config.json, summary.json."""
+"""Robust reading of a run directory: metrics.jsonl and config.json."""
 
 from __future__ import annotations
 
 import json
 import math
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +13,6 @@ import numpy as np
 
 METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "config.json"
-SUMMARY_FILE = "summary.json"
 
 
 class MetricsReadWarning(UserWarning):
@@ -27,7 +26,6 @@ class RunData:
     run_dir: Path
     records: list[dict[str, Any]]
     config: dict[str, Any] | None = None
-    summary: dict[str, Any] | None = field(default=None)
 
 
 def _metrics_path(path: str | Path) -> Path:
@@ -91,11 +89,6 @@ def read_config(run_dir: str | Path) -> dict[str, Any] | None:
     return _read_json(Path(run_dir) / CONFIG_FILE)
 
 
-def read_summary(run_dir: str | Path) -> dict[str, Any] | None:
-    """Return summary.json as a dict, or None if it is missing or unreadable."""
-    return _read_json(Path(run_dir) / SUMMARY_FILE)
-
-
 def load_run(run_dir: str | Path) -> RunData:
     """Read a run directory. Raises FileNotFoundError if metrics.jsonl is missing."""
     run_dir = Path(run_dir)
@@ -103,7 +96,6 @@ def load_run(run_dir: str | Path) -> RunData:
         run_dir=run_dir,
         records=read_metrics(run_dir / METRICS_FILE),
         config=read_config(run_dir),
-        summary=read_summary(run_dir),
     )
 
 
@@ -114,8 +106,11 @@ def to_float(value: Any) -> float:
     return float(value)
 
 
-def metric_series(records: list[dict[str, Any]], key: str) -> tuple[np.ndarray, np.ndarray]:
-    """Return (iterations, values) for ``key``; missing/null values are NaN."""
-    iterations = np.array([int(r.get("iteration", i + 1)) for i, r in enumerate(records)], dtype=int)
-    values = np.array([to_float(r.get(key)) for r in records], dtype=float)
-    return iterations, values
+def record_iterations(records: list[dict[str, Any]]) -> np.ndarray:
+    """Each record's iteration (its 1-based position where it has none), as ints."""
+    return np.array([int(r.get("iteration", i + 1)) for i, r in enumerate(records)], dtype=int)
+
+
+def metric_series(records: list[dict[str, Any]], key: str) -> np.ndarray:
+    """The values of ``key``, one per record, as floats; missing/null values are NaN."""
+    return np.array([to_float(r.get(key)) for r in records], dtype=float)

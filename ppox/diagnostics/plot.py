@@ -96,13 +96,17 @@ def load_runs(paths: list[str]) -> list[Run]:
     return runs
 
 
+def _algorithm_config(run: Run) -> dict[str, Any]:
+    """The run's config without seed and bookkeeping keys."""
+    return {k: v for k, v in run.config.items() if k not in BOOKKEEPING_KEYS}
+
+
 def group_key(run: Run) -> str:
     """Canonical key of a run's config without seed and bookkeeping keys."""
     if not run.config:
         # without a config we can't tell what it was; never merge it with anything else
         return f"path:{run.path.resolve()}"
-    cfg = {k: v for k, v in run.config.items() if k not in BOOKKEEPING_KEYS}
-    return json.dumps(cfg, sort_keys=True, default=str)
+    return json.dumps(_algorithm_config(run), sort_keys=True, default=str)
 
 
 def group_runs(runs: list[Run]) -> list[RunGroup]:
@@ -111,8 +115,7 @@ def group_runs(runs: list[Run]) -> list[RunGroup]:
     for run in runs:
         key = group_key(run)
         if key not in groups:
-            cfg = {k: v for k, v in run.config.items() if k not in BOOKKEEPING_KEYS}
-            groups[key] = RunGroup(key=key, env_id=run.env_id, config=cfg)
+            groups[key] = RunGroup(key=key, env_id=run.env_id, config=_algorithm_config(run))
         groups[key].runs.append(run)
     return list(groups.values())
 
@@ -165,8 +168,8 @@ def bootstrap_ci(
 
 
 def _run_curve(run: Run, x_key: str, metric: str) -> tuple[np.ndarray, np.ndarray]:
-    x = metric_series(run.records, x_key)[1]
-    y = metric_series(run.records, metric)[1]
+    x = metric_series(run.records, x_key)
+    y = metric_series(run.records, metric)
     ok = np.isfinite(x) & np.isfinite(y)
     x, y = x[ok], y[ok]
     order = np.argsort(x, kind="stable")
