@@ -384,7 +384,7 @@ def main() -> None:
     g.add_argument("--update-epochs", type=int, default=4)
     g.add_argument("--steps", type=int, default=500_000)
     # 1 torch thread: on the shared 2-core machine 2 threads made both the env-only and the training
-    # rate ~40x slower (thread wake-ups under load; benchmarks/results/scale_*)
+    # rate ~110x and ~40x slower (thread wake-ups under load; benchmarks/results/scale_CartPole-v1_1024*)
     common(g, threads=1)
 
     r = sub.add_parser("_run", help=argparse.SUPPRESS)  # one run in a child process; prints JSON

@@ -56,8 +56,8 @@ class NumpyClassicControlVecEnv(ClassicControl, VectorEnv):
     reset_dtype: type = np.float64  # Acrobot stores its reset state as float32
     # Up to this many envs, `_dynamics_scalar` (plain Python floats, a loop over envs) is used where a
     # class has one: a numpy call on a few elements costs ~0.5-1 us whatever its size, so at 4 envs
-    # the loop is 4-7x faster (CartPole 5.6 vs 25.6 us, Acrobot 21 vs 142 us per step; the crossover
-    # is at ~30-40 envs). It also repeats gymnasium's scalar maths operation for operation.
+    # the loop is 3-7x faster (CartPole 5.6 vs 25.6 us, Acrobot 21 vs 142 us per step, docs/performance.md;
+    # the crossover is at ~30-40 envs). It also repeats gymnasium's scalar maths operation for operation.
     scalar_max_envs: int = 0
 
     def __init__(self, num_envs: int, seed: int | None = None, *, max_episode_steps: int | None = None) -> None:
@@ -108,7 +108,7 @@ class NumpyClassicControlVecEnv(ClassicControl, VectorEnv):
         self._s = next_state
         info: dict[str, Any] = {}
         if done.any():
-            final_obs = obs.copy()
+            final_obs = obs  # `_observe` returns a new array, so re-observing below leaves it intact
             for i in np.flatnonzero(done):
                 next_state[:, i] = self._draw(i)
             self.elapsed_steps[done] = 0
