@@ -1,11 +1,11 @@
 """ppox vs Stable-Baselines3 on identical PPO settings, run side by side; plus time-to-solve and scale.
 
 Every training run is a fresh subprocess (fair start, own peak RSS). In `compare`, ppox and SB3
-runs alternate (ppox first for even seeds, SB3 first for odd ones) so both see the same machine
+runs alternate (ppox first for odd seeds, SB3 first for even ones) so both see the same machine
 load. Results (Markdown + JSON, the producing command at the top) go to benchmarks/results/.
 
-    python benchmarks/bench_vs_sb3.py compare --envs CartPole-v1 Acrobot-v1 --seeds 3 --steps 100000
-    python benchmarks/bench_vs_sb3.py compare --envs HalfCheetah-v5 --seeds 3 --steps 50000
+    python benchmarks/bench_vs_sb3.py compare --envs CartPole-v1 Acrobot-v1 --seeds 3 --steps 500000
+    python benchmarks/bench_vs_sb3.py compare --envs HalfCheetah-v5 --seeds 3 --steps 100000 --eval-episodes 5
     python benchmarks/bench_vs_sb3.py solve --seeds 5          # CartPole-v1 preset to eval >= 475
     python benchmarks/bench_vs_sb3.py scale --num-envs 1024    # training vs env-only rate
 
