@@ -85,7 +85,6 @@ class VecEnv:
         self.max_restarts = max_restarts
         self.restarts = 0
         self._last_obs: torch.Tensor | None = None
-        self._vectorization = vectorization
         self.backend = backend = resolve_env_backend(backend, env_id, device, env_fn, vectorization)
         self._fresh_obs = False  # the env returns a new observation array every step (no copy needed)
         if backend == "numpy":
@@ -111,14 +110,9 @@ class VecEnv:
             if env_fn is None:
                 check_env_id(env_id)
                 env_fn = lambda: make_single_env(env_id)  # noqa: E731
-            mode = gym.vector.AutoresetMode.SAME_STEP
             self._env_fn = env_fn
             try:
-                if vectorization == "async":
-                    worker_fns = [_WorkerEnvFn(env_fn)] * num_envs
-                    self.envs = gym.vector.AsyncVectorEnv(worker_fns, autoreset_mode=mode)
-                else:  # copy=False: _encode_np copies the observations once anyway
-                    self.envs = gym.vector.SyncVectorEnv([env_fn] * num_envs, autoreset_mode=mode, copy=False)
+                self.envs = self._make_gym_vector_env(vectorization == "async")
             except EnvError:
                 raise
             except Exception as exc:  # a user's env factory failed: say so in one line
@@ -133,6 +127,14 @@ class VecEnv:
         self.numpy_backend = backend == "numpy" or isinstance(
             self.envs, gym.vector.SyncVectorEnv | gym.vector.AsyncVectorEnv)
         self._box_obs = isinstance(self.single_observation_space, gym.spaces.Box)
+
+    def _make_gym_vector_env(self, use_async: bool) -> gym.vector.VectorEnv:
+        """num_envs copies of self._env_fn in a gymnasium vector env, same-step autoreset."""
+        mode = gym.vector.AutoresetMode.SAME_STEP
+        if use_async:
+            return gym.vector.AsyncVectorEnv([_WorkerEnvFn(self._env_fn)] * self.num_envs, autoreset_mode=mode)
+        # copy=False: _encode_np copies the observations once anyway
+        return gym.vector.SyncVectorEnv([self._env_fn] * self.num_envs, autoreset_mode=mode, copy=False)
 
     def _encode(self, obs) -> torch.Tensor:
         if self.numpy_backend:
@@ -193,13 +195,7 @@ class VecEnv:
         self.restarts += 1
         if recreate:
             _shutdown(self.envs)
-            mode = gym.vector.AutoresetMode.SAME_STEP
-            if isinstance(self.envs, gym.vector.AsyncVectorEnv):
-                self.envs = gym.vector.AsyncVectorEnv([_WorkerEnvFn(self._env_fn)] * self.num_envs,
-                                                      autoreset_mode=mode)
-            else:
-                self.envs = gym.vector.SyncVectorEnv([self._env_fn] * self.num_envs, autoreset_mode=mode,
-                                                     copy=False)
+            self.envs = self._make_gym_vector_env(isinstance(self.envs, gym.vector.AsyncVectorEnv))
         previous = self._last_obs
         if isinstance(previous, np.ndarray):
             previous = torch.from_numpy(previous).to(self.device)
@@ -418,7 +414,7 @@ def _fault_of(exc: BaseException, envs) -> tuple[int | None, str, bool] | None:
             index = _traceback_local(exc, "step_wait", "env_idx")
         if index is None:
             return None
-        if isinstance(exc, EOFError | ConnectionError | OSError) and index is not None:
+        if isinstance(exc, EOFError | ConnectionError | OSError):
             process = envs.processes[index]
             process.join(timeout=1.0)
             error = f"its worker process died (exit code {process.exitcode})"
