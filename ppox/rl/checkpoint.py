@@ -103,15 +103,14 @@ def capture_boundary(trainer: PPO) -> dict[str, Any]:
         "iteration": trainer.iteration,
         "global_step": trainer.global_step,
         "skipped_updates": trainer.skipped_updates,
-        "consecutive_skips": getattr(trainer, "_consecutive_skips", 0),
-        "env_restarts": getattr(envs, "restarts", 0),
+        "consecutive_skips": trainer._consecutive_skips,
         "recent_returns": list(trainer.recent_returns),
         "python_rng": random.getstate(),
         "numpy_rng": np.random.get_state(),
         "torch_rng": torch.get_rng_state(),
         "shuffle_rng": trainer._shuffle_generator().get_state(),
         # the numpy rollout's action noise (NumpyPolicy); a JSON-able dict
-        "policy_rng": rng.bit_generator.state if (rng := getattr(trainer, "_policy_rng", None)) is not None else None,
+        "policy_rng": trainer._policy_rng.bit_generator.state,
         "episode_return": envs._episode_return.copy(),
         "episode_length": envs._episode_length.copy(),
         "next_obs": None if trainer._next_obs is None else trainer._next_obs.detach().clone(),
@@ -229,7 +228,7 @@ def save_checkpoint(trainer: PPO, boundary: dict[str, Any] | None = None, captur
         "global_step": int(b["global_step"]),
         "skipped_updates": int(b["skipped_updates"]),
         "consecutive_skips": int(b["consecutive_skips"]),
-        "env_restarts": int(getattr(trainer.envs, "restarts", 0)),  # restarts used so far, also mid-iteration
+        "env_restarts": trainer.envs.restarts,  # restarts used so far, also mid-iteration
         "recent_returns": [float(x) for x in b["recent_returns"]],
         "kl_controller": trainer.kl_controller.state_dict(),
         "optimizer": optim_json,
@@ -237,7 +236,7 @@ def save_checkpoint(trainer: PPO, boundary: dict[str, Any] | None = None, captur
         "numpy_rng": {"name": numpy_rng[0], "key": [int(x) for x in numpy_rng[1]], "pos": int(numpy_rng[2]),
                       "has_gauss": int(numpy_rng[3]), "cached_gaussian": float(numpy_rng[4])},
         "policy_rng": b.get("policy_rng"),
-        "wall_seconds": float(getattr(trainer, "_wall_seconds", 0.0)),
+        "wall_seconds": float(trainer._wall_seconds),
         "config": trainer.config.to_dict(),
         "env_state": env_record,
     }
@@ -408,7 +407,7 @@ def discard_after(run_dir: str | Path, iteration: int) -> None:
     """On resume from `iteration`: drop later metrics lines and later checkpoints (a killed run's leftovers)."""
     truncate_metrics(run_dir, iteration)
     for stale in list_checkpoints(run_dir):  # written after `latest` by a killed process: superseded
-        if (iteration_of(stale) or 0) > iteration:
+        if iteration_of(stale) > iteration:
             shutil.rmtree(stale, ignore_errors=True)
 
 
@@ -474,8 +473,8 @@ def _restore(trainer: PPO, ckpt: Path, state: dict[str, Any]) -> None:
                          nr["cached_gaussian"]))
     torch.set_rng_state(t("rng.torch"))
     trainer._shuffle_generator().set_state(t("rng.shuffle"))
-    policy_rng = getattr(trainer, "_policy_rng", None)
-    if policy_rng is not None and state.get("policy_rng") is not None:
+    policy_rng = trainer._policy_rng
+    if state.get("policy_rng") is not None:
         policy_rng.bit_generator.state = state["policy_rng"]
     cuda_states = [tensors[k] for k in sorted((k for k in tensors if k.startswith("rng.cuda.")),
                                                key=lambda k: int(k.rsplit(".", 1)[1]))]
@@ -485,11 +484,9 @@ def _restore(trainer: PPO, ckpt: Path, state: dict[str, Any]) -> None:
         rank_seed = trainer.config.seed + trainer.collective.rank + 7919 * trainer.iteration
         torch.manual_seed(rank_seed)
         trainer._shuffle_generator().manual_seed(rank_seed)
-        if policy_rng is not None:
-            policy_rng.bit_generator.state = np.random.default_rng(rank_seed).bit_generator.state
+        policy_rng.bit_generator.state = np.random.default_rng(rank_seed).bit_generator.state
     if not restored_envs:
-        obs = trainer.envs.reset(seed=trainer.config.seed + 104_729 * (trainer.iteration + 1)
-                                 + 10_000 * trainer.collective.rank)
+        obs = trainer.envs.reset(seed=trainer.envs.seed + 104_729 * (trainer.iteration + 1))  # envs.seed: per rank
         trainer._next_obs = trainer._normalize(obs, update=True)
         if trainer.reward_scaler is not None:
             trainer.reward_scaler.returns.zero_()
