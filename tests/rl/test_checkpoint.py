@@ -149,6 +149,7 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path, monkeypatch, kill
     kill_at_env_step(monkeypatch, kill_step)
     with pytest.raises(Killed):
         PPO("CartPole-v1", run_dir=run, checkpoint_every=3, **TINY).learn()
+    assert (run / "checkpoints").exists() == (kill_step > 16 * 3)  # the first checkpoint ends iteration 3
     if not (run / "checkpoints").exists():  # killed before the first checkpoint: start again
         (run / "metrics.jsonl").unlink(missing_ok=True)
         PPO("CartPole-v1", run_dir=run, checkpoint_every=3, overwrite=True, **TINY).learn()
@@ -219,9 +220,10 @@ def test_sigkill_at_an_arbitrary_point_then_resume_is_exact(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     PPO("CartPole-v1", run_dir=ref, checkpoint_every=3, **{**TINY, "total_timesteps": total}).learn()
-    if (run / "checkpoints").exists():
-        assert main(["train", "--resume", str(run)]) == 0
-        assert_same_run(ref, run)
+    # killed after >= 4 metrics lines (or after it finished): the checkpoint of iteration 3 is complete
+    assert (run / "checkpoints").exists(), proc.stderr.read().decode()[-2000:]
+    assert main(["train", "--resume", str(run)]) == 0
+    assert_same_run(ref, run)
 
 
 def test_sigterm_finishes_the_iteration_checkpoints_and_resumes_exactly(tmp_path):
