@@ -32,6 +32,8 @@ import torch
 from ppox import __version__
 from ppox.errors import ModelFileError, PPOXError
 from ppox.io import FORMAT_VERSION, atomic_write_json, check_format_version, load_tensors, read_json, save_tensors
+from ppox.llm import fsdp
+from ppox.llm.data import PromptBatches
 from ppox.rl.checkpoint import (
     begin_checkpoint,
     discard_after,
@@ -52,17 +54,6 @@ def trainable_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {name: p for name, p in module.named_parameters() if p.requires_grad}
 
 
-def _reshard(trainer: LLMPPOTrainer) -> None:
-    """FSDP: register the sharded parameters again (a forward without grad leaves the root unsharded,
-    and then `named_parameters()` yields plain tensors the optimizer does not know)."""
-    from torch.distributed.fsdp import FSDPModule
-
-    for model in (trainer.policy, trainer.critic):
-        for sub in model.modules():
-            if isinstance(sub, FSDPModule):
-                sub.reshard()
-
-
 def _optimizer_fqns(trainer: LLMPPOTrainer) -> tuple[list[str], dict[str, str]]:
     """Names of the optimizer's parameters in its order, as torch.distributed.checkpoint names them for
     ModuleList([policy, critic]) ("0.<policy name>", "1.<critic name>"), and every alias of a tied
@@ -70,12 +61,8 @@ def _optimizer_fqns(trainer: LLMPPOTrainer) -> tuple[list[str], dict[str, str]]:
     names: list[str] = []
     aliases: dict[str, str] = {}
     for index, model in enumerate((trainer.policy, trainer.critic)):
-        first: dict[int, str] = {}
-        for name, param in model.named_parameters(remove_duplicate=False):
-            canonical = first.setdefault(id(param), f"{index}.{name}")
-            aliases[f"{index}.{name}"] = canonical
-            if canonical == f"{index}.{name}" and param.requires_grad:
-                names.append(canonical)
+        names += [f"{index}.{name}" for name in trainable_state(model)]
+        aliases.update({f"{index}.{n}": f"{index}.{c}" for n, c in fsdp.tied_names(model).items()})
     return names, aliases
 
 
@@ -91,12 +78,10 @@ def _full_options(**kwargs: bool):
 
 def model_state(trainer: LLMPPOTrainer, module: torch.nn.Module) -> dict[str, torch.Tensor]:
     """trainable_state(module); with FSDP the full tensors on CPU on rank 0 (empty elsewhere; call on every rank)."""
-    if not getattr(trainer, "sharded", False):
+    if not trainer.sharded:
         return trainable_state(module)
-    from torch.distributed.checkpoint.state_dict import get_model_state_dict
-
     names = list(trainable_state(module))
-    full = get_model_state_dict(module, options=_full_options(cpu_offload=True))
+    full = fsdp.full_state_dict(module)
     return {name: full[name] for name in names} if trainer.collective.is_main else {}
 
 
@@ -106,7 +91,7 @@ def optimizer_state(trainer: LLMPPOTrainer) -> dict[str, Any]:
     With FSDP the full state is gathered to rank 0 (an empty dict elsewhere; call on every rank) and
     its parameter names are mapped to positions, so both kinds of run write the same layout.
     """
-    if not getattr(trainer, "sharded", False):
+    if not trainer.sharded:
         return trainer.optimizer.state_dict()
     from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
@@ -125,7 +110,7 @@ def optimizer_state(trainer: LLMPPOTrainer) -> dict[str, Any]:
 
 def load_optimizer_state(trainer: LLMPPOTrainer, state_dict: dict[str, Any]) -> None:
     """Load an unsharded-layout optimizer state_dict (from optimizer_state) into the trainer's optimizer."""
-    if not getattr(trainer, "sharded", False):
+    if not trainer.sharded:
         trainer.optimizer.load_state_dict(state_dict)
         return
     from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
@@ -152,8 +137,8 @@ def _rng_state(trainer: LLMPPOTrainer) -> dict[str, Any]:
 def save_checkpoint(trainer: LLMPPOTrainer, run_dir: str | Path, history: list[dict]) -> Path | None:
     """Write RUN_DIR/checkpoints/ckpt_<step>/ (rank 0); every rank must call it. Returns the path on rank 0."""
     ranks = trainer.collective.gather_objects(_rng_state(trainer))  # every rank's RNGs, in rank order
-    if getattr(trainer, "sharded", False):
-        _reshard(trainer)
+    if trainer.sharded:
+        fsdp.reshard(trainer.policy, trainer.critic)
     # FSDP: every rank takes part in gathering the full weights and optimizer state to rank 0
     policy, critic = model_state(trainer, trainer.policy), model_state(trainer, trainer.critic)
     optim = optimizer_state(trainer)
@@ -220,12 +205,10 @@ def _load_parameters(trainer: LLMPPOTrainer, module: torch.nn.Module, path: Path
         if tensors[name].shape != p.shape:
             raise ModelFileError(f"{path}: {name} has shape {tuple(tensors[name].shape)}, the model "
                                  f"{tuple(p.shape)}")
-    if getattr(trainer, "sharded", False):  # every rank holds the full tensors and keeps its own shard
+    if trainer.sharded:  # every rank holds the full tensors and keeps its own shard
         from torch.distributed.checkpoint.state_dict import set_model_state_dict
 
-        first: dict[int, str] = {}  # tied parameters: every alias gets the same tensor
-        for name, param in module.named_parameters(remove_duplicate=False):
-            canonical = first.setdefault(id(param), name)
+        for name, canonical in fsdp.tied_names(module).items():  # tied parameters: every alias gets the same tensor
             if canonical in tensors:
                 tensors[name] = tensors[canonical]
         set_model_state_dict(module, tensors, options=_full_options(strict=False))
@@ -267,7 +250,7 @@ def load_checkpoint(trainer: LLMPPOTrainer, ckpt: Path) -> list[dict]:
     else:  # another number of processes: fresh, distinct streams per rank (the run stays valid, not bit-exact)
         seed = trainer.config.seed + rank + 7919 * trainer.step_count
         torch.manual_seed(seed)
-        trainer._batches = type(trainer._batches)(trainer.prompts, trainer.config.batch_size, seed)
+        trainer._batches = PromptBatches(trainer.prompts, trainer.config.batch_size, seed)
         if trainer.collective.is_main:
             print(f"warning: {ckpt} was written by {state.get('world_size')} process(es), this run has "
                   f"{trainer.collective.world_size}: sampling continues with fresh random streams", file=sys.stderr)

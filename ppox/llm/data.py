@@ -80,7 +80,3 @@ class PromptBatches:
         version, internal, gauss = state["rng"]
         self.rng.setstate((version, tuple(internal), gauss))
         self.order = [int(i) for i in state["order"]]
-
-
-def prompt_batches(prompts: Sequence[str], batch_size: int, seed: int) -> PromptBatches:
-    return PromptBatches(prompts, batch_size, seed)

@@ -62,10 +62,22 @@ def shard(module: nn.Module, blocks: set[str]) -> nn.Module:
     return module
 
 
-def is_sharded(module: nn.Module) -> bool:
+def reshard(*modules: nn.Module) -> None:
+    """Register the sharded parameters again (a forward without grad leaves a root unsharded, and then
+    `named_parameters()` yields plain tensors the optimizer does not know)."""
     from torch.distributed.fsdp import FSDPModule
 
-    return isinstance(module, FSDPModule)
+    for module in modules:
+        for sub in module.modules():
+            if isinstance(sub, FSDPModule):
+                sub.reshard()
+
+
+def tied_names(module: nn.Module) -> dict[str, str]:
+    """Every parameter name, aliases of tied parameters included (GPT-2's lm_head.weight =
+    transformer.wte.weight), -> the first name of that parameter."""
+    first: dict[int, str] = {}
+    return {name: first.setdefault(id(p), name) for name, p in module.named_parameters(remove_duplicate=False)}
 
 
 def full_state_dict(module: nn.Module) -> dict:
@@ -75,11 +87,9 @@ def full_state_dict(module: nn.Module) -> dict:
     state = get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     # Tied parameters (GPT-2's lm_head = wte) come back as separate copies: make them one tensor
     # again, so that save_pretrained sees the tie and writes the weight once, as an unsharded save does.
-    first: dict[int, str] = {}
-    for name, param in module.named_parameters(remove_duplicate=False):
-        if id(param) in first and name in state and first[id(param)] in state:
-            state[name] = state[first[id(param)]]
-        first.setdefault(id(param), name)
+    for name, canonical in tied_names(module).items():
+        if name != canonical and name in state and canonical in state:
+            state[name] = state[canonical]
     return state
 
 

@@ -24,7 +24,7 @@ from ppox.io import atomic_write_json, save_tensors
 from ppox.llm import fsdp
 from ppox.llm.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from ppox.llm.config import LLMPPOConfig
-from ppox.llm.data import check_prompts, prompt_batches
+from ppox.llm.data import PromptBatches, check_prompts
 from ppox.llm.models import ValueHead, ValueModel, apply_lora, context_length
 from ppox.llm.reward import RewardFn, score
 from ppox.llm.rollout import policy_forward, position_ids_from, response_mask, sample, tokenize_prompts
@@ -107,7 +107,7 @@ class LLMPPOTrainer:
         self.kl_ctl = AdaptiveKLController(cfg.kl_coef, cfg.target_ref_kl, horizon)
         self.settings = cfg.loss_settings()
         self.generator = torch.Generator().manual_seed(cfg.seed)
-        self._batches = prompt_batches(self.prompts, cfg.batch_size, cfg.seed + self.collective.rank)
+        self._batches = PromptBatches(self.prompts, cfg.batch_size, cfg.seed + self.collective.rank)
         self.step_count = 0
         self.global_step = 0  # completions sampled so far
         self.history: list[dict] = []  # metrics of every step so far (restored by resume())
