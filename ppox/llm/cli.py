@@ -80,23 +80,10 @@ def _resume(argv: list[str]):
     """`ppox llm train --resume RUN_DIR [--total-steps N]`: the run's trainer, restored from its latest checkpoint."""
     from ppox.errors import ModelFileError
     from ppox.llm.checkpoint import find_checkpoint, read_state
+    from ppox.rl.checkpoint import parse_resume_args
 
-    values: dict[str, str] = {}
-    i = 0
-    while i < len(argv):
-        key, _, inline = argv[i].partition("=")
-        key = key.replace("_", "-")
-        if key not in ("--resume", "--total-steps"):
-            raise PPOXError(f"--resume continues a run with its saved config; unexpected argument {argv[i]!r}. "
-                            f"{RESUME_USAGE}")
-        value = inline or (argv[i + 1] if i + 1 < len(argv) else None)
-        if value is None:
-            raise PPOXError(f"{key} needs a value; {RESUME_USAGE}")
-        values[key] = value
-        i += 1 if inline else 2
-    if "--resume" not in values:
-        raise PPOXError(RESUME_USAGE)
-    run_dir = values["--resume"]
+    values = parse_resume_args(argv, ("--resume", "--total-steps"), usage=RESUME_USAGE)
+    run_dir = str(values["--resume"])
     ckpt = find_checkpoint(run_dir)
     state = read_state(ckpt)
     try:

@@ -301,3 +301,15 @@ def test_batched_backend_env_state_is_captured(tmp_path, monkeypatch, env_backen
     assert json.loads((ckpt.latest_checkpoint(run) / "state.json").read_text())["env_state"]["captured"]
     PPO.resume(run).learn()
     assert_same_run(ref, run)
+
+
+def test_resume_arguments_are_parsed_alike_for_both_trainers():
+    from ppox.errors import PPOXError
+    from ppox.rl.checkpoint import parse_resume_args
+
+    opts, flags = ("--resume", "--total-timesteps"), ("--no-progress",)
+    assert parse_resume_args(["--resume", "r", "--total_timesteps=7", "--no-progress"], opts, flags) == {
+        "--resume": "r", "--total-timesteps": "7", "--no-progress": True}
+    for bad in (["--total-timesteps", "7"], ["--resume"], ["--resume", "r", "--lr", "1"]):
+        with pytest.raises(PPOXError, match="usage: ppox train --resume"):
+            parse_resume_args(bad, opts, flags)
