@@ -31,14 +31,14 @@ import torch
 
 from ppox import __version__
 from ppox.errors import ModelFileError, PPOXError
-from ppox.io import FORMAT_VERSION, atomic_write_json, check_format_version, load_tensors, read_json, save_tensors
+from ppox.io import FORMAT_VERSION, atomic_write_json, load_tensors, save_tensors
 from ppox.llm import fsdp
 from ppox.llm.data import PromptBatches
+from ppox.rl import checkpoint as rl_checkpoint
 from ppox.rl.checkpoint import (
     begin_checkpoint,
     discard_after,
     flatten_optimizer,
-    latest_checkpoint,
     publish_checkpoint,
     unflatten_optimizer,
 )
@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from ppox.llm.trainer import LLMPPOTrainer
 
 KIND = "ppox.llm.checkpoint"
+REQUIRED_KEYS = ("step", "global_step", "optimizer", "kl_controller", "prompt_sampler", "config", "metrics")
 
 
 def trainable_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -174,23 +175,7 @@ def save_checkpoint(trainer: LLMPPOTrainer, run_dir: str | Path, history: list[d
 
 
 def read_state(ckpt: Path) -> dict[str, Any]:
-    path = ckpt / "state.json"
-    state = read_json(path, "checkpoint state")
-    check_format_version(state, path)
-    if state.get("kind") != KIND:
-        raise ModelFileError(f"{path} is not a ppox LLM checkpoint (kind {state.get('kind')!r})")
-    for key in ("step", "global_step", "optimizer", "kl_controller", "prompt_sampler", "config", "metrics"):
-        if key not in state:
-            raise ModelFileError(f"{path} lacks {key!r}: a damaged checkpoint")
-    return state
-
-
-def find_checkpoint(run_dir: str | Path) -> Path:
-    """The latest complete checkpoint of RUN_DIR (a clear error if the directory or checkpoints are missing)."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise ModelFileError(f"run directory {run_dir} does not exist")
-    return latest_checkpoint(run_dir)
+    return rl_checkpoint.read_state(ckpt, KIND, "ppox LLM checkpoint", REQUIRED_KEYS)
 
 
 def _load_parameters(trainer: LLMPPOTrainer, module: torch.nn.Module, path: Path) -> None:

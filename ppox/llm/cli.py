@@ -79,8 +79,8 @@ RESUME_USAGE = "usage: ppox llm train --resume RUN_DIR [--total-steps N]"
 def _resume(argv: list[str]):
     """`ppox llm train --resume RUN_DIR [--total-steps N]`: the run's trainer, restored from its latest checkpoint."""
     from ppox.errors import ModelFileError
-    from ppox.llm.checkpoint import find_checkpoint, read_state
-    from ppox.rl.checkpoint import parse_resume_args
+    from ppox.llm.checkpoint import read_state
+    from ppox.rl.checkpoint import find_checkpoint, parse_resume_args
 
     values = parse_resume_args(argv, ("--resume", "--total-steps"), usage=RESUME_USAGE)
     run_dir = str(values["--resume"])

@@ -22,14 +22,14 @@ from ppox.distributed import init_from_env, parameter_hash
 from ppox.errors import PPOXError
 from ppox.io import atomic_write_json, save_tensors
 from ppox.llm import fsdp
-from ppox.llm.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
+from ppox.llm.checkpoint import load_checkpoint, save_checkpoint
 from ppox.llm.config import LLMPPOConfig
 from ppox.llm.data import PromptBatches, check_prompts
 from ppox.llm.models import ValueHead, ValueModel, apply_lora, context_length
 from ppox.llm.reward import RewardFn, score
 from ppox.llm.rollout import policy_forward, position_ids_from, response_mask, sample, tokenize_prompts
 from ppox.logger import MetricsLogger
-from ppox.rl.checkpoint import StopSignals, clear_checkpoints
+from ppox.rl.checkpoint import StopSignals, clear_checkpoints, find_checkpoint
 
 Batch = dict[str, torch.Tensor]
 

@@ -359,12 +359,26 @@ def latest_checkpoint(run_dir: str | Path) -> Path:
 
 
 # ---------------------------------------------------------------------------- load / resume
-def read_state(ckpt: Path) -> dict[str, Any]:
-    state = read_json(ckpt / "state.json", "checkpoint state")
-    check_format_version(state, ckpt / "state.json")
-    if state.get("kind") != KIND:
-        raise ModelFileError(f"{ckpt / 'state.json'} is not a ppox checkpoint (kind {state.get('kind')!r})")
+def read_state(ckpt: Path, kind: str = KIND, what: str = "ppox checkpoint",
+               required: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A checkpoint's state.json, checked: format version, `kind`, the `required` keys present."""
+    path = ckpt / "state.json"
+    state = read_json(path, "checkpoint state")
+    check_format_version(state, path)
+    if state.get("kind") != kind:
+        raise ModelFileError(f"{path} is not a {what} (kind {state.get('kind')!r})")
+    for key in required:
+        if key not in state:
+            raise ModelFileError(f"{path} lacks {key!r}: a damaged checkpoint")
     return state
+
+
+def find_checkpoint(run_dir: str | Path) -> Path:
+    """The latest complete checkpoint of RUN_DIR (a clear error if the directory or checkpoints are missing)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ModelFileError(f"run directory {run_dir} does not exist")
+    return latest_checkpoint(run_dir)
 
 
 def resume(cls: type[PPO], run_dir: str | Path, env_fn=None, total_timesteps: int | None = None,
@@ -373,9 +387,7 @@ def resume(cls: type[PPO], run_dir: str | Path, env_fn=None, total_timesteps: in
     from ppox.rl.config import PPOConfig
 
     run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise ModelFileError(f"run directory {run_dir} does not exist")
-    ckpt = latest_checkpoint(run_dir)
+    ckpt = find_checkpoint(run_dir)
     state = read_state(ckpt)
     try:
         config = PPOConfig.from_dict(state["config"])

@@ -70,7 +70,8 @@ def test_llm_resume_on_two_processes_equals_uninterrupted_run(tmp_path):
 RESUME_UNSHARDED = """
 import sys
 
-from ppox.llm.checkpoint import find_checkpoint, read_state
+from ppox.llm.checkpoint import read_state
+from ppox.rl.checkpoint import find_checkpoint
 from ppox.llm.cli import build_trainer
 from ppox.llm.config import LLMPPOConfig
 
