@@ -12,16 +12,28 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 
 from ppox.core.advantages import normalize
-
-if TYPE_CHECKING:
-    from ppox.distributed import Collective
 from ppox.core.kl import kl_estimate
 from ppox.core.losses import aggregate, clip_fraction, clipped_surrogate, value_loss
+
+
+class Collective(Protocol):
+    """What the update needs from a process group; passed in (ppox.distributed provides one), so the
+    math does not depend on torch.distributed."""
+
+    enabled: bool
+
+    def sum_(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Sum `tensor` over all processes, in place."""
+        ...
+
+    def average_gradients(self, params: list[torch.nn.Parameter]) -> None:
+        """Average the parameters' gradients over all processes."""
+        ...
 
 
 @dataclass(frozen=True)
