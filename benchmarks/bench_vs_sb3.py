@@ -173,8 +173,8 @@ def write(name: str, command: str, md_lines: list[str], data: dict) -> None:
     import platform
 
     header = [f"# {name}", "", "Command:", "", f"    {command}", "",
-              f"Machine: {platform.machine()}, {os.cpu_count()} CPUs (shared with other work), "
-              f"python {platform.python_version()}, {time.strftime('%Y-%m-%d %H:%M')}", ""]
+              f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at "
+              f"the end, python {platform.python_version()}, {time.strftime('%Y-%m-%d %H:%M')}", ""]
     (RESULTS / f"{name}.md").write_text("\n".join(header + md_lines) + "\n")
     (RESULTS / f"{name}.json").write_text(json.dumps({"command": command, **data}, indent=2) + "\n")
     print("\n".join(header + md_lines))
@@ -291,8 +291,12 @@ def solve(a: argparse.Namespace, command: str) -> None:
           "| seed | solved | seconds | env steps | compile s |", "|---:|---|---:|---:|---:|"]
     md += [f"| {r['seed']} | {r['solved']} | {r['seconds']:.1f} | {r['steps']:,} | {r['compile_s']:.1f} |"
            for r in rows]
-    md += ["", f"**Median over {len(rows)} seeds: {med:.1f} s**"]
-    write(a.name or f"solve_{a.env}_{'compile' if a.compile else 'eager'}", command, md,
+    md += ["", f"**Median over {len(rows)} seeds: {med:.1f} s**", "",
+           "Seconds depend on the machine's load (see the load average above): compare medians from idle runs; "
+           "the env steps per seed do not depend on load."]
+    # the env backend is in the default name: `auto` picks the numpy twin on CPU, a different benchmark
+    backend = rows[0]["env_backend"] if rows else "unknown"
+    write(a.name or f"solve_{a.env}_{'compile' if a.compile else 'eager'}_{backend}", command, md,
           {"median_seconds": med, "runs": rows})
 
 

@@ -4,15 +4,25 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
+from ppox.io import open_append, write_all
+
 
 class MetricsLogger:
+    """Appends one JSON line per record to RUN_DIR/metrics.jsonl.
+
+    The file is opened with O_NOFOLLOW (a symlink is refused, never written through); a fresh run
+    (`append=False`) first replaces it with an empty file by an atomic rename instead of truncating
+    whatever it points to. Each line goes out in one write() call, so a kill cannot interleave lines.
+    """
+
     def __init__(self, run_dir: str | Path, tensorboard: bool = True, append: bool = False) -> None:
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / "metrics.jsonl"
-        self._file = open(self.path, "a" if append else "w")  # noqa: SIM115 (kept open for the run)
+        self._fd: int | None = open_append(self.path, fresh=not append)
         self._tb = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -20,8 +30,9 @@ class MetricsLogger:
             self._tb = SummaryWriter(str(self.run_dir / "tb"))
 
     def log(self, record: dict[str, Any]) -> None:
-        self._file.write(json.dumps(record) + "\n")
-        self._file.flush()
+        if self._fd is None:
+            raise ValueError(f"{self.path}: the logger is closed")
+        write_all(self._fd, (json.dumps(record) + "\n").encode(), self.path)
         if self._tb is not None:
             step = int(record["global_step"])
             for key, value in record.items():
@@ -31,7 +42,9 @@ class MetricsLogger:
                     self._tb.add_scalar(_tb_tag(key), value, step)
 
     def close(self) -> None:
-        self._file.close()
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
         if self._tb is not None:
             self._tb.flush()
             self._tb.close()

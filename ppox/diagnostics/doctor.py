@@ -9,6 +9,7 @@ outcome (returns collapsing after a peak).
 from __future__ import annotations
 
 import functools
+import json
 import math
 import sys
 import warnings
@@ -64,6 +65,15 @@ RETURN_WINDOW_MIN = 3
 #: means, and by more than 3 standard errors of a window mean (so noise alone can't trigger).
 RETURN_DROP_FRACTION = 0.5
 RETURN_DROP_MIN_SE = 3.0
+
+#: Outcome: "learned" = the last window of training returns beats the first by more than 3 standard
+#: errors of a window mean and by 5% of the first window's magnitude (so drift is not learning).
+PROGRESS_MIN_SE = 3.0
+PROGRESS_MIN_FRACTION = 0.05
+#: Targets for envs gymnasium registers no reward_threshold for: ppox's own learning-test bar
+#: (README: Pendulum-v1 eval >= -300).
+FALLBACK_TARGETS = {"Pendulum-v1": -300.0}
+SUMMARY_FILE = "summary.json"
 
 SEVERITIES = ("error", "warning", "info")
 
@@ -150,9 +160,11 @@ def planned_iterations(config: dict[str, Any] | None) -> int | None:
 
 @functools.lru_cache(maxsize=64)
 def _reward_threshold(env_id: str | None) -> float | None:
-    """The env's registered 'solved' return, if gymnasium knows one."""
+    """The env's registered 'solved' return, if gymnasium knows one, else ppox's FALLBACK_TARGETS."""
     if not env_id:
         return None
+    if env_id in FALLBACK_TARGETS:
+        return FALLBACK_TARGETS[env_id]
     try:
         import gymnasium
     except ImportError:
@@ -166,18 +178,50 @@ def _reward_threshold(env_id: str | None) -> float | None:
     return float(threshold) if threshold is not None else None
 
 
+def _threshold_source(env_id: str | None) -> str:
+    if env_id in FALLBACK_TARGETS:
+        return f"ppox's target for {env_id}, which gymnasium registers no threshold for"
+    return f"{env_id}'s reward threshold"
+
+
+class _Table:
+    """A run's records as columns, computed once, so that replaying the checks on every prefix of
+    the run (what the live doctor saw) costs array slices rather than a pass over the records."""
+
+    def __init__(self, records: list[dict[str, Any]]) -> None:
+        self.records = records
+        self.iterations = record_iterations(records)
+        self._columns: dict[str, np.ndarray] = {}
+        # (record index, key, "NaN"/"inf") for every non-finite float, in record order
+        self.non_finite: list[tuple[int, str, str]] = [
+            (i, key, "NaN" if math.isnan(value) else "inf")
+            for i, record in enumerate(records)
+            for key, value in record.items()
+            if isinstance(value, float) and not math.isfinite(value)
+        ]
+
+    def column(self, key: str) -> np.ndarray:
+        if key not in self._columns:
+            self._columns[key] = metric_series(self.records, key)
+        return self._columns[key]
+
+
 @dataclass
 class _Ctx:
-    records: list[dict[str, Any]]
+    table: _Table
+    n: int  # the checks see the first n records
     config: dict[str, Any] | None
-    iterations: np.ndarray
+    summary: dict[str, Any] | None = None
 
     @property
-    def n(self) -> int:
-        return len(self.records)
+    def iterations(self) -> np.ndarray:
+        return self.table.iterations[: self.n]
 
     def series(self, key: str) -> np.ndarray:
-        return metric_series(self.records, key)
+        return self.table.column(key)[: self.n]
+
+    def non_finite(self) -> list[tuple[int, str, str]]:
+        return [entry for entry in self.table.non_finite if entry[0] < self.n]
 
 
 # --- checks -------------------------------------------------------------------
@@ -185,17 +229,12 @@ class _Ctx:
 
 def _check_non_finite(ctx: _Ctx) -> list[Finding]:
     bad: dict[str, dict[str, list[int]]] = {}
-    for i, record in enumerate(ctx.records):
-        it = int(ctx.iterations[i])
-        for key, value in record.items():
-            if not isinstance(value, float) or math.isfinite(value):
-                continue
-            # explained variance is NaN by definition when returns have zero variance
-            # (e.g. no reward yet); that is not a numerical failure.
-            if key == "explained_variance" and math.isnan(value):
-                continue
-            kind = "NaN" if math.isnan(value) else "inf"
-            bad.setdefault(key, {}).setdefault(kind, []).append(it)
+    for i, key, kind in ctx.non_finite():
+        # explained variance is NaN by definition when returns have zero variance
+        # (e.g. no reward yet); that is not a numerical failure.
+        if key == "explained_variance" and kind == "NaN":
+            continue
+        bad.setdefault(key, {}).setdefault(kind, []).append(int(ctx.iterations[i]))
     if not bad:
         return []
     parts = []
@@ -403,11 +442,7 @@ def _check_explained_variance(ctx: _Ctx) -> list[Finding]:
 
 def _check_value_loss(ctx: _Ctx) -> list[Finding]:
     vl = ctx.series("value_loss")
-    non_finite = [
-        int(ctx.iterations[i])
-        for i, r in enumerate(ctx.records)
-        if isinstance(r.get("value_loss"), float) and not math.isfinite(r["value_loss"])
-    ]
+    non_finite = [int(ctx.iterations[i]) for i, key, _ in ctx.non_finite() if key == "value_loss"]
     parts: list[str] = []
     iters: list[int] = list(non_finite)
     if ctx.n >= MIN_ITERS_FOR_TRENDS:
@@ -464,6 +499,9 @@ def _check_return_collapse(ctx: _Ctx) -> list[Finding]:
     se = _robust_noise(values) / math.sqrt(w)
     if drop <= RETURN_DROP_FRACTION * (best - worst) or drop <= RETURN_DROP_MIN_SE * se:
         return []
+    # nothing collapses that never rose: on flat, noisy returns the "peak" is noise too
+    if best - float(smooth[0]) <= RETURN_DROP_MIN_SE * se:
+        return []
     peak_its, last_its = its[j : j + w], its[-w:]
     message = (
         f"mean return peaked at {_fmt(best)} (iterations {_span(peak_its)}) but the last {w} "
@@ -486,6 +524,87 @@ def _check_return_collapse(ctx: _Ctx) -> list[Finding]:
     ]
 
 
+def _window_means(ctx: _Ctx) -> tuple[float, float, float, np.ndarray, np.ndarray] | None:
+    """(first-window mean, last-window mean, noise of a window mean, first its, last its) of the
+    training returns, or None when there are too few iterations with episodes to tell a trend."""
+    ret = ctx.series("episodic_return_mean")
+    ok = np.isfinite(ret)
+    values, its = ret[ok], ctx.iterations[ok]
+    if len(values) < MIN_ITERS_FOR_TRENDS:
+        return None
+    w = _window(len(values), RETURN_WINDOW_FRACTION, RETURN_WINDOW_MIN)
+    se = _robust_noise(values) / math.sqrt(w)
+    return float(values[:w].mean()), float(values[-w:].mean()), se, its[:w], its[-w:]
+
+
+def _final_return(ctx: _Ctx) -> tuple[float, str] | None:
+    """The run's final return and what it is: the end-of-run evaluation when summary.json has one,
+    else the mean training return of the last window."""
+    summary = ctx.summary or {}
+    ev = summary.get("eval_return_mean")
+    if isinstance(ev, (int, float)) and not isinstance(ev, bool) and math.isfinite(ev):
+        episodes = summary.get("eval_episodes")
+        return float(ev), f"eval return {_fmt(ev)}" + (f" over {episodes} episodes" if episodes else "")
+    ret = ctx.series("episodic_return_mean")
+    ok = np.isfinite(ret)
+    if not ok.any():
+        return None
+    values, its = ret[ok], ctx.iterations[ok]
+    w = _window(len(values), RETURN_WINDOW_FRACTION, RETURN_WINDOW_MIN)
+    return float(values[-w:].mean()), f"training return {_fmt(values[-w:].mean())} (iterations {_span(its[-w:])})"
+
+
+def _outcome(ctx: _Ctx, collapsed: bool) -> Finding | None:
+    """Did the run learn, and did it solve the env? Judged once, at the end of a run: during
+    training every run is "not solved yet", which is no warning."""
+    env_id = _cfg(ctx.config, "env_id")
+    threshold = _reward_threshold(env_id)
+    final = _final_return(ctx)
+    if final is None:
+        return None
+    value, what = final
+    trend = _window_means(ctx)
+    progress = ""
+    learned: bool | None = None
+    if trend is not None:
+        early, late, se, early_its, late_its = trend
+        gain = late - early
+        learned = gain > PROGRESS_MIN_SE * se and gain > PROGRESS_MIN_FRACTION * abs(early)
+        progress = (
+            f"training returns went from {_fmt(early)} (iterations {_span(early_its)}) "
+            f"to {_fmt(late)} (iterations {_span(late_its)})"
+        )
+    if threshold is not None and value >= threshold:
+        return Finding(
+            "solved", "info", f"solved: {what} >= {_fmt(threshold)} ({_threshold_source(env_id)})"
+        )
+    advice_common = (
+        "Compare with the env's preset (`ppox presets`), train longer (--total-timesteps), and run a "
+        "few seeds: one unlucky seed is not a verdict."
+    )
+    if learned is False and not collapsed:  # a collapse already says "learned, then lost it"
+        target = f"; {what} is below {_fmt(threshold)} ({_threshold_source(env_id)})" if threshold is not None else ""
+        return Finding(
+            "not_learned",
+            "warning",
+            f"the run did not learn: {progress}, no better than noise{target}",
+            advice=(
+                "Check that the reward signal reaches the agent (reward scale, --norm-reward), that "
+                f"learning_rate{_now(ctx.config, 'learning_rate')} is neither tiny nor huge, and the "
+                "other findings. " + advice_common
+            ),
+        )
+    if threshold is not None:
+        learning = f"; it is learning: {progress}" if learned else (f"; {progress}" if progress else "")
+        return Finding(
+            "not_solved",
+            "warning",
+            f"not solved: {what} is below {_fmt(threshold)} ({_threshold_source(env_id)}){learning}",
+            advice=advice_common,
+        )
+    return None  # learning, and no threshold to judge "solved" by
+
+
 #: Checks in reporting order.
 CHECKS: tuple[Callable[[_Ctx], list[Finding]], ...] = (
     _check_non_finite,
@@ -498,14 +617,73 @@ CHECKS: tuple[Callable[[_Ctx], list[Finding]], ...] = (
 )
 
 
-def diagnose(records: list[dict[str, Any]], config: dict[str, Any] | None = None) -> list[Finding]:
-    """Run all checks on a run's metric records; an empty list means healthy."""
-    if not records:
-        return []
-    ctx = _Ctx(records=records, config=config, iterations=record_iterations(records))
+def _run_checks(ctx: _Ctx) -> list[Finding]:
     findings: list[Finding] = []
     for check in CHECKS:
         findings.extend(check(ctx))
+    return findings
+
+
+def live_check_every(num_iterations: int) -> int:
+    """How often the live doctor checks (PPO.learn: every this many iterations, and at the last):
+    at most ~100 checks per run bounds its cost. The post-hoc replay uses the same schedule."""
+    return max(1, num_iterations // 100)
+
+
+def _live_checkpoints(n: int, config: dict[str, Any] | None) -> list[int]:
+    """The prefix lengths the live doctor checked: every `live_check_every` iterations and the last."""
+    planned = planned_iterations(config) or n
+    every = live_check_every(planned)
+    return sorted({k for k in range(every, n + 1, every)} | {min(n, planned)} | {n})
+
+
+def _is_problem(finding: Finding) -> bool:
+    return finding.severity in ("error", "warning")
+
+
+def diagnose(
+    records: list[dict[str, Any]],
+    config: dict[str, Any] | None = None,
+    summary: dict[str, Any] | None = None,
+    history: bool = True,
+) -> list[Finding]:
+    """Run all checks on a run's metric records; no "error"/"warning" finding means healthy.
+
+    The trend checks are the ones the live doctor runs during training. With ``history`` they are
+    also replayed on the prefixes the live doctor checked, so a problem it warned about that no
+    longer holds at the end is reported as a note (the two never disagree). The outcome (solved /
+    learning / not learned) comes from ``summary`` (summary.json's eval return) or the last
+    training returns; on a solved run every warning says so.
+    """
+    if not records:
+        return []
+    table = _Table(records)
+    ctx = _Ctx(table=table, n=len(records), config=config, summary=summary)
+    findings = _run_checks(ctx)
+    codes = {f.code for f in findings if _is_problem(f)}
+    outcome = _outcome(ctx, collapsed="return_collapse" in codes)
+    if outcome is not None and outcome.code == "solved":
+        for f in findings:
+            if f.severity == "warning":
+                f.message += f" (the run is solved nonetheless: {outcome.message.removeprefix('solved: ')})"
+    if outcome is not None:
+        findings.append(outcome)
+    if history:
+        seen: set[str] = set()
+        for k in _live_checkpoints(len(records), config)[:-1]:
+            for f in _run_checks(_Ctx(table=table, n=k, config=config)):
+                if not _is_problem(f) or f.code in codes or f.code in seen:
+                    continue
+                seen.add(f.code)
+                findings.append(
+                    Finding(
+                        f.code,
+                        "info",
+                        f"{f.code} held at iteration {int(table.iterations[k - 1])} (the live doctor warned then) "
+                        f"but no longer at the end: {f.message}",
+                        f.iterations,
+                    )
+                )
     if ctx.n < MIN_ITERS_FOR_TRENDS:
         findings.append(
             Finding(
@@ -517,42 +695,70 @@ def diagnose(records: list[dict[str, Any]], config: dict[str, Any] | None = None
     return findings
 
 
+def read_summary(run_dir: str | Path) -> dict[str, Any] | None:
+    """summary.json of a finished run, or None (missing, unreadable: the training returns stand in)."""
+    try:
+        data = json.loads((Path(run_dir) / SUMMARY_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):  # ValueError: bad JSON or UTF-8; RecursionError: nested deep
+        return None
+    return data if isinstance(data, dict) else None
+
+
 def diagnose_run(run_dir: str | Path) -> list[Finding]:
-    """Read ``run_dir``'s metrics.jsonl (and config.json) and diagnose it."""
+    """Read ``run_dir``'s metrics.jsonl (and config.json, summary.json) and diagnose it."""
     run = load_run(run_dir)
-    return diagnose(run.records, run.config)
+    return diagnose(run.records, run.config, read_summary(run_dir))
 
 
-def _is_problem(finding: Finding) -> bool:
-    return finding.severity in ("error", "warning")
+def _solved(findings: list[Finding]) -> bool:
+    return any(f.code == "solved" for f in findings)
+
+
+def exit_code(findings: list[Finding]) -> int:
+    """0 healthy, or solved with warnings only (they say so); 1 an error, or warnings on an unsolved run."""
+    if any(f.severity == "error" for f in findings):
+        return 1
+    return 0 if _solved(findings) or not any(_is_problem(f) for f in findings) else 1
+
+
+def _headline(findings: list[Finding]) -> str:
+    problems = [f for f in findings if _is_problem(f)]
+    if not problems:
+        return "Training looks healthy: no problems found."
+    s = "" if len(problems) == 1 else "s"
+    if exit_code(findings) == 0:
+        return f"The run is solved; {len(problems)} warning{s} worth a look:"
+    return f"{len(problems)} problem{s} found:"
 
 
 def format_findings(findings: list[Finding]) -> str:
     """Plain-text report of the findings."""
     problems = [f for f in findings if _is_problem(f)]
     notes = [f for f in findings if not _is_problem(f)]
-    lines: list[str] = []
-    if not problems:
-        lines.append("Training looks healthy: no problems found.")
-    else:
-        s = "" if len(problems) == 1 else "s"
-        lines.append(f"{len(problems)} problem{s} found:")
-        for k, f in enumerate(problems, 1):
-            lines.append(f"{k}. [{f.severity.upper()}] {f.code}: {f.message}")
-            if f.advice:
-                lines.append(f"   Advice: {f.advice}")
+    lines = [_headline(findings)]
+    for k, f in enumerate(problems, 1):
+        lines.append(f"{k}. [{f.severity.upper()}] {f.code}: {f.message}")
+        if f.advice:
+            lines.append(f"   Advice: {f.advice}")
     for f in notes:
         lines.append(f"Note: {f.message}")
     return "\n".join(lines)
 
 
 class LiveDoctor:
-    """Run the checks during training and warn once per finding code."""
+    """Run the checks during training and warn once per finding code.
+
+    The same trend checks as ``ppox doctor`` (which replays them on the same iterations), without
+    the outcome: a run is judged solved or not once it has ended. A warned problem that stops
+    holding gets a "resolved" line (and a "holds again" line if it comes back), so the last line
+    about a problem always says whether it holds.
+    """
 
     def __init__(self, config: dict[str, Any] | None = None) -> None:
         self.config = config
         self.records: list[dict[str, Any]] = []
         self.reported: set[str] = set()
+        self.active: set[str] = set()
 
     def update(self, record: dict[str, Any], check: bool = True) -> list[str]:
         """Add the latest iteration's record; return new one-line warnings (none when not `check`)."""
@@ -562,12 +768,17 @@ class LiveDoctor:
         if not check:
             return []
         # Re-running on all records is O(n) per call, negligible next to a PPO iteration.
-        new: list[str] = []
-        for f in diagnose(self.records, self.config):
-            if not _is_problem(f) or f.code in self.reported:
-                continue
-            self.reported.add(f.code)
-            new.append(f"[doctor] iteration {record['iteration']}: {f.severity}: {f.code}: {f.message}")
+        ctx = _Ctx(table=_Table(self.records), n=len(self.records), config=self.config)
+        found = {f.code: f for f in _run_checks(ctx) if _is_problem(f)}
+        prefix = f"[doctor] iteration {record['iteration']}"
+        new = [f"{prefix}: resolved: {code} no longer holds" for code in sorted(self.active - found.keys())]
+        for f in found.values():
+            if f.code not in self.reported:
+                self.reported.add(f.code)
+                new.append(f"{prefix}: {f.severity}: {f.code}: {f.message}")
+            elif f.code not in self.active:  # it came back after a "resolved" line: say so, briefly
+                new.append(f"{prefix}: {f.severity}: {f.code} holds again")
+        self.active = set(found)
         return new
 
 
@@ -580,17 +791,16 @@ def _print_rich(run_dir: str, findings: list[Finding]) -> bool:
     console = Console()
     problems = [f for f in findings if _is_problem(f)]
     console.print(f"[bold]ppox doctor[/bold]: {escape(run_dir)}")
-    if not problems:
-        console.print("[green]Training looks healthy: no problems found.[/green]")
-    else:
-        colour = {"error": "red", "warning": "yellow"}
-        for k, f in enumerate(problems, 1):
-            c = colour[f.severity]
-            console.print(
-                f"{k}. [bold {c}]{f.severity.upper()}[/bold {c}] [bold]{f.code}[/bold]: {escape(f.message)}"
-            )
-            if f.advice:
-                console.print(f"   [dim]Advice:[/dim] {escape(f.advice)}")
+    headline = escape(_headline(findings))
+    console.print(f"[green]{headline}[/green]" if exit_code(findings) == 0 else headline)
+    colour = {"error": "red", "warning": "yellow"}
+    for k, f in enumerate(problems, 1):
+        c = colour[f.severity]
+        console.print(
+            f"{k}. [bold {c}]{f.severity.upper()}[/bold {c}] [bold]{f.code}[/bold]: {escape(f.message)}"
+        )
+        if f.advice:
+            console.print(f"   [dim]Advice:[/dim] {escape(f.advice)}")
     for f in findings:
         if not _is_problem(f):
             console.print(f"[dim]Note: {escape(f.message)}[/dim]")
@@ -598,7 +808,7 @@ def _print_rich(run_dir: str, findings: list[Finding]) -> bool:
 
 
 def doctor_main(run_dir: str) -> int:
-    """CLI entry: 0 healthy, 1 problems found, 2 unreadable run directory."""
+    """CLI entry: 0 healthy (or solved, warnings said), 1 problems found, 2 unreadable run directory."""
     path = Path(run_dir)
     if not path.is_dir():
         print(f"ppox doctor: run directory not found: {run_dir}", file=sys.stderr)
@@ -614,7 +824,7 @@ def doctor_main(run_dir: str) -> int:
     if not run.records:
         print(f"ppox doctor: {path / METRICS_FILE} has no metric records", file=sys.stderr)
         return 2
-    findings = diagnose(run.records, run.config)
+    findings = diagnose(run.records, run.config, read_summary(path))
     if not _print_rich(run_dir, findings):
         print(format_findings(findings))
-    return 1 if any(_is_problem(f) for f in findings) else 0
+    return exit_code(findings)

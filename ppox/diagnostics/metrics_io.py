@@ -51,7 +51,7 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
             continue
         try:
             record = json.loads(line)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):  # RecursionError: a hostile line nested 100k deep
             where = "truncated last line" if i == last_nonempty else f"line {i + 1}"
             warnings.warn(
                 f"{path}: skipping unparsable {where}: {line[:60]!r}",
@@ -78,8 +78,9 @@ def _read_json(path: Path) -> dict[str, Any] | None:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return None
-    except (json.JSONDecodeError, OSError) as exc:
-        warnings.warn(f"{path}: could not read ({exc}); ignoring it", MetricsReadWarning, stacklevel=3)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError, OSError) as exc:
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else exc
+        warnings.warn(f"{path}: could not read ({reason}); ignoring it", MetricsReadWarning, stacklevel=3)
         return None
     return data if isinstance(data, dict) else None
 

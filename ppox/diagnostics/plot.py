@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import json
+import math
 import sys
 import warnings
 from dataclasses import dataclass, field
@@ -38,6 +39,39 @@ BOOKKEEPING_KEYS = frozenset(
         "capture_video",
     }
 )
+#: Axis labels of the usual metrics (others show their key).
+METRIC_LABELS = {
+    "episodic_return_mean": "episodic return",
+    "episodic_length_mean": "episode length",
+    "approx_kl": "approx. KL per update",
+    "clipfrac": "clip fraction",
+    "entropy": "policy entropy",
+    "explained_variance": "explained variance",
+    "value_loss": "value loss",
+    "policy_loss": "policy loss",
+}
+#: Short names for legend labels; keys listed here also come first when several differ.
+LABEL_NAMES = {
+    "preset": "preset",
+    "learning_rate": "lr",
+    "num_envs": "envs",
+    "num_steps": "steps/env",
+    "num_minibatches": "minibatches",
+    "update_epochs": "epochs",
+    "clip_coef": "clip",
+    "ent_coef": "ent",
+    "gamma": "gamma",
+    "gae_lambda": "lambda",
+    "target_kl": "target_kl",
+    "total_timesteps": "budget",
+}
+#: Settings that change speed or logging, not learning: named last in a legend label.
+NON_LEARNING_KEYS = frozenset(
+    {"compile", "torch_threads", "env_backend", "vectorization", "tensorboard", "live_doctor", "eval_episodes",
+     "max_env_restarts", "env_step_timeout"}
+)
+#: A legend label names at most this many differing settings, then "+N more".
+LABEL_MAX_KEYS = 3
 SUPPORTED_FORMATS = (".png", ".svg", ".pdf")
 GRID_POINTS = 200
 BOOTSTRAP_RESAMPLES = 1000
@@ -120,23 +154,93 @@ def group_runs(runs: list[Run]) -> list[RunGroup]:
     return list(groups.values())
 
 
-def group_labels(groups: list[RunGroup]) -> list[str]:
-    """Legend labels naming each group by the config keys that differ among ``groups``."""
+def _fmt_value(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, list | tuple):
+        return "x".join(_fmt_value(v) for v in value)
+    return str(value)
+
+
+def _preset_overrides(config: dict[str, Any]) -> set[str] | None:
+    """The keys where ``config`` differs from its own preset, or None if the preset can't be loaded."""
+    try:
+        from ppox.rl.config import preset_config
+
+        base = preset_config(str(config.get("env_id")), config.get("preset")).to_dict()
+    except Exception:  # an unknown or renamed preset: label by the settings themselves
+        return None
+    same = json.dumps  # values compare as JSON, as in group_key
+    return {k for k, v in config.items() if k in base and same(v, default=str) != same(base[k], default=str)}
+
+
+def _config_name(config: dict[str, Any], differing: list[str]) -> str:
+    """Short name of a config from the settings that differ between the plotted configs."""
+    keys = list(differing)
+    parts: list[str] = []
+    if "preset" in keys:
+        # the preset explains the settings it sets: name it and only the overrides on top of it
+        keys.remove("preset")
+        parts.append(f"preset {config.get('preset')}")
+        overrides = _preset_overrides(config)
+        if overrides is not None:
+            keys = [k for k in keys if k in overrides]
+    order = {k: i for i, k in enumerate(LABEL_NAMES)}
+    keys.sort(key=lambda k: (k in NON_LEARNING_KEYS, order.get(k, len(order)), k))
+    shown = keys[: max(0, LABEL_MAX_KEYS - len(parts))]
+    parts += [f"{LABEL_NAMES.get(k, k)}={_fmt_value(config.get(k))}" for k in shown]
+    if len(keys) > len(shown):
+        parts.append(f"+{len(keys) - len(shown)} more")
+    return ", ".join(parts)
+
+
+def _differing_keys(groups: list[RunGroup]) -> list[str]:
     keys = sorted({k for g in groups for k in g.config} - {"env_id"})
-    differing = [
-        k for k in keys if len({json.dumps(g.config.get(k), sort_keys=True, default=str) for g in groups}) > 1
-    ]
+    return [k for k in keys if len({json.dumps(g.config.get(k), sort_keys=True, default=str) for g in groups}) > 1]
+
+
+def _seeds(counts: list[int]) -> str:
+    lo, hi = min(counts), max(counts)
+    n = f"{lo}" if lo == hi else f"{lo}-{hi}"
+    return f"{n} seed" + ("" if hi == 1 else "s")
+
+
+def group_labels(groups: list[RunGroup]) -> list[str]:
+    """Legend labels naming each group by the config keys that differ among ``groups`` (short names)."""
+    differing = _differing_keys(groups)
     labels = []
     for g in groups:
-        seeds = f"{len(g.runs)} seed" + ("" if len(g.runs) == 1 else "s")
         if not g.config:
             name = g.runs[0].path.name
         elif differing:
-            name = ", ".join(f"{k}={g.config.get(k)}" for k in differing)
+            name = _config_name(g.config, differing)
         else:
             name = g.env_id
-        labels.append(f"{name} ({seeds})")
+        labels.append(f"{name} ({_seeds([len(g.runs)])})")
     return labels
+
+
+def _legend_labels(groups: list[RunGroup], config_keys: list[str]) -> dict[str, str]:
+    """One label per config (it has one colour in every env's panel), naming what differs between configs."""
+    by_key: dict[str, list[RunGroup]] = {}
+    for g, key in zip(groups, config_keys, strict=True):
+        by_key.setdefault(key, []).append(g)
+    firsts = [gs[0] for gs in by_key.values()]
+    differing = _differing_keys(firsts)
+    labels = {}
+    for key, gs in by_key.items():
+        g = gs[0]
+        name = (g.runs[0].path.name if not g.config else _config_name(g.config, differing)) or g.env_id
+        labels[key] = f"{name} ({_seeds([len(x.runs) for x in gs])})"
+    return labels
+
+
+def _si_ticks(x: float, _pos: int | None = None) -> str:
+    """100000 -> 100k, 1500000 -> 1.5M: wide step counts otherwise run into each other."""
+    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(x) >= scale:
+            return f"{x / scale:g}{suffix}"
+    return f"{x:g}"
 
 
 def bootstrap_ci(
@@ -225,44 +329,65 @@ def plot_runs(
     envs = list(dict.fromkeys(g.env_id for g in groups))
     x_key = X_KEYS[x]
 
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
+
     n_rows, n_cols = len(metric_list), len(envs)
-    fig = Figure(figsize=(5.0 * n_cols, 3.2 * n_rows + 0.6), layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(n_rows, n_cols, squeeze=False)
-    # the same config gets the same colour in every env's panel
+    # the same config gets the same colour (and one legend entry) in every env's panel
     config_keys = [
         json.dumps({k: v for k, v in g.config.items() if k != "env_id"}, sort_keys=True, default=str)
+        if g.config else group_key(g.runs[0])
         for g in groups
     ]
     palette = {key: f"C{i % 10}" for i, key in enumerate(dict.fromkeys(config_keys))}
-    colours = {id(g): palette[key] for g, key in zip(groups, config_keys, strict=True)}
+    key_of = {id(g): key for g, key in zip(groups, config_keys, strict=True)}
+    colours = {i: palette[key] for i, key in key_of.items()}
+    legend = _legend_labels(groups, config_keys) if len(palette) > 1 else {}
+    legend_rows = math.ceil(len(legend) / 2)
+    fig = Figure(figsize=(max(5.5 * n_cols, 6.0), 2.7 * n_rows + 0.5 + 0.3 * legend_rows), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(n_rows, n_cols, squeeze=False, sharex="col")
+    handles: dict[str, Any] = {}
     for col, env in enumerate(envs):
         env_groups = [g for g in groups if g.env_id == env]
-        labels = group_labels(env_groups)
         for row, metric in enumerate(metric_list):
             ax = axes[row][col]
             drew = False
-            for g, label in zip(env_groups, labels, strict=True):
+            for g in env_groups:
                 curve = group_curve(g, x_key, metric)
                 if curve is None:
                     continue
                 grid, mean, lower, upper = curve
                 colour = colours[id(g)]
-                ax.plot(grid, mean, color=colour, label=label, lw=1.5, marker="o" if len(grid) == 1 else None)
-                ax.fill_between(grid, lower, upper, color=colour, alpha=0.2, lw=0)
+                (line,) = ax.plot(grid, mean, color=colour, lw=1.5, marker="o" if len(grid) == 1 else None)
+                handles.setdefault(key_of[id(g)], line)
+                if len(g.runs) > 1:  # one seed has no spread to show
+                    ax.fill_between(grid, lower, upper, color=colour, alpha=0.2, lw=0)
                 drew = True
             if not drew:
                 ax.text(0.5, 0.5, f"no {metric} data", ha="center", va="center", transform=ax.transAxes)
             if row == 0:
-                ax.set_title(env)
-                if drew:
-                    ax.legend(fontsize="small")
+                seeds = "" if legend else f" ({_seeds([len(g.runs) for g in env_groups])})"
+                ax.set_title(env + seeds)
             if col == 0:
-                ax.set_ylabel(metric)
+                ax.set_ylabel(METRIC_LABELS.get(metric, metric))
             if row == n_rows - 1:
                 ax.set_xlabel(X_LABELS[x])
+            ax.xaxis.set_major_locator(MaxNLocator(nbins=5))
+            if x == "steps":
+                ax.xaxis.set_major_formatter(FuncFormatter(_si_ticks))
             ax.grid(alpha=0.3)
-    fig.suptitle(f"mean over seeds, {CONFIDENCE:.0%} bootstrap CI", fontsize="medium")
+    if legend:
+        keys = [k for k in legend if k in handles]
+        fig.legend([handles[k] for k in keys], [legend[k] for k in keys], loc="outside lower center",
+                   ncols=min(2, len(keys)), fontsize="small", frameon=False)
+    counts = [len(g.runs) for g in groups]
+    if max(counts) == 1:
+        title = "one seed per curve (no confidence band)"
+    elif min(counts) == 1:
+        title = f"mean over seeds, {CONFIDENCE:.0%} bootstrap CI (no band for single-seed curves)"
+    else:
+        title = f"mean over seeds, {CONFIDENCE:.0%} bootstrap CI"
+    fig.suptitle(title, fontsize="medium")
     Path(output).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(output, dpi=100)
     return output

@@ -20,7 +20,8 @@ USAGE = """usage: ppox llm {train,eval,demo} [--help] [flags]
   train   PPO on a local causal LM (--model-path DIR) with a task or a reward model;
           `train --resume RUN_DIR [--total-steps N]` continues a run from its latest checkpoint
   eval    greedy exact-match accuracy of a model on the arithmetic test split
-  demo    offline demo: tiny GPT-2, supervised pre-training, then PPO on arithmetic
+  demo    offline demo: tiny GPT-2, supervised pre-training, then PPO on arithmetic;
+          `demo --resume RUN_DIR [--total-steps N]` finishes a stopped demo's PPO and its summary
 """
 
 
@@ -41,11 +42,19 @@ class EvalConfig:
     torch_threads: int = 2
     """CPU threads for torch."""
 
+    def __post_init__(self) -> None:
+        for name in ("num_test", "max_new_tokens"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ConfigError(f"{name} must be an integer > 0, got {value!r}")
+        if self.torch_threads < 0:
+            raise ConfigError(f"torch_threads must be >= 0, got {self.torch_threads}")
+
 
 def build_trainer(cfg: LLMPPOConfig):
     """The trainer a `train` command describes: model, prompts, reward and evaluation from the flags."""
-    from ppox.llm.data import load_prompts
-    from ppox.llm.models import load_policy
+    from ppox.llm.data import load_prompts, max_prompt_bytes
+    from ppox.llm.models import check_device, context_length, load_policy
     from ppox.llm.reward import RewardModel
     from ppox.llm.tasks import REWARDS, arithmetic_splits, exact_match_reward, greedy_accuracy
     from ppox.llm.trainer import LLMPPOTrainer
@@ -59,11 +68,15 @@ def build_trainer(cfg: LLMPPOConfig):
         raise ConfigError("with --task none a prompt dataset is needed: set --prompts-file")
     if cfg.task == "none" and cfg.reward_model_path is None:
         raise ConfigError("with --task none a reward is needed: set --reward-model-path")
+    check_device(cfg.device)  # before minutes of loading
     model, tokenizer = load_policy(cfg.model_path)
     train = test = None
     if cfg.task == "arithmetic":
         train, test = arithmetic_splits(cfg.num_test, 50_000, cfg.seed)
-    prompts = load_prompts(cfg.prompts_file) if cfg.prompts_file else [p.prompt for p in train]
+    if cfg.prompts_file:  # bounded before tokenising: a line longer than the context can hold is refused
+        prompts = load_prompts(cfg.prompts_file, max_prompt_bytes(context_length(model)))
+    else:
+        prompts = [p.prompt for p in train]
     reward_fn = RewardModel(cfg.reward_model_path, cfg.device) if cfg.reward_model_path else REWARDS[cfg.reward]
     on_task = cfg.task == "arithmetic" and cfg.prompts_file is None
     return LLMPPOTrainer(
@@ -73,16 +86,23 @@ def build_trainer(cfg: LLMPPOConfig):
     )
 
 
-RESUME_USAGE = "usage: ppox llm train --resume RUN_DIR [--total-steps N]"
+RESUME_USAGE = "usage: ppox llm train --resume RUN_DIR [--total-steps N] [--model-path DIR]"
+DEMO_RESUME_USAGE = "usage: ppox llm demo --resume RUN_DIR [--total-steps N]"
 
 
-def _resume(argv: list[str]):
-    """`ppox llm train --resume RUN_DIR [--total-steps N]`: the run's trainer, restored from its latest checkpoint."""
+def _wants_resume(argv: list[str]) -> bool:
+    return any(a == "--resume" or a.startswith("--resume=") for a in argv)
+
+
+def _resume(argv: list[str], usage: str = RESUME_USAGE,
+            options: tuple[str, ...] = ("--resume", "--total-steps", "--model-path")):
+    """`ppox llm train --resume RUN_DIR [--total-steps N] [--model-path DIR]`: the run's trainer, restored from
+    its latest checkpoint. --model-path replaces the saved one (a model directory that moved)."""
     from ppox.errors import ModelFileError
     from ppox.llm.checkpoint import read_state
     from ppox.rl.checkpoint import find_checkpoint, parse_resume_args
 
-    values = parse_resume_args(argv, ("--resume", "--total-steps"), usage=RESUME_USAGE)
+    values = parse_resume_args(argv, options, usage=usage)
     run_dir = str(values["--resume"])
     ckpt = find_checkpoint(run_dir)
     state = read_state(ckpt)
@@ -91,6 +111,8 @@ def _resume(argv: list[str]):
     except TypeError as exc:
         raise ModelFileError(f"{ckpt / 'state.json'} holds no valid config ({exc})") from None
     changes: dict = {"run_dir": run_dir}
+    if "--model-path" in values:
+        changes["model_path"] = str(values["--model-path"])
     if "--total-steps" in values:
         try:
             changes["total_steps"] = int(values["--total-steps"])
@@ -105,18 +127,16 @@ def _resume(argv: list[str]):
 
 
 def _train(argv: list[str]) -> int:
-    import tyro
-
-    from ppox.cli import _elastic_restart_run_dir
+    from ppox.cli import _elastic_restart_run_dir, parse_args
 
     restarted_run = _elastic_restart_run_dir(argv)
     if restarted_run is not None:  # torchrun --max-restarts relaunched us: continue from the checkpoint
         argv = ["--resume", restarted_run]
-    if any(a == "--resume" or a.startswith("--resume=") for a in argv):
+    if _wants_resume(argv):
         trainer = _resume(argv)
         cfg = trainer.config
     else:
-        cfg = tyro.cli(LLMPPOConfig, args=argv, default=LLMPPOConfig(), prog="ppox llm train")
+        cfg = parse_args(LLMPPOConfig, argv, "ppox llm train", default=LLMPPOConfig())
         trainer = build_trainer(cfg)
 
     def show(r: dict) -> None:
@@ -136,12 +156,12 @@ def _train(argv: list[str]) -> int:
 
 def _eval(argv: list[str]) -> int:
     import torch
-    import tyro
 
+    from ppox.cli import parse_args
     from ppox.llm.models import load_policy
     from ppox.llm.tasks import arithmetic_splits, greedy_accuracy
 
-    cfg = tyro.cli(EvalConfig, args=argv, prog="ppox llm eval")
+    cfg = parse_args(EvalConfig, argv, "ppox llm eval")
     if cfg.task != "arithmetic":
         raise ConfigError(f"unknown task {cfg.task!r}: only 'arithmetic' can be evaluated")
     if cfg.torch_threads:
@@ -154,13 +174,18 @@ def _eval(argv: list[str]) -> int:
 
 
 def _demo(argv: list[str]) -> int:
-    import tyro
+    from ppox.cli import parse_args
+    from ppox.llm.demo import DemoConfig, finish_demo, read_demo_record, run_demo
+    from ppox.rl.checkpoint import parse_resume_args
 
-    from ppox.llm.demo import DemoConfig, run_demo
-
-    cfg = tyro.cli(DemoConfig, args=argv, default=DemoConfig(), prog="ppox llm demo")
-    run_demo(cfg)
-    return 0
+    if _wants_resume(argv):  # a demo stopped during PPO: its checkpoint, then the demo's summary
+        run_dir = str(parse_resume_args(argv, ("--resume", "--total-steps"), usage=DEMO_RESUME_USAGE)["--resume"])
+        record = read_demo_record(run_dir)  # before loading anything: is this a demo's run directory?
+        summary = finish_demo(_resume(argv, DEMO_RESUME_USAGE, ("--resume", "--total-steps")), record)
+    else:
+        cfg = parse_args(DemoConfig, argv, "ppox llm demo", default=DemoConfig())
+        summary = run_demo(cfg)
+    return 130 if summary.get("interrupted") else 0
 
 
 COMMANDS = {"train": _train, "eval": _eval, "demo": _demo}
@@ -175,8 +200,11 @@ def main(argv: list[str] | None = None) -> int:
     if command is None:
         print(f"error: unknown command 'ppox llm {argv[0]}' (choose train, eval or demo)", file=sys.stderr)
         return 2
+    from ppox.llm.models import quiet_transformers
+
     try:
-        return command(argv[1:])
+        with quiet_transformers():
+            return command(argv[1:])
     except PPOXError as exc:
         print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2

@@ -10,26 +10,55 @@ from typing import Any
 
 from ppox.errors import PPOXError
 
+DEFAULT_MAX_PROMPT_BYTES = 2**20  # when the model states no context length
+BYTES_PER_TOKEN = 64  # generous: a prompt longer than context * 64 bytes cannot fit any real tokenizer's context
 
-def load_prompts(path: str | Path) -> list[str]:
-    """Prompts from a .jsonl file (a 'prompt' field per line) or a text file (one prompt per line)."""
+
+def max_prompt_bytes(context: int | None) -> int:
+    """The longest prompt line worth tokenising for a model of `context` tokens (None: unknown)."""
+    return DEFAULT_MAX_PROMPT_BYTES if context is None else context * BYTES_PER_TOKEN
+
+
+def load_prompts(path: str | Path, max_bytes: int = DEFAULT_MAX_PROMPT_BYTES) -> list[str]:
+    """Prompts from a .jsonl file (a 'prompt' field per line) or a text file (one prompt per line).
+
+    Lines are read with a bound of `max_bytes` each, before any decoding or tokenising: a
+    huge line (tokenisers need gigabytes for a few MB of text) or a binary file is refused with
+    one error naming the line.
+    """
     path = Path(path)
     if not path.is_file():
         raise PPOXError(f"prompt file {path} does not exist")
     prompts: list[str] = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        if path.suffix == ".jsonl":
+    with open(path, "rb") as f:
+        n = 0
+        while raw := f.readline(max_bytes + 2):  # + room for the line's own "\r\n"
+            n += 1
+            line_bytes = raw.rstrip(b"\r\n")
+            if len(line_bytes) > max_bytes:
+                raise PPOXError(f"{path}:{n} is longer than {max_bytes} bytes, more than any prompt that fits the "
+                                "model's context: shorten or remove that line")
+            if b"\0" in line_bytes:
+                raise PPOXError(f"{path}:{n} contains a NUL byte: a prompt file must be UTF-8 text (binary file?)")
             try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise PPOXError(f"{path}:{n} is not valid JSON ({exc})") from None
-            if not isinstance(record, dict) or not isinstance(record.get("prompt"), str):
-                raise PPOXError(f"{path}:{n} has no string field 'prompt'")
-            prompts.append(record["prompt"])
-        else:
-            prompts.append(line)
+                line = line_bytes.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise PPOXError(f"{path}:{n} is not UTF-8 text (byte {exc.start}): a prompt file must be UTF-8 "
+                                "text (binary file?)") from None
+            if not line.strip():
+                continue
+            if path.suffix == ".jsonl":
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise PPOXError(f"{path}:{n} is not valid JSON ({exc})") from None
+                if not isinstance(record, dict) or not isinstance(record.get("prompt"), str):
+                    raise PPOXError(f"{path}:{n} has no string field 'prompt'")
+                if "\0" in record["prompt"]:
+                    raise PPOXError(f"{path}:{n}: the prompt contains a NUL character")
+                prompts.append(record["prompt"])
+            else:
+                prompts.append(line)
     return check_prompts(prompts, str(path))
 
 

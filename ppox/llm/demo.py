@@ -8,13 +8,17 @@
    of it as the KL reference; greedy test accuracy before and after is the result.
 
 Everything is built locally: no network, no downloaded weights. `ppox llm demo --run-dir DIR`
-writes DIR/summary.json, the SFT model (DIR/sft_model) and the PPO policy (DIR/policy).
+writes DIR/summary.json, the SFT model (DIR/sft_model) and the PPO policy (DIR/policy). The PPO
+run is an ordinary `ppox llm train` run on DIR/sft_model: stopped (Ctrl-C), it continues with
+`ppox llm train --resume DIR`, or `ppox llm demo --resume DIR`, which also writes the demo's summary
+(the accuracy before PPO is kept in DIR/demo.json).
 """
 
 from __future__ import annotations
 
 import os
 import random
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,8 +26,8 @@ from typing import Literal
 
 import torch
 
-from ppox.errors import ConfigError
-from ppox.io import atomic_write_json
+from ppox.errors import ConfigError, ModelFileError
+from ppox.io import RunDirLock, atomic_write_json, read_json
 from ppox.llm.config import LLMPPOConfig
 from ppox.llm.tasks import REWARDS, Problem, arithmetic_splits, char_tokenizer, exact_match_reward, greedy_accuracy
 
@@ -103,20 +107,16 @@ def tiny_gpt2(tokenizer, n_layer: int, n_embd: int, n_head: int, n_positions: in
 
 def _sft_tensors(tokenizer, problems: list[Problem]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Right-padded prompt + answer + <eos>: ids, attention mask and labels (loss on the answer only)."""
-    rows = []
-    for p in problems:
-        prompt = tokenizer(p.prompt, add_special_tokens=False)["input_ids"]
-        answer = tokenizer(p.answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-        rows.append((prompt, answer))
+    # one batched call each: tokenising 50,000 problems one by one took seconds
+    prompts = tokenizer([p.prompt for p in problems], add_special_tokens=False)["input_ids"]
+    answers = tokenizer([p.answer for p in problems], add_special_tokens=False)["input_ids"]
+    rows = [(prompt, [*answer, tokenizer.eos_token_id]) for prompt, answer in zip(prompts, answers, strict=True)]
     width = max(len(a) + len(b) for a, b in rows)
-    ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)  # (n, seq)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)  # (n, seq)
-    labels = torch.full((len(rows), width), -100, dtype=torch.long)  # (n, seq); -100 = no loss
-    for i, (prompt, answer) in enumerate(rows):
-        seq = prompt + answer
-        ids[i, : len(seq)] = torch.tensor(seq)
-        mask[i, : len(seq)] = 1
-        labels[i, len(prompt) : len(seq)] = torch.tensor(answer)
+    pad = tokenizer.pad_token_id
+    # padded Python lists, then one tensor each: filling 50,000 tensor rows one by one took seconds
+    ids = torch.tensor([[*a, *b] + [pad] * (width - len(a) - len(b)) for a, b in rows])  # (n, seq)
+    mask = torch.tensor([[1] * (len(a) + len(b)) + [0] * (width - len(a) - len(b)) for a, b in rows])  # (n, seq)
+    labels = torch.tensor([[-100] * len(a) + b + [-100] * (width - len(a) - len(b)) for a, b in rows])  # -100 = no loss
     return ids, mask, labels
 
 
@@ -148,8 +148,16 @@ def supervised_pretrain(model, tokenizer, problems: list[Problem], steps: int, b
     return time.perf_counter() - t0
 
 
+DEMO_RECORD = "demo.json"
+
+
 def run_demo(cfg: DemoConfig, log=print) -> dict:
-    """The whole demo; returns (and writes to run_dir/summary.json) the before/after accuracies."""
+    """The whole demo; returns (and writes to run_dir/summary.json) the before/after accuracies.
+
+    Stopped during PPO (SIGINT/SIGTERM), it returns {"interrupted": True, ...} after the trainer's
+    checkpoint; `finish_demo` on the resumed trainer completes it.
+    """
+    from ppox.llm.models import quiet_transformers
     from ppox.llm.trainer import LLMPPOTrainer
 
     start = time.perf_counter()
@@ -158,29 +166,66 @@ def run_demo(cfg: DemoConfig, log=print) -> dict:
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     run_dir = Path(cfg.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    # the trainer takes this lock over and releases it when PPO ends
+    with quiet_transformers(), RunDirLock(run_dir) as lock:
+        tokenizer = char_tokenizer()
+        train, test = arithmetic_splits(cfg.num_test, 50_000, cfg.seed)
+        model = tiny_gpt2(tokenizer, cfg.n_layer, cfg.n_embd, cfg.n_head)
+        n_params = sum(p.numel() for p in model.parameters())
+        log(f"tiny GPT-2: {n_params / 1e6:.2f}M parameters; {len(train)} training / {len(test)} test problems")
 
-    tokenizer = char_tokenizer()
-    train, test = arithmetic_splits(cfg.num_test, 50_000, cfg.seed)
-    model = tiny_gpt2(tokenizer, cfg.n_layer, cfg.n_embd, cfg.n_head)
-    n_params = sum(p.numel() for p in model.parameters())
-    log(f"tiny GPT-2: {n_params / 1e6:.2f}M parameters; {len(train)} training / {len(test)} test problems")
+        sft_seconds = supervised_pretrain(model, tokenizer, train, cfg.sft_steps, cfg.sft_batch_size,
+                                          cfg.sft_learning_rate, cfg.seed)
+        acc_before, greedy_tps = greedy_accuracy(model, tokenizer, test)
+        log(f"supervised: {cfg.sft_steps} steps of {cfg.sft_batch_size} in {sft_seconds:.0f}s "
+            f"-> test exact match {acc_before:.1%}")
+        sft_dir = run_dir / "sft_model"
+        model.save_pretrained(sft_dir)
+        tokenizer.save_pretrained(sft_dir)
+        record = {"accuracy_before": acc_before, "sft_seconds": sft_seconds, "greedy_eval_tokens_per_s": greedy_tps,
+                  "parameters": n_params, "seed": cfg.seed, "test_problems": len(test),
+                  "sft_wall_seconds": time.perf_counter() - start}
+        atomic_write_json(run_dir / DEMO_RECORD, record)
 
-    sft_seconds = supervised_pretrain(model, tokenizer, train, cfg.sft_steps, cfg.sft_batch_size,
-                                      cfg.sft_learning_rate, cfg.seed)
-    acc_before, greedy_tps = greedy_accuracy(model, tokenizer, test)
-    log(f"supervised: {cfg.sft_steps} steps of {cfg.sft_batch_size} in {sft_seconds:.0f}s "
-        f"-> test exact match {acc_before:.1%}")
-    model.save_pretrained(run_dir / "sft_model")
-    tokenizer.save_pretrained(run_dir / "sft_model")
+        # Everything `ppox llm train --resume` needs to rebuild this run is in the config: the model it
+        # starts from (absolute, so the command works from any directory), the task and its test split.
+        ppo_cfg = cfg.ppo.replace(seed=cfg.seed, run_dir=str(run_dir), task="arithmetic", reward=cfg.reward,
+                                  torch_threads=cfg.torch_threads, num_test=cfg.num_test,
+                                  model_path=str(sft_dir.resolve()), prompts_file=None, reward_model_path=None)
+        trainer = LLMPPOTrainer(
+            ppo_cfg, model, tokenizer, REWARDS[cfg.reward], [p.prompt for p in train],
+            accuracy_fn=exact_match_reward,
+            evaluate_fn=lambda policy: {"accuracy": greedy_accuracy(policy, tokenizer, test)[0]},
+        )
+        trainer.run_dir_lock = lock
+        return finish_demo(trainer, record, log, start)
 
-    ppo_cfg = cfg.ppo.replace(seed=cfg.seed, run_dir=str(run_dir), task="arithmetic", reward=cfg.reward,
-                              torch_threads=cfg.torch_threads)
-    trainer = LLMPPOTrainer(
-        ppo_cfg, model, tokenizer, REWARDS[cfg.reward], [p.prompt for p in train],
-        accuracy_fn=exact_match_reward,
-        evaluate_fn=lambda policy: {"accuracy": greedy_accuracy(policy, tokenizer, test)[0]},
-    )
+
+def read_demo_record(run_dir: str | Path) -> dict:
+    """What the demo measured before PPO (DIR/demo.json); a clear error if DIR is not a demo's run."""
+    path = Path(run_dir) / DEMO_RECORD
+    if not path.is_file():
+        raise ModelFileError(f"{run_dir} has no {DEMO_RECORD}: not a run of `ppox llm demo` (continue an ordinary "
+                             f"run with `ppox llm train --resume {run_dir}`)")
+    record = read_json(path, "demo record")
+    if not isinstance(record.get("accuracy_before"), int | float):
+        raise ModelFileError(f"{path} has no accuracy_before: a damaged demo record")
+    return record
+
+
+def finish_demo(trainer, record: dict, log=print, start: float | None = None) -> dict:
+    """PPO (from the trainer's current step: 0, or a resumed checkpoint) and the demo's summary.
+
+    `record` is what run_demo measured before PPO (read_demo_record on resume).
+    """
+    from ppox.llm.models import quiet_transformers
+    from ppox.llm.tasks import arithmetic_splits
+
+    start = time.perf_counter() if start is None else start
+    ppo_cfg = trainer.config
+    run_dir = Path(ppo_cfg.run_dir)
+    tokenizer = trainer.tokenizer
+    _, test = arithmetic_splits(ppo_cfg.num_test, 0, ppo_cfg.seed)
 
     def show(r: dict) -> None:
         if r["iteration"] % 10 == 0 or r["iteration"] == ppo_cfg.total_steps:
@@ -189,14 +234,20 @@ def run_demo(cfg: DemoConfig, log=print) -> dict:
                 f"kl_ref={r['kl_ref']:.3f} clipfrac={r['clipfrac']:.3f} len={r['response_len_mean']:.2f}{extra}")
 
     t0 = time.perf_counter()
-    history = trainer.train(run_dir, log=show)
+    with quiet_transformers():
+        history = trainer.train(run_dir, log=show)
     ppo_seconds = time.perf_counter() - t0
-    acc_after = history[-1].get("eval_accuracy")
+    if trainer.interrupted:  # the trainer wrote a checkpoint and printed how to continue
+        print(f"or finish the demo, with its summary: `ppox llm demo --resume {run_dir}`", file=sys.stderr)
+        return {"interrupted": True, "ppo_steps_done": trainer.step_count}
+    acc_before = record["accuracy_before"]
+    acc_after = history[-1].get("eval_accuracy") if history else None
     if acc_after is None:
         acc_after = greedy_accuracy(trainer.policy, tokenizer, test)[0]
 
     def mean_of(key: str) -> float:
-        return sum(r[key] for r in history) / len(history)
+        values = [r[key] for r in history if key in r]
+        return sum(values) / max(len(values), 1)
 
     summary = {
         "accuracy_before": acc_before,
@@ -204,15 +255,16 @@ def run_demo(cfg: DemoConfig, log=print) -> dict:
         "improvement": acc_after - acc_before,
         "test_problems": len(test),
         "wall_seconds": time.perf_counter() - start,
-        "sft_seconds": sft_seconds,
+        "sft_seconds": record.get("sft_seconds"),
         "ppo_seconds": ppo_seconds,
         "ppo_steps": ppo_cfg.total_steps,
         "gen_tokens_per_s": mean_of("gen_tokens_per_s"),
         "update_tokens_per_s": mean_of("update_tokens_per_s"),
-        "greedy_eval_tokens_per_s": greedy_tps,
-        "final_kl_ref": history[-1]["kl_ref"],
-        "parameters": n_params,
-        "seed": cfg.seed,
+        "greedy_eval_tokens_per_s": record.get("greedy_eval_tokens_per_s"),
+        "final_kl_ref": history[-1]["kl_ref"] if history else None,
+        "parameters": record.get("parameters"),
+        "seed": ppo_cfg.seed,
+        "interrupted": False,
     }
     atomic_write_json(run_dir / "summary.json", summary)
     log(f"test exact match: {acc_before:.1%} before PPO -> {acc_after:.1%} after "

@@ -56,20 +56,29 @@ class RewardModel:
     def __init__(self, path: str | Path, device: str = "cpu", batch_size: int = 32) -> None:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+        from ppox.llm.models import check_device, load_checked, read_model_config
+
+        dev = check_device(device)
         path = Path(path)
-        if not (path / "config.json").is_file():
-            raise ModelFileError(f"reward model directory {path} has no config.json")
+        config = read_model_config(path, "reward model")
+        archs = list(getattr(config, "architectures", None) or [])
+        # A causal LM would load with a freshly initialised score head: a random reward, silently.
+        if not archs or not any(a.endswith("ForSequenceClassification") for a in archs):
+            what = ", ".join(archs) or f"model_type {config.model_type!r} with no architectures"
+            raise ModelFileError(f"reward model {path} holds a {what}, not a sequence-classification model "
+                                 "(AutoModelForSequenceClassification with a trained score head)")
+        self.model = load_checked(path, AutoModelForSequenceClassification, "reward model")
         try:
-            self.model = AutoModelForSequenceClassification.from_pretrained(path, local_files_only=True)
             self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        except (OSError, ValueError, KeyError) as exc:
-            raise ModelFileError(f"cannot load a reward model from {path}: {exc}") from None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ModelFileError(f"cannot load the reward model's tokenizer from {path}: {first}") from None
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         if self.model.config.pad_token_id is None:
             self.model.config.pad_token_id = self.tokenizer.pad_token_id
-        self.model.to(device).eval().requires_grad_(False)
-        self.device = device
+        self.model.to(dev).eval().requires_grad_(False)
+        self.device = dev
         self.batch_size = batch_size
         self.__name__ = f"RewardModel({path.name})"
 

@@ -22,7 +22,13 @@ def tokenize_prompts(tokenizer, prompts: list[str], max_new_tokens: int, context
     """Left-padded prompt ids and attention mask, (batch, P) each; errors name a prompt too long."""
     if tokenizer.pad_token_id is None:
         raise PPOXError("the tokenizer has no pad token (set tokenizer.pad_token, e.g. to the eos token)")
-    encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    encoded = []
+    for i, p in enumerate(prompts):
+        try:
+            encoded.append(tokenizer(p, add_special_tokens=False)["input_ids"])
+        except Exception as exc:  # the tokenizers library raises bare Exceptions (e.g. a character it has no id for)
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise PPOXError(f"prompt {i} ({p[:40]!r}) cannot be tokenized: {first}") from None
     for i, ids in enumerate(encoded):
         if not ids:
             raise PPOXError(f"prompt {i} ({prompts[i]!r}) tokenizes to nothing")

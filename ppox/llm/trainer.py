@@ -9,6 +9,7 @@ this file only arranges tensors.
 from __future__ import annotations
 
 import copy
+import shlex
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -20,12 +21,12 @@ from ppox.core import AdaptiveKLController, aggregate, gae, kl_estimate, normali
 from ppox.core.update import PolicyOutput, ppo_update
 from ppox.distributed import init_from_env, parameter_hash
 from ppox.errors import PPOXError
-from ppox.io import atomic_write_json, save_tensors
+from ppox.io import RunDirLock, atomic_write_json, save_tensors
 from ppox.llm import fsdp
 from ppox.llm.checkpoint import load_checkpoint, save_checkpoint
 from ppox.llm.config import LLMPPOConfig
 from ppox.llm.data import PromptBatches, check_prompts
-from ppox.llm.models import ValueHead, ValueModel, apply_lora, context_length
+from ppox.llm.models import ValueHead, ValueModel, apply_lora, check_device, context_length
 from ppox.llm.reward import RewardFn, score
 from ppox.llm.rollout import policy_forward, position_ids_from, response_mask, sample, tokenize_prompts
 from ppox.logger import MetricsLogger
@@ -59,7 +60,7 @@ class LLMPPOTrainer:
         if cfg.torch_threads:
             torch.set_num_threads(cfg.torch_threads)
         torch.manual_seed(cfg.seed)
-        self.device = torch.device(cfg.device)
+        self.device = check_device(cfg.device)
         # torchrun: one process per rank, gradients averaged by the shared update loop
         self.collective = init_from_env(self.device.type)
         if self.collective.enabled and self.device.type == "cuda":
@@ -112,6 +113,9 @@ class LLMPPOTrainer:
         self.global_step = 0  # completions sampled so far
         self.history: list[dict] = []  # metrics of every step so far (restored by resume())
         self.interrupted = False  # the last train() stopped early on SIGINT/SIGTERM (after a checkpoint)
+        # Main rank: the lock on the run directory, held from resume() or train() until train() returns.
+        # A caller that locked the directory itself (the demo) may hand its lock over here.
+        self.run_dir_lock: RunDirLock | None = None
 
     # ---------------------------------------------------------------- forward passes
     def _values(self, input_ids, attention_mask, prompt_width: int, hidden) -> torch.Tensor:
@@ -287,8 +291,24 @@ class LLMPPOTrainer:
         run resumes without FSDP and vice versa (the files are the same).
         """
         ckpt = find_checkpoint(run_dir)
+        self._lock_run_dir(run_dir)  # loading discards a killed run's later checkpoints: nobody else may write
         self.history = load_checkpoint(self, ckpt)
         return ckpt
+
+    def _lock_run_dir(self, run_dir: str | Path) -> None:
+        """Main rank: hold RUN_DIR's RunDirLock (kept if already held for it), so no second process writes there."""
+        if not self.collective.is_main:
+            return
+        held = self.run_dir_lock
+        if held is not None and held.held and held.run_dir.resolve() == Path(run_dir).resolve():
+            return
+        self._release_run_dir()
+        self.run_dir_lock = RunDirLock(run_dir).acquire()
+
+    def _release_run_dir(self) -> None:
+        lock, self.run_dir_lock = self.run_dir_lock, None
+        if lock is not None:
+            lock.release()
 
     def train(self, run_dir: str | Path | None = None, log: Callable[[dict], None] | None = None) -> list[dict]:
         """Train up to step config.total_steps, logging and checkpointing; saves the policy to run_dir/policy.
@@ -302,22 +322,25 @@ class LLMPPOTrainer:
         run_dir = Path(run_dir if run_dir is not None else cfg.run_dir)
         is_main = self.collective.is_main  # with torchrun, rank 0 alone writes the run directory
         resumed = self.step_count > 0
-        if is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(run_dir / "config.json", cfg.to_dict())
-            if not resumed:  # checkpoints of an earlier run in this directory would shadow ours
-                clear_checkpoints(run_dir)
-        logger = MetricsLogger(run_dir, cfg.tensorboard, append=resumed) if is_main else None
-        history = self.history
-        self.interrupted = False
-        stop = StopSignals()
+        self._lock_run_dir(run_dir)  # creates the directory; refuses a second process writing there
         try:
-            with stop:
-                self._train_steps(run_dir, history, logger, log, stop)
+            if is_main:
+                atomic_write_json(run_dir / "config.json", cfg.to_dict())
+                if not resumed:  # checkpoints of an earlier run in this directory would shadow ours
+                    clear_checkpoints(run_dir)
+            logger = MetricsLogger(run_dir, cfg.tensorboard, append=resumed) if is_main else None
+            history = self.history
+            self.interrupted = False
+            stop = StopSignals()
+            try:
+                with stop:
+                    self._train_steps(run_dir, history, logger, log, stop)
+            finally:
+                if logger is not None:
+                    logger.close()
+            self._finish(run_dir, history)
         finally:
-            if logger is not None:
-                logger.close()
-        self._finish(run_dir, history)
+            self._release_run_dir()
         return history
 
     def _train_steps(self, run_dir: Path, history: list[dict], logger, log, stop: StopSignals) -> None:
@@ -341,7 +364,7 @@ class LLMPPOTrainer:
                 self.interrupted = True
                 if is_main:
                     print(f"{stopping}: stopped after step {step} of {cfg.total_steps} with a checkpoint; "
-                          f"continue with `ppox llm train --resume {run_dir}`", file=sys.stderr)
+                          f"continue with `ppox llm train --resume {shlex.quote(str(run_dir))}`", file=sys.stderr)
                 return
 
     def _stop_requested(self, stop: StopSignals) -> str | None:

@@ -14,6 +14,12 @@ RUN_DIR/checkpoints/latest (one line: the directory name) replaced, atomically. 
 any instant therefore leaves `latest` naming a complete checkpoint. env_state.pkl is the only pickle
 ppox ever reads, only on --resume of a run directory, and only when its SHA-256 matches state.json
 (see docs/reliability.md for the trust model).
+
+Resume holds the run directory's lock (ppox.io.RunDirLock) and checks a checkpoint against the run
+(state.json's types, its iteration against its name and metrics.jsonl, its config against config.json,
+its spaces against the env) before it changes anything; an unusable newest checkpoint is moved aside
+(`rejected_ckpt_<n>`) with a warning line and the previous good one is taken. Deleting only removes
+files ppox writes, never through a symlink.
 """
 
 from __future__ import annotations
@@ -25,7 +31,6 @@ import json
 import os
 import pickle
 import random
-import shutil
 import signal
 import sys
 import threading
@@ -37,14 +42,22 @@ import numpy as np
 import torch
 
 from ppox import __version__
-from ppox.errors import ModelFileError, PPOXError
+from ppox.errors import ConfigError, ModelFileError, PPOXError
 from ppox.io import (
     FORMAT_VERSION,
+    RefusedFileError,
+    RunDirError,
+    RunDirLock,
+    all_finite,
     atomic_write_bytes,
     atomic_write_json,
     check_format_version,
+    check_run_dir,
+    is_stale_tmp,
     load_tensors,
+    os_error,
     read_json,
+    remove_stale_tmp,
     save_tensors,
 )
 
@@ -55,14 +68,22 @@ CHECKPOINTS = "checkpoints"
 LATEST = "latest"
 KIND = "ppox.rl.checkpoint"
 ENV_STATE_FILE = "env_state.pkl"
+REJECTED_PREFIX = "rejected_"  # an unusable checkpoint moved aside: kept for the user, ignored by ppox
+# the files ppox writes into a checkpoint directory (RL and LLM); deleting a checkpoint removes only these
+CHECKPOINT_FILES = frozenset({"model.safetensors", "model.json", "trainer.safetensors", "state.json", ENV_STATE_FILE,
+                              "policy.safetensors", "critic.safetensors"})
+# config fields a resume or a later learn() may change: not part of a run's identity
+VOLATILE_CONFIG = frozenset({"run_dir", "total_timesteps", "progress", "overwrite"})
 
 
 # ---------------------------------------------------------------------------- stop signals
 class StopSignals:
     """SIGINT/SIGTERM set a flag; the trainer finishes its iteration, checkpoints and stops.
 
-    A second signal raises KeyboardInterrupt at once (the last checkpoint on disk stays valid).
-    Outside the main thread no handler can be installed and this does nothing.
+    A second signal ends the run at once (the last checkpoint on disk stays valid): a second SIGTERM
+    gets the default action, which kills the process; a second SIGINT raises KeyboardInterrupt, and
+    a third one gets the default action. Outside the main thread no handler can be installed and
+    this does nothing.
     """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -72,9 +93,16 @@ class StopSignals:
         self._previous: dict[int, Any] = {}
 
     def _handle(self, signum, frame) -> None:
-        if self.requested is not None:
-            raise KeyboardInterrupt
-        self.requested = signal.Signals(signum).name
+        if self.requested is None:
+            self.requested = signal.Signals(signum).name
+            # A trainer stuck in env code (a hung step, C code that never returns to the interpreter)
+            # might never run a Python handler again: the default action of SIGTERM needs none.
+            if signal.SIGTERM in self._previous:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            return
+        for sig in self._previous:  # should KeyboardInterrupt be swallowed by env code, Ctrl-C still ends it
+            signal.signal(sig, signal.SIG_DFL)
+        raise KeyboardInterrupt
 
     def __enter__(self) -> StopSignals:
         if threading.current_thread() is threading.main_thread():
@@ -126,6 +154,44 @@ def capture_boundary(trainer: PPO) -> dict[str, Any]:
         state["reward_rms"] = {k: v.clone() for k, v in trainer.reward_scaler.rms.state_dict().items()}
         state["reward_returns"] = trainer.reward_scaler.returns.clone()
     return state
+
+
+class WeightGuard:
+    """The weights and optimizer state at the last iteration boundary, to fall back on when an update
+    makes the weights non-finite: a checkpoint or model file then holds the last finite ones.
+
+    save() copies into buffers allocated once (a few tensor copies per iteration); finite() is one
+    reduction per parameter tensor.
+    """
+
+    def __init__(self, trainer: PPO) -> None:
+        self.params = [p for p in trainer.agent.parameters()]
+        self.optimizer = trainer.optimizer
+        self._params: list[torch.Tensor] | None = None
+        self._optim: dict[torch.Tensor, dict[str, Any]] = {}
+
+    def save(self) -> None:
+        with torch.no_grad():
+            if self._params is None:
+                self._params = [p.detach().clone() for p in self.params]
+            else:
+                for saved, p in zip(self._params, self.params, strict=True):
+                    saved.copy_(p)
+        self._optim = {p: {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in st.items()}
+                       for p, st in self.optimizer.state.items()}
+
+    def finite(self) -> bool:
+        return all_finite(self.params)
+
+    def restore(self) -> None:
+        if self._params is None:
+            return
+        with torch.no_grad():
+            for saved, p in zip(self._params, self.params, strict=True):
+                p.copy_(saved)
+        self.optimizer.state.clear()
+        for p, st in self._optim.items():
+            self.optimizer.state[p] = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in st.items()}
 
 
 class _EnvPickler(pickle.Pickler):
@@ -185,11 +251,25 @@ def save_checkpoint(trainer: PPO, boundary: dict[str, Any] | None = None, captur
     """
     if trainer.run_dir is None:
         raise PPOXError("a checkpoint needs a run directory: call learn() first")
+    if not all_finite(trainer.agent.parameters()):
+        raise ModelFileError("refusing to write non-finite (NaN/inf) weights into a checkpoint; the last "
+                             "checkpoint on disk is unchanged")
     live = boundary is None
     b = capture_boundary(trainer) if live else boundary
     iteration = int(b["iteration"])
     name = f"ckpt_{iteration}"
     tmp = begin_checkpoint(trainer.run_dir, name)
+    try:
+        return _write_checkpoint(trainer, b, live, capture_env_state, note, tmp, name)
+    except Exception:  # disk full, ...: no half-written directory stays behind (a kill leaves one: cleaned later)
+        with contextlib.suppress(OSError, PPOXError):
+            remove_checkpoint_dir(tmp)
+        raise
+
+
+def _write_checkpoint(trainer: PPO, b: dict[str, Any], live: bool, capture_env_state: bool, note: str | None,
+                      tmp: Path, name: str) -> Path:
+    iteration = int(b["iteration"])
 
     tensors: dict[str, torch.Tensor] = {
         "rng.torch": b["torch_rng"],
@@ -255,11 +335,16 @@ def save_checkpoint(trainer: PPO, boundary: dict[str, Any] | None = None, captur
 def begin_checkpoint(run_dir: str | Path, name: str) -> Path:
     """An empty temporary directory RUN_DIR/checkpoints/.<name>.tmp-<pid> to write a checkpoint into."""
     root = checkpoint_dir(run_dir)
-    root.mkdir(parents=True, exist_ok=True)
     tmp = root / f".{name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
+    try:
+        if root.is_symlink():
+            raise RunDirError(f"{root} is a symbolic link; ppox does not write through symlinks: remove it")
+        root.mkdir(parents=True, exist_ok=True)
+        if tmp.is_symlink() or tmp.exists():
+            remove_checkpoint_dir(tmp, aside=True)
+        tmp.mkdir()
+    except OSError as exc:
+        raise os_error(exc, tmp) from None
     return tmp
 
 
@@ -267,19 +352,100 @@ def publish_checkpoint(tmp: Path, name: str, keep_last: int) -> Path:
     """Rename the finished `tmp` (from begin_checkpoint) to <name>, point `latest` at it, prune to keep_last."""
     root = tmp.parent
     final = root / name
-    if final.exists():  # a stale checkpoint from a killed attempt past the one resumed from
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    if final.is_symlink() or final.exists():  # a stale checkpoint from a killed attempt past the one resumed from
+        remove_checkpoint_dir(final, aside=True)
+    try:
+        os.replace(tmp, final)
+    except OSError as exc:
+        raise os_error(exc, final) from None
     atomic_write_bytes(root / LATEST, (name + "\n").encode())
     prune_checkpoints(root, keep_last, keep=name)
     return final
 
 
+def remove_checkpoint_dir(path: Path, aside: bool = False) -> bool:
+    """Delete a checkpoint directory ppox wrote: its ppox files (CHECKPOINT_FILES, temporary files), then
+    the directory if that left it empty. Symlinks are never followed and foreign files never deleted;
+    with `aside`, a directory they keep is renamed to rejected_<name> instead. True if it is gone."""
+    try:
+        if path.is_symlink():
+            if not aside:
+                return False
+            path.unlink()  # the link itself, not what it points to
+            return True
+        if not path.is_dir():
+            return False
+        for entry in path.iterdir():
+            if not entry.is_symlink() and entry.is_file() and (entry.name in CHECKPOINT_FILES or is_stale_tmp(entry)):
+                entry.unlink()
+        if not any(path.iterdir()):
+            path.rmdir()
+            return True
+        if aside:
+            move_aside(path)
+            return True
+        return False
+    except OSError as exc:
+        raise os_error(exc, path, "remove") from None
+
+
+def move_aside(path: Path) -> Path:
+    """Rename checkpoints/<name> to checkpoints/rejected_<name>[_k]: kept for the user, ignored by ppox."""
+    target = path.with_name(REJECTED_PREFIX + path.name.lstrip("."))
+    k = 1
+    while target.exists() or target.is_symlink():
+        k += 1
+        target = path.with_name(f"{REJECTED_PREFIX}{path.name.lstrip('.')}_{k}")
+    try:
+        os.rename(path, target)
+    except OSError as exc:
+        raise os_error(exc, path, "move aside") from None
+    return target
+
+
+def _is_tmp_dir(path: Path) -> bool:
+    return path.name.startswith(".ckpt_") and ".tmp-" in path.name
+
+
 def clear_checkpoints(run_dir: str | Path) -> None:
-    """Remove RUN_DIR/checkpoints (a fresh run in a directory it may --overwrite)."""
+    """Remove the checkpoints of an earlier run (a fresh run in a directory it may --overwrite).
+
+    Only what ppox wrote goes: ckpt_<n> directories' ppox files, `latest`, temporary directories and
+    files. Foreign files (and their directories) stay; nothing is deleted through a symlink.
+    """
     root = checkpoint_dir(run_dir)
-    if root.is_dir():
-        shutil.rmtree(root)
+    if root.is_symlink():
+        raise RunDirError(f"{root} is a symbolic link; ppox does not delete through symlinks: remove it")
+    if not root.is_dir():
+        return
+    try:
+        for entry in root.iterdir():
+            if entry.is_symlink():
+                continue
+            if entry.name == LATEST and entry.is_file():
+                entry.unlink()
+            elif entry.is_dir() and (iteration_of(entry) is not None or _is_tmp_dir(entry)):
+                remove_checkpoint_dir(entry)
+            elif is_stale_tmp(entry):
+                entry.unlink()
+        if not any(root.iterdir()):
+            root.rmdir()
+    except OSError as exc:
+        raise os_error(exc, root, "clear") from None
+
+
+def clean_stale(run_dir: str | Path) -> None:
+    """Remove what killed writers left: `.*.tmp` files in RUN_DIR and checkpoints/, and temporary checkpoint
+    directories. Call with the run directory's lock held (no other writer can be running)."""
+    run_dir = Path(run_dir)
+    remove_stale_tmp(run_dir)
+    root = checkpoint_dir(run_dir)
+    if root.is_dir() and not root.is_symlink():
+        remove_stale_tmp(root)
+        with contextlib.suppress(OSError, PPOXError):
+            for entry in root.iterdir():
+                if _is_tmp_dir(entry) and not entry.is_symlink() and entry.is_dir():
+                    remove_checkpoint_dir(entry)
 
 
 def flatten_optimizer(state_dict: dict[str, Any], tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
@@ -312,13 +478,10 @@ def unflatten_optimizer(optim_json: dict[str, Any], tensors: dict[str, torch.Ten
 
 
 def iteration_of(path: Path) -> int | None:
-    name = path.name
-    if not name.startswith("ckpt_"):
+    digits = path.name.removeprefix("ckpt_")
+    if digits == path.name or not digits.isascii() or not digits.isdigit():
         return None
-    try:
-        return int(name.removeprefix("ckpt_"))
-    except ValueError:
-        return None
+    return int(digits)
 
 
 def list_checkpoints(run_dir: str | Path) -> list[Path]:
@@ -326,8 +489,8 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
     root = checkpoint_dir(run_dir)
     if not root.is_dir():
         return []
-    found = [(it, p) for p in root.iterdir() if p.is_dir() and (it := iteration_of(p)) is not None
-             and (p / "state.json").is_file()]
+    found = [(it, p) for p in root.iterdir() if (it := iteration_of(p)) is not None and not p.is_symlink()
+             and p.is_dir() and (p / "state.json").is_file()]
     return [p for _, p in sorted(found)]
 
 
@@ -335,25 +498,45 @@ def prune_checkpoints(root: Path, keep_last: int, keep: str) -> None:
     complete = list_checkpoints(root.parent)
     for path in complete[:-keep_last] if keep_last > 0 else complete:
         if path.name != keep:
-            shutil.rmtree(path, ignore_errors=True)
+            with contextlib.suppress(PPOXError):
+                remove_checkpoint_dir(path)
     for path in root.iterdir():  # temporary directories of killed writers
         ours = path.name.endswith(f"-{os.getpid()}")
-        if path.name.startswith(".ckpt_") and ".tmp-" in path.name and not ours:
-            shutil.rmtree(path, ignore_errors=True)
+        if _is_tmp_dir(path) and not ours and not path.is_symlink():
+            with contextlib.suppress(PPOXError):
+                remove_checkpoint_dir(path)
+
+
+def read_latest(run_dir: str | Path) -> tuple[Path | None, str | None]:
+    """(the complete checkpoint `latest` names, None) or (None, what is wrong with `latest`; None if absent)."""
+    root = checkpoint_dir(run_dir)
+    pointer = root / LATEST
+    if not pointer.is_file() or pointer.is_symlink():
+        return None, ("is not a regular file" if pointer.exists() or pointer.is_symlink() else None)
+    try:
+        raw = pointer.read_bytes()
+    except OSError as exc:
+        return None, f"cannot be read ({exc.strerror})"
+    try:
+        name = raw.decode("ascii").strip()
+    except UnicodeDecodeError:
+        return None, "is not text"
+    if not name or "/" in name or iteration_of(Path(name)) is None:
+        return None, f"names {name[:40]!r}, not a checkpoint directory"
+    if not (root / name / "state.json").is_file():
+        return None, f"names {name}, which is missing or incomplete"
+    return root / name, None
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path:
     """The directory `latest` names; if that is missing or damaged, the newest complete checkpoint."""
     run_dir = Path(run_dir)
-    root = checkpoint_dir(run_dir)
-    pointer = root / LATEST
-    if pointer.is_file():
-        name = pointer.read_text().strip()
-        candidate = root / name
-        if name and "/" not in name and (candidate / "state.json").is_file():
-            return candidate
+    latest, _ = read_latest(run_dir)
+    if latest is not None:
+        return latest
     complete = list_checkpoints(run_dir)
     if not complete:
+        root = checkpoint_dir(run_dir)
         raise ModelFileError(f"{run_dir} holds no checkpoint (no {root}/ckpt_*/state.json) to resume from")
     return complete[-1]
 
@@ -381,17 +564,185 @@ def find_checkpoint(run_dir: str | Path) -> Path:
     return latest_checkpoint(run_dir)
 
 
+# ---------------------------------------------------------------------------- validation against the run
+_INT_FIELDS = ("iteration", "global_step", "skipped_updates", "consecutive_skips", "env_restarts")
+_REQUIRED = ("iteration", "global_step", "skipped_updates", "recent_returns", "kl_controller", "optimizer",
+             "python_rng", "numpy_rng", "config", "env_state")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def check_state(ckpt: Path, state: dict[str, Any]) -> None:
+    """The types and ranges of an RL state.json's fields (ModelFileError naming the first wrong one)."""
+    path = ckpt / "state.json"
+
+    def bad(key: str, want: str) -> ModelFileError:
+        return ModelFileError(f"{path}: {key!r} must be {want}, got {str(state.get(key))[:40]!r}: a damaged "
+                              "checkpoint")
+
+    for key in _INT_FIELDS:
+        if (key in state or key in _REQUIRED) and not (_is_int(state.get(key)) and state[key] >= 0):
+            raise bad(key, "an integer >= 0")
+    if not isinstance(state["recent_returns"], list) or not all(_is_number(x) for x in state["recent_returns"]):
+        raise bad("recent_returns", "a list of numbers")
+    for key in ("kl_controller", "optimizer", "numpy_rng", "config", "env_state"):
+        if not isinstance(state[key], dict):
+            raise bad(key, "a JSON object")
+    if not isinstance(state["optimizer"].get("param_groups"), list) or not all(
+            isinstance(g, dict) for g in state["optimizer"]["param_groups"]):
+        raise bad("optimizer", "an object with a list of param_groups")
+    py = state["python_rng"]
+    if not (isinstance(py, list) and len(py) == 3 and _is_int(py[0]) and isinstance(py[1], list)
+            and all(_is_int(x) for x in py[1])):
+        raise bad("python_rng", "[version, [ints], gauss]")
+    nr = state["numpy_rng"]
+    if not (isinstance(nr.get("name"), str) and isinstance(nr.get("key"), list) and all(_is_int(x) for x in nr["key"])
+            and _is_int(nr.get("pos")) and _is_int(nr.get("has_gauss")) and _is_number(nr.get("cached_gaussian"))):
+        raise bad("numpy_rng", "{name, key, pos, has_gauss, cached_gaussian}")
+    if state.get("policy_rng") is not None and not isinstance(state["policy_rng"], dict):
+        raise bad("policy_rng", "a JSON object")
+    if "wall_seconds" in state and not _is_number(state["wall_seconds"]):
+        raise bad("wall_seconds", "a number")
+
+
+def metrics_index(run_dir: str | Path) -> dict[int, int] | None:
+    """{iteration: global_step} of RUN_DIR/metrics.jsonl (None if there is none). Unparsable lines (one torn
+    by a kill) are skipped; bytes that are not text anywhere but in the last line are refused (RunDirError)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists() and not path.is_symlink():
+        return None
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise os_error(exc, path, "read") from None
+    lines = raw.split(b"\n")
+    while lines and not lines[-1].strip():
+        lines.pop()
+    index: dict[int, int] = {}
+    for number, line in enumerate(lines, 1):
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError:
+            if number == len(lines):  # torn by a kill mid-write
+                continue
+            raise RunDirError(f"{path} holds binary data (line {number} is not UTF-8 text), so it is not ppox's "
+                              "metrics log; move it aside to resume") from None
+        record = _parse_line(text)
+        if record is not None:
+            index[record[0]] = record[1]
+    return index
+
+
+def _parse_line(text: str) -> tuple[int, int] | None:
+    try:
+        record = json.loads(text)
+    except (json.JSONDecodeError, RecursionError):
+        return None
+    if not isinstance(record, dict):
+        return None
+    it, step = record.get("iteration"), record.get("global_step")
+    return (it, step if _is_int(step) else -1) if _is_int(it) else None
+
+
+def run_config(run_dir: str | Path) -> dict[str, Any] | None:
+    """RUN_DIR/config.json, or None if it is missing or unreadable (then there is nothing to check against)."""
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        return None
+    try:
+        return read_json(path, "config")
+    except PPOXError as exc:
+        print(f"warning: {exc}; the checkpoint's config is not checked against it", file=sys.stderr)
+        return None
+
+
+def check_against_run(ckpt: Path, state: dict[str, Any], config: dict[str, Any] | None,
+                      metrics: dict[int, int] | None) -> None:
+    """A checkpoint belongs to this run: its iteration matches its name and metrics.jsonl (iteration and
+    global step), and its config is the one in config.json (env id first). ModelFileError otherwise."""
+    iteration = state["iteration"]
+    if iteration_of(ckpt) != iteration:
+        raise ModelFileError(f"{ckpt / 'state.json'} says iteration {iteration}, not its directory's: a damaged "
+                             "or misplaced checkpoint")
+    if config is not None:
+        saved = state["config"]
+        if saved.get("env_id") != config.get("env_id"):
+            raise ModelFileError(f"{ckpt} was written by a run on {saved.get('env_id')}, but this run directory's "
+                                 f"config.json is for {config.get('env_id')}: not this run's checkpoint")
+        differ = sorted(k for k in set(saved) | set(config)
+                        if k not in VOLATILE_CONFIG and saved.get(k) != config.get(k))
+        if differ:
+            raise ModelFileError(f"{ckpt} was written with another config than this run's config.json "
+                                 f"(differs in {', '.join(differ[:4])}): not this run's checkpoint")
+    if metrics is not None and iteration > 0:
+        if iteration not in metrics:
+            last = max(metrics, default=0)
+            raise ModelFileError(f"{ckpt} is at iteration {iteration}, which metrics.jsonl does not hold (it ends at "
+                                 f"iteration {last}): not this run's checkpoint")
+        if metrics[iteration] != state["global_step"]:
+            raise ModelFileError(f"{ckpt} is at global step {state['global_step']}, metrics.jsonl logged "
+                                 f"{metrics[iteration]} at iteration {iteration}: not this run's checkpoint")
+
+
+def check_spaces(trainer: PPO, ckpt: Path) -> None:
+    """The checkpoint's model was trained on this env's observation and action spaces."""
+    meta = read_json(ckpt / "model.json")
+    if meta.get("obs_dim") != trainer.envs.obs_dim or meta.get("action_spec") != trainer.spec.to_dict():
+        raise ModelFileError(
+            f"{ckpt}: its model has observation size {meta.get('obs_dim')} and actions {meta.get('action_spec')}, "
+            f"this run's env {trainer.config.env_id} {trainer.envs.obs_dim} and {trainer.spec.to_dict()}")
+
+
+def _is_main_process() -> bool:
+    """Rank 0 under torchrun (known before the process group exists), else True."""
+    return int(os.environ.get("WORLD_SIZE", "1")) <= 1 or int(os.environ.get("RANK", "0")) == 0
+
+
+# ---------------------------------------------------------------------------- resume
 def resume(cls: type[PPO], run_dir: str | Path, env_fn=None, total_timesteps: int | None = None,
            **overrides: Any) -> PPO:
-    """A trainer restored from RUN_DIR's latest checkpoint; its learn() continues the run."""
+    """A trainer restored from RUN_DIR's newest usable checkpoint; its learn() continues the run.
+
+    Rank 0 takes the run directory's lock first and the trainer keeps it until its learn() ends, so
+    a second resume or training run into RUN_DIR stops with one line instead of tearing its files.
+    """
+    run_dir = Path(run_dir)
+    check_run_dir(run_dir)
+    if not run_dir.is_dir():
+        raise ModelFileError(f"run directory {run_dir} does not exist")
+    lock = RunDirLock(run_dir, create=False).acquire() if _is_main_process() else None
+    try:
+        trainer = _resume_locked(cls, run_dir, env_fn, total_timesteps, overrides)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    trainer._run_lock = lock
+    return trainer
+
+
+def _trained_on_custom_env(ckpt: Path) -> bool:
+    """PPO.save marks a model trained through env_fn (its env_id is then the env's name, not a registered id)."""
+    try:
+        return read_json(ckpt / "model.json").get("custom_env") is True
+    except PPOXError:
+        return False
+
+
+def _config_of(ckpt: Path, state: dict[str, Any], run_dir: Path, env_fn, total_timesteps: int | None,
+               overrides: dict[str, Any]):
     from ppox.rl.config import PPOConfig
 
-    run_dir = Path(run_dir)
-    ckpt = find_checkpoint(run_dir)
-    state = read_state(ckpt)
     try:
         config = PPOConfig.from_dict(state["config"])
-    except (KeyError, TypeError, PPOXError) as exc:
+        config.validate()
+    except (KeyError, TypeError, ValueError, PPOXError) as exc:
         raise ModelFileError(f"{ckpt / 'state.json'} holds no valid config ({exc})") from None
     changes: dict[str, Any] = dict(overrides)
     changes["run_dir"] = str(run_dir)
@@ -399,31 +750,101 @@ def resume(cls: type[PPO], run_dir: str | Path, env_fn=None, total_timesteps: in
         changes["total_timesteps"] = int(total_timesteps)
     config = config.replace(**changes)
     config.validate()
-    if config.env_id is None and env_fn is None:
-        raise PPOXError("this run used a custom environment: pass env_fn to PPO.resume")
+    if env_fn is None and (config.env_id is None or _trained_on_custom_env(ckpt)):
+        raise ConfigError(f"this run used a custom environment ({config.env_id}): pass env_fn to PPO.resume")
+    return config
 
-    trainer = cls(config, env_fn=env_fn)
-    try:
-        _restore(trainer, ckpt, state)
-    except BaseException:
-        trainer.close()
-        raise
+
+def _resume_locked(cls: type[PPO], run_dir: Path, env_fn, total_timesteps: int | None,
+                   overrides: dict[str, Any]) -> PPO:
+    latest, problem = read_latest(run_dir)
+    complete = list_checkpoints(run_dir)
+    if latest is not None:  # newer ones are a killed writer's, past `latest`: superseded
+        newest = iteration_of(latest)
+        candidates = [latest, *(p for p in reversed(complete) if iteration_of(p) < newest)]
+        later = [p for p in complete if iteration_of(p) > newest]
+    else:
+        candidates, later = list(reversed(complete)), []
+    if not candidates:
+        raise ModelFileError(f"{run_dir} holds no checkpoint (no {checkpoint_dir(run_dir)}/ckpt_*/state.json) "
+                             "to resume from")
+    is_main = _is_main_process()
+    if problem is not None and is_main:
+        print(f"warning: {checkpoint_dir(run_dir) / LATEST} {problem}; trying the newest complete checkpoint, "
+              f"{candidates[0].name}", file=sys.stderr)
+    metrics = metrics_index(run_dir)
+    config = run_config(run_dir)
+    rejected: list[tuple[Path, str]] = []
+    for ckpt in candidates:
+        try:
+            state = _checked_state(ckpt, config, metrics)
+            trainer = cls(_config_of(ckpt, state, run_dir, env_fn, total_timesteps, overrides), env_fn=env_fn)
+            try:
+                check_spaces(trainer, ckpt)
+                _restore(trainer, ckpt, state)
+            except BaseException:
+                trainer.close()
+                raise
+        except RefusedFileError:
+            raise  # a pickle payload, a newer format, a bad checksum: never skipped over
+        except ModelFileError as exc:
+            rejected.append((ckpt, str(exc)))
+            continue
+        break
+    else:
+        newest, why = rejected[0]
+        more = f" (and {len(rejected) - 1} older checkpoint(s) unusable too)" if len(rejected) > 1 else ""
+        raise ModelFileError(f"no usable checkpoint in {run_dir}: {newest.name}: {why}{more}")
     trainer.run_dir = run_dir
-    if not trainer.collective.is_main:  # torchrun: rank 0 owns the run directory
+    if not is_main:  # torchrun: rank 0 owns the run directory
         return trainer
+    # the restored state is good: only now change the run directory
+    for path, why in rejected:
+        aside = move_aside(path)
+        print(f"warning: {path.name} is unusable ({why}); moved it to {aside.name} and resumed from the previous "
+              f"good checkpoint, {ckpt.name}", file=sys.stderr)
+    for path in later:
+        try:
+            _checked_state(path, config, metrics)
+        except ModelFileError as exc:
+            aside = move_aside(path)
+            print(f"warning: {path.name} does not belong to this run ({exc}); moved it to {aside.name}",
+                  file=sys.stderr)
+    if rejected or problem is not None:
+        atomic_write_bytes(checkpoint_dir(run_dir) / LATEST, (ckpt.name + "\n").encode())
+    clean_stale(run_dir)
     discard_after(run_dir, trainer.iteration)
     return trainer
 
 
+def _checked_state(ckpt: Path, config: dict[str, Any] | None, metrics: dict[int, int] | None) -> dict[str, Any]:
+    state = read_state(ckpt, required=_REQUIRED)
+    check_state(ckpt, state)
+    check_against_run(ckpt, state, config, metrics)
+    return state
+
+
 def discard_after(run_dir: str | Path, iteration: int) -> None:
-    """On resume from `iteration`: drop later metrics lines and later checkpoints (a killed run's leftovers)."""
+    """On resume from `iteration`: drop later metrics lines and later checkpoints (a killed run's leftovers).
+
+    Call only once the restored state is known good (and with the run directory's lock held).
+    """
     truncate_metrics(run_dir, iteration)
     for stale in list_checkpoints(run_dir):  # written after `latest` by a killed process: superseded
         if iteration_of(stale) > iteration:
-            shutil.rmtree(stale, ignore_errors=True)
+            remove_checkpoint_dir(stale, aside=True)
 
 
 def _restore(trainer: PPO, ckpt: Path, state: dict[str, Any]) -> None:
+    try:
+        _restore_fields(trainer, ckpt, state)
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError, OverflowError) as exc:
+        first = (str(exc).splitlines() or [""])[0][:200] or type(exc).__name__
+        raise ModelFileError(f"{ckpt} holds a field of the wrong type or shape ({type(exc).__name__}: {first}): "
+                             "a damaged checkpoint") from None
+
+
+def _restore_fields(trainer: PPO, ckpt: Path, state: dict[str, Any]) -> None:
     model_tensors = load_tensors(ckpt / "model.safetensors", trainer.device)
     tensors = load_tensors(ckpt / "trainer.safetensors", "cpu")
     agent_state = {k.removeprefix("agent."): v for k, v in model_tensors.items() if k.startswith("agent.")}
@@ -512,7 +933,7 @@ def _restore_envs(trainer: PPO, path: Path, sha256: str | None) -> str | None:
         return f"{path.name} is missing"
     blob = path.read_bytes()
     if sha256 is None or hashlib.sha256(blob).hexdigest() != sha256:
-        raise ModelFileError(
+        raise RefusedFileError(
             f"{path} does not match the SHA-256 recorded in state.json: refusing to unpickle it")
     inner = trainer.envs.envs
     try:
@@ -540,18 +961,20 @@ def _restore_envs(trainer: PPO, path: Path, sha256: str | None) -> str | None:
 def truncate_metrics(run_dir: str | Path, iteration: int) -> None:
     """Keep the metrics.jsonl lines of iterations <= `iteration` (drop later and torn lines), atomically."""
     path = Path(run_dir) / "metrics.jsonl"
+    if path.is_symlink():
+        raise RunDirError(f"{path} is a symbolic link; ppox does not write through symlinks: remove it")
     if not path.is_file():
         return
-    kept: list[str] = []
-    for line in path.read_text().splitlines():
+    metrics_index(run_dir)  # refuses a file that is not ppox's log (binary) before anything is dropped
+    kept: list[bytes] = []
+    for line in path.read_bytes().splitlines():
         try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
+            record = _parse_line(line.decode("utf-8"))
+        except UnicodeDecodeError:  # the last line, torn by a kill
             continue
-        it = record.get("iteration") if isinstance(record, dict) else None
-        if isinstance(it, int) and it <= iteration:
+        if record is not None and record[0] <= iteration:
             kept.append(line)
-    atomic_write_bytes(path, "".join(line + "\n" for line in kept).encode())
+    atomic_write_bytes(path, b"".join(line + b"\n" for line in kept))
 
 
 # ---------------------------------------------------------------------------- CLI

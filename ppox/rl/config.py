@@ -9,10 +9,17 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
+import os
+import re
 import tomllib
+import types
+import typing
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Literal
+
+import numpy as np
 
 from ppox.errors import ConfigError
 
@@ -27,8 +34,9 @@ _validate_on_init = True
 class PPOConfig:
     """Configuration of a PPO run on a gymnasium environment."""
 
-    env_id: str = "CartPole-v1"
-    """Gymnasium environment id (any registered id, e.g. CartPole-v1, HalfCheetah-v5)."""
+    env_id: str | None = "CartPole-v1"
+    """Gymnasium environment id (any registered id, e.g. CartPole-v1, HalfCheetah-v5). With the Python API's
+    env_fn, PPO records the custom env's own name here (its registered id, else its class name)."""
     preset: str | None = None
     """Preset whose values replace these defaults before other flags apply (e.g. cleanrl, CartPole-v1)."""
     seed: int = 1
@@ -134,6 +142,9 @@ class PPOConfig:
     max_env_restarts: int = 10
     """Env faults (an async worker that raises or dies, NaN/Inf observations or rewards) survived per run:
     each restarts the envs and drops their in-progress episodes; one more saves a checkpoint and stops."""
+    env_step_timeout: float | None = None
+    """Seconds one env reset/step may take before it counts as an env fault (gymnasium envs, run in async
+    worker processes when set; None = wait forever)."""
     tensorboard: bool = True
     """Write TensorBoard event files."""
     progress: bool = True
@@ -161,6 +172,8 @@ class PPOConfig:
         return max(1, self.total_timesteps // self.batch_size)
 
     def validate(self) -> None:
+        _check_types(self)
+
         def positive(name: str) -> None:
             value = getattr(self, name)
             if not value > 0:
@@ -214,6 +227,12 @@ class PPOConfig:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.keep_checkpoints < 1:
             raise ConfigError(f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ConfigError(f"seed must be an integer in [0, 2**32 - 1], got {self.seed}")
+        if not _DEVICE_RE.fullmatch(self.device):
+            raise ConfigError(f"unknown device {self.device!r}; use cpu, cuda, cuda:N, mps or auto")
+        if self.torch_threads > MAX_TORCH_THREADS:
+            raise ConfigError(f"torch_threads must be <= {MAX_TORCH_THREADS}, got {self.torch_threads}")
 
     # ------------------------------------------------------------------ (de)serialisation
     def to_dict(self) -> dict[str, Any]:
@@ -236,6 +255,70 @@ class PPOConfig:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
+
+
+MAX_SEED = 2**32 - 1  # numpy's legacy seeding (np.random.seed) accepts no more
+MAX_TORCH_THREADS = 1024  # a thread pool far beyond any machine's cores exhausts memory and kills the process
+_DEVICE_RE = re.compile(r"cpu|cuda|cuda:\d{1,4}|mps|auto")
+
+
+def _type_name(tp: Any) -> str:
+    if tp is type(None):
+        return "None"
+    if typing.get_origin(tp) is Literal:
+        return " or ".join(repr(a) for a in typing.get_args(tp))
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if typing.get_origin(tp) is tuple:
+        return "a list of integers"
+    return {bool: "true/false", int: "an integer", float: "a number", str: "a string"}.get(tp, str(tp))
+
+
+def _coerce(value: Any, tp: Any) -> tuple[bool, Any]:
+    """(value fits the annotation `tp`, the value in its canonical Python type)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            ok, out = _coerce(value, arg)
+            if ok:
+                return True, out
+        return False, value
+    if tp is type(None):
+        return value is None, value
+    if origin is Literal:
+        return (isinstance(value, str) and value in typing.get_args(tp)), value
+    if origin is tuple:  # only tuple[int, ...] is used
+        if not isinstance(value, (list, tuple)):
+            return False, value
+        items = [_coerce(v, int) for v in value]
+        return all(ok for ok, _ in items), tuple(v for _, v in items)
+    # bool is an int subclass in Python: True is not accepted as a number, nor 1 as a flag
+    if tp is bool:
+        return isinstance(value, (bool, np.bool_)), bool(value) if isinstance(value, (bool, np.bool_)) else value
+    if tp is int:
+        ok = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+        return ok, int(value) if ok else value
+    if tp is float:
+        ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+        return ok, float(value) if ok else value
+    if tp is str:
+        return isinstance(value, str), value
+    return True, value
+
+
+def _check_types(config: PPOConfig) -> None:
+    """Every field against its annotation (numbers made plain Python ints/floats), then floats finite."""
+    hints = typing.get_type_hints(type(config))
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        if field.name == "run_dir" and isinstance(value, os.PathLike):
+            value = os.fspath(value)  # a pathlib.Path from the Python API
+        ok, value = _coerce(value, hints[field.name])
+        if not ok:
+            raise ConfigError(f"{field.name} must be {_type_name(hints[field.name])}, got {value!r}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{field.name} must be a finite number, got {value}")
+        object.__setattr__(config, field.name, value)
 
 
 class deferred_validation:

@@ -9,17 +9,25 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import math
+import multiprocessing
+import signal
+import sys
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import gymnasium as gym
 import numpy as np
 import torch
+from gymnasium.vector.async_vector_env import AsyncState
 
-from ppox.errors import EnvError
+from ppox.errors import ConfigError, EnvError
 from ppox.rl.spaces import ActionSpec, action_spec, check_observation_space, encode_obs, obs_dim, to_env_action
 
 EnvFn = Callable[[], gym.Env]
+OBS_CHECKS = 8  # the first reset and this many steps have their observations checked against the space
+_WARNED: set[tuple[str, str]] = set()  # (env name, problem) warned about (or left to a worker to): once per process
 
 
 def check_env_id(env_id: str) -> None:
@@ -49,6 +57,15 @@ class NonFiniteEnvValue(EnvError):
         self.index = index
 
 
+class EnvStepTimeout(EnvError):
+    """An async worker did not answer within --env-step-timeout (its workers are already shut down)."""
+
+    def __init__(self, index: int | None, detail: str) -> None:
+        super().__init__(f"{'an environment' if index is None else f'environment {index}'}: {detail}")
+        self.index = index
+        self.detail = detail
+
+
 @dataclass
 class StepResult:
     """Tensors on the training device; numpy arrays when `VecEnv.step` was given numpy actions."""
@@ -75,7 +92,10 @@ class VecEnv:
         vectorization: str = "auto",
         env_fn: EnvFn | None = None,
         max_restarts: int | None = None,
+        step_timeout: float | None = None,
     ) -> None:
+        if step_timeout is not None and not (isinstance(step_timeout, int | float) and 0 < step_timeout < math.inf):
+            raise ConfigError(f"env_step_timeout must be a number of seconds > 0, got {step_timeout!r}")
         self.device = device
         self.num_envs = num_envs
         self.seed = seed
@@ -84,8 +104,15 @@ class VecEnv:
         # N = reset/recreate the envs up to N times (see step and docs/reliability.md)
         self.max_restarts = max_restarts
         self.restarts = 0
+        # seconds an async worker may take for one reset/step before it counts as an env fault
+        self.step_timeout = step_timeout
         self._last_obs: torch.Tensor | None = None
-        self.backend = backend = resolve_env_backend(backend, env_id, device, env_fn, vectorization)
+        # a finaliser, not __del__: it also runs at interpreter exit, before multiprocessing joins
+        # the workers (which would wait forever on one stuck in env code)
+        self._holder = _EnvHolder()
+        self._finalizer = weakref.finalize(self, _shutdown_holder, self._holder)
+        self.backend = backend = resolve_env_backend(backend, env_id, device, env_fn, vectorization, step_timeout)
+        self.name = env_id or _factory_name(env_fn)
         self._fresh_obs = False  # the env returns a new observation array every step (no copy needed)
         if backend == "numpy":
             from ppox.envs import NUMPY_ENV_IDS, make_numpy_vec_env
@@ -112,7 +139,8 @@ class VecEnv:
                 env_fn = lambda: make_single_env(env_id)  # noqa: E731
             self._env_fn = env_fn
             try:
-                self.envs = self._make_gym_vector_env(vectorization == "async")
+                # a timeout needs worker processes: a sync env stuck in step() cannot be stopped
+                self.envs = self._make_gym_vector_env(vectorization == "async" or step_timeout is not None)
             except EnvError:
                 raise
             except Exception as exc:  # a user's env factory failed: say so in one line
@@ -127,14 +155,76 @@ class VecEnv:
         self.numpy_backend = backend == "numpy" or isinstance(
             self.envs, gym.vector.SyncVectorEnv | gym.vector.AsyncVectorEnv)
         self._box_obs = isinstance(self.single_observation_space, gym.spaces.Box)
+        # ppox's own envs match their spaces; a gymnasium env's first observations are checked
+        self._obs_checks_left = OBS_CHECKS + 1 if backend == "gymnasium" else 0
+
+    @property
+    def envs(self):
+        return self._holder.envs
+
+    @envs.setter
+    def envs(self, value) -> None:
+        self._holder.envs = value
 
     def _make_gym_vector_env(self, use_async: bool) -> gym.vector.VectorEnv:
         """num_envs copies of self._env_fn in a gymnasium vector env, same-step autoreset."""
         mode = gym.vector.AutoresetMode.SAME_STEP
         if use_async:
-            return gym.vector.AsyncVectorEnv([_WorkerEnvFn(self._env_fn)] * self.num_envs, autoreset_mode=mode)
+            # worker 0 checks its first observations' dtype, which the shared-memory batch hides
+            check = self._box_obs_space() and (self.name, "dtype") not in _WARNED
+            fns = [_WorkerEnvFn(self._env_fn, self.name, check and i == 0) for i in range(self.num_envs)]
+            # forked workers inherit the trainer's signal handlers (StopSignals during learn()): with
+            # SIGINT/SIGTERM blocked until _WorkerEnvFn installs the worker's own, none can reach those
+            blocked = _sigmask(signal.SIG_BLOCK, _WORKER_SIGNALS)
+            try:
+                envs = gym.vector.AsyncVectorEnv(fns, autoreset_mode=mode)
+            finally:
+                _sigmask(signal.SIG_SETMASK, blocked)
+            if check:  # the worker cannot tell this process whether it warned: one check per env name
+                _WARNED.add((self.name, "dtype"))
+            return envs
         # copy=False: _encode_np copies the observations once anyway
         return gym.vector.SyncVectorEnv([self._env_fn] * self.num_envs, autoreset_mode=mode, copy=False)
+
+    def _box_obs_space(self) -> bool:
+        # called before single_observation_space is set (the spaces come from the vector env)
+        space = getattr(self, "single_observation_space", None)
+        return space is None or isinstance(space, gym.spaces.Box)
+
+    def _check_obs(self, obs, raw_dtype: bool) -> None:
+        """Warn once (per env name and problem, per process) about observations outside the declared
+        space or of another dtype. Only the first reset and OBS_CHECKS steps: never on the hot path.
+
+        raw_dtype: `obs` has the dtype the env returned (not a batch buffer of the space's dtype).
+        """
+        self._obs_checks_left -= 1
+        space = self.single_observation_space
+        if isinstance(space, gym.spaces.Box):
+            arr = np.asarray(obs)
+            if raw_dtype and arr.dtype != space.dtype:
+                _warn_once(self.name, "dtype", f"returned observation of dtype {arr.dtype}, declared {space.dtype}")
+            if arr.shape[1:] != space.shape:
+                _warn_once(self.name, "shape", f"returned observation of shape {arr.shape[1:]}, declared "
+                                               f"{space.shape}")
+                return
+            if (self.name, "bounds") in _WARNED or arr.dtype.kind not in "biuf":
+                return
+            with np.errstate(invalid="ignore"):
+                outside = (arr < space.low) | (arr > space.high)  # NaN: reported as non-finite instead
+            if outside.any():
+                env, *element = (int(i) for i in np.argwhere(outside)[0])
+                where = f", element [{', '.join(map(str, element))}]" if element else ""
+                low, high = space.low[tuple(element)], space.high[tuple(element)]
+                _warn_once(self.name, "bounds", f"returned observation outside the declared bounds (environment "
+                                                f"{env}{where}: {arr[(env, *element)]} not in [{low}, {high}])")
+            return
+        if (self.name, "space") in _WARNED:
+            return
+        for env, one in enumerate(gym.vector.utils.iterate(self.envs.observation_space, obs)):
+            if not space.contains(one):
+                _warn_once(self.name, "space", f"returned observation outside the declared observation space "
+                                               f"{space} (environment {env})")
+                return
 
     def _encode(self, obs) -> torch.Tensor:
         if self.numpy_backend:
@@ -151,7 +241,14 @@ class VecEnv:
         return encode_obs(obs, self.single_observation_space, "cpu").numpy()
 
     def reset(self, seed: int | None = None) -> torch.Tensor:
-        obs, _ = self.envs.reset(seed=self.seed if seed is None else seed)
+        seed = self.seed if seed is None else seed
+        if self.step_timeout is not None and isinstance(self.envs, gym.vector.AsyncVectorEnv):
+            self.envs.reset_async(seed=seed)
+            obs, _ = self._wait("reset")
+        else:
+            obs, _ = self.envs.reset(seed=seed)
+        if self._obs_checks_left:
+            self._check_obs(obs, raw_dtype=False)
         self._episode_return[:] = 0
         self._episode_length[:] = 0
         self._last_obs = self._encode(obs)
@@ -171,12 +268,12 @@ class VecEnv:
             fault = _fault_of(exc, self.envs)
             if fault is None:
                 raise
-            result = self._recover(*fault)
-            if isinstance(actions, np.ndarray):
-                result = _as_numpy(result)
+        else:
+            self._last_obs = result.obs
             return result
-        self._last_obs = result.obs
-        return result
+        # outside the except block: workers forked while handling it would chain it to their own errors
+        result = self._recover(*fault)
+        return _as_numpy(result) if isinstance(actions, np.ndarray) else result
 
     def _recover(self, index: int | None, error: str, recreate: bool) -> StepResult:
         """Drop the in-progress episodes of all envs, recreate the vector env (a worker raised or died)
@@ -272,11 +369,19 @@ class VecEnv:
 
     def _step_np(self, env_actions: np.ndarray) -> StepResult:
         """One step of a gymnasium vector env, all in numpy (float32 obs and reward, bool flags)."""
+        raw_dtype = False
         if isinstance(self.envs, gym.vector.SyncVectorEnv) and self._box_obs:
             obs, reward, terminated, truncated, raw_final = _step_sync_envs(self.envs.envs, env_actions, self.spec)
+            raw_dtype = True
+        elif self.step_timeout is not None and isinstance(self.envs, gym.vector.AsyncVectorEnv):
+            self.envs.step_async(env_actions)
+            obs, reward, terminated, truncated, info = self._wait("step")
+            raw_final = info.get("final_obs")
         else:
             obs, reward, terminated, truncated, info = self.envs.step(env_actions)
             raw_final = info.get("final_obs")
+        if self._obs_checks_left:
+            self._check_obs(obs, raw_dtype)
         reward = np.asarray(reward)
         if not np.isfinite(reward).all():
             bad = int(np.flatnonzero(~np.isfinite(reward))[0])
@@ -314,25 +419,48 @@ class VecEnv:
             finished_lengths=finished_lengths,
         )
 
-    def close(self) -> None:
+    def _wait(self, call: str):
+        """reset_wait/step_wait of the async envs, at most step_timeout seconds; a timeout shuts the
+        workers down (one is stuck in env code) and raises EnvStepTimeout."""
+        envs = self.envs
         try:
-            self.envs.close()
+            return getattr(envs, f"{call}_wait")(timeout=self.step_timeout)
+        except multiprocessing.TimeoutError:
+            late = [i for i, pipe in enumerate(envs.parent_pipes) if pipe is not None and not pipe.poll(0)]
+            _shutdown(envs)
+            raise EnvStepTimeout(late[0] if late else None, f"{self.name} did not return from {call}() within "
+                                 f"{self.step_timeout:g} s (--env-step-timeout {self.step_timeout:g})") from None
+
+    def close(self) -> None:
+        """Close the envs (idempotent); async workers with a call in flight are terminated, not awaited."""
+        if not self._finalizer.detach():
+            return
+        envs = self.envs
+        if isinstance(envs, gym.vector.AsyncVectorEnv) and envs._state != AsyncState.DEFAULT:
+            _shutdown(envs)  # interrupted mid-step: a worker may be stuck in env code
+            return
+        try:
+            envs.close()
         except Exception:  # a dead async worker: terminate the rest rather than wait on it
-            _shutdown(self.envs)
+            _shutdown(envs)
 
 
 def resolve_env_backend(backend: str, env_id: str | None, device: torch.device, env_fn: EnvFn | None,
-                        vectorization: str = "auto") -> str:
+                        vectorization: str = "auto", step_timeout: float | None = None) -> str:
     """The backend a VecEnv uses: "auto" is "numpy" (ppox's numpy twin, same dynamics step for step)
-    when the env id has one, the device is a CPU, no env_fn is given and vectorization is not async;
-    else "gymnasium". An env_fn always means gymnasium."""
+    when the env id has one, the device is a CPU, no env_fn is given, vectorization is not async and
+    no step timeout is set; else "gymnasium". An env_fn always means gymnasium."""
     if env_fn is not None:
         return "gymnasium"
     if backend == "auto":
         from ppox.envs import NUMPY_ENV_IDS
 
         cpu = torch.device(device).type == "cpu"
-        return "numpy" if env_id in NUMPY_ENV_IDS and cpu and vectorization != "async" else "gymnasium"
+        in_process = vectorization != "async" and step_timeout is None
+        return "numpy" if env_id in NUMPY_ENV_IDS and cpu and in_process else "gymnasium"
+    if step_timeout is not None and backend != "gymnasium":
+        raise ConfigError(f"--env-step-timeout needs gymnasium envs in worker processes; env_backend {backend} "
+                          "steps ppox's own envs in this process (use --env-backend gymnasium or auto)")
     return backend
 
 
@@ -385,28 +513,90 @@ def _batch_of_one(obs, space: gym.Space):
     return np.asarray(obs)[None]
 
 
+_WORKER_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+def _sigmask(how: int, signals) -> set:
+    """signal.pthread_sigmask where the platform has it (not Windows, which has no fork either)."""
+    if not hasattr(signal, "pthread_sigmask"):
+        return set()
+    return signal.pthread_sigmask(how, signals)
+
+
 class _WorkerEnvFn:
     """Env factory run inside an async worker: the worker ignores SIGINT, so Ctrl-C reaches only the
-    trainer, which finishes its iteration and checkpoints (the workers stop when the trainer closes them)."""
+    trainer, which finishes its iteration and checkpoints (the workers stop when the trainer closes them).
+    SIGTERM gets its default action back (a forked worker inherits the trainer's handler, which would
+    turn `terminate()` into a stop request the worker never acts on)."""
 
-    def __init__(self, env_fn: EnvFn) -> None:
+    def __init__(self, env_fn: EnvFn, name: str = "", check_dtype: bool = False) -> None:
         self.env_fn = env_fn
+        self.name = name
+        self.check_dtype = check_dtype
 
     def __call__(self) -> gym.Env:
-        import multiprocessing
-        import signal
-
         # AsyncVectorEnv also calls the factory once in the trainer's own process (to read the
-        # spaces): only a worker process may ignore Ctrl-C
-        if multiprocessing.parent_process() is not None:
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-        return self.env_fn()
+        # spaces): only a worker process may change its signal handling
+        if multiprocessing.parent_process() is None:
+            return self.env_fn()
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        _sigmask(signal.SIG_UNBLOCK, _WORKER_SIGNALS)  # blocked by the trainer while forking
+        env = self.env_fn()
+        if self.check_dtype and isinstance(env.observation_space, gym.spaces.Box):
+            env = _DtypeCheck(env, self.name)
+        return env
+
+
+class _DtypeCheck(gym.Wrapper):
+    """Warns once if the env's first observations differ from its declared dtype (an async worker's
+    shared-memory batch converts them, so the trainer cannot see it); free after OBS_CHECKS steps."""
+
+    def __init__(self, env: gym.Env, name: str) -> None:
+        super().__init__(env)
+        self._name = name
+        self._left = OBS_CHECKS + 1
+
+    def _check(self, obs) -> None:
+        self._left -= 1
+        dtype = np.asarray(obs).dtype
+        if dtype != self.observation_space.dtype:
+            self._left = 0
+            _warn_once(self._name, "dtype", f"returned observation of dtype {dtype}, declared "
+                                            f"{self.observation_space.dtype}")
+
+    def reset(self, **kwargs):
+        obs, info = self.env.reset(**kwargs)
+        if self._left:
+            self._check(obs)
+        return obs, info
+
+    def step(self, action):
+        result = self.env.step(action)
+        if self._left:
+            self._check(result[0])
+        return result
+
+
+def _warn_once(name: str, problem: str, text: str) -> None:
+    if (name, problem) in _WARNED:
+        return
+    _WARNED.add((name, problem))
+    print(f"warning: {name} {text}", file=sys.stderr, flush=True)
+
+
+def _factory_name(env_fn: EnvFn | None) -> str:
+    """A readable name for a user's env factory: the class or function (under functools.partial)."""
+    fn = getattr(env_fn, "func", env_fn)
+    return getattr(fn, "__qualname__", None) or type(fn).__name__
 
 
 def _fault_of(exc: BaseException, envs) -> tuple[int | None, str, bool] | None:
     """(env index, error text, recreate?) when `exc` is an environment fault, else None (a bug: re-raise)."""
     if isinstance(exc, NonFiniteEnvValue):
         return exc.index, str(exc).removeprefix(f"environment {exc.index} "), False
+    if isinstance(exc, EnvStepTimeout):
+        return exc.index, exc.detail, True
     error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     if isinstance(envs, gym.vector.AsyncVectorEnv):
         index = _traceback_local(exc, "_raise_if_errors", "index")  # the worker whose error gymnasium raised
@@ -439,9 +629,22 @@ def _traceback_local(exc: BaseException, function: str, name: str, module: str =
     return None
 
 
+class _EnvHolder:
+    """The vector env of a VecEnv, reachable by its finaliser without a reference to the VecEnv."""
+
+    envs = None
+
+
+def _shutdown_holder(holder: _EnvHolder) -> None:
+    if holder.envs is not None:
+        _shutdown(holder.envs)
+
+
 def _shutdown(envs) -> None:
     """Close a vector env that may be broken (dead or failed workers) without waiting on it."""
     if isinstance(envs, gym.vector.AsyncVectorEnv):
+        if envs.closed:
+            return
         for process in envs.processes:
             if process.is_alive():
                 process.terminate()

@@ -253,6 +253,9 @@ class NumpyPolicy:
             logp = np.square(noise).sum(-1, dtype=np.float32) * np.float32(-0.5) - self.logp_const
             return actions, logp, value
         gumbel = self.rng.standard_exponential(head.shape, dtype=np.float32)
+        # float32 draws are exactly 0 about once in 2^24 (numpy warns "divide by zero in log" then):
+        # the smallest normal float32 keeps log finite and still wins the argmin, as E = 0 would
+        np.maximum(gumbel, _TINY32, out=gumbel)
         np.log(gumbel, out=gumbel)
         gumbel -= head  # argmax(logits - log E) = argmin(log E - logits)
         if self.spec.kind == "discrete":
@@ -262,6 +265,9 @@ class NumpyPolicy:
         actions = np.stack([g.argmin(-1) for g in np.split(gumbel, self.splits, axis=1)], axis=1)
         logp = sum(_log_softmax_at(part, actions[:, i]) for i, part in enumerate(parts))
         return actions, logp.astype(np.float32), value
+
+
+_TINY32 = np.finfo(np.float32).tiny
 
 
 def _log_softmax_at(logits: np.ndarray, index: np.ndarray) -> np.ndarray:

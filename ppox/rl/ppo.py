@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import random
 import sys
@@ -26,7 +27,22 @@ from ppox.core.update import LossSettings, PolicyOutput, ppo_update
 from ppox.diagnostics.doctor import LiveDoctor
 from ppox.distributed import init_from_env, parameter_hash
 from ppox.errors import ConfigError, EnvError, ModelFileError, PPOXError, TrainingHalted
-from ppox.io import FORMAT_VERSION, atomic_write_json, check_format_version, load_tensors, read_json, save_tensors
+from ppox.io import (
+    FORMAT_VERSION,
+    LOCK_FILE,
+    PICKLE_MAGIC,
+    RunDirError,
+    RunDirLock,
+    all_finite,
+    atomic_write_json,
+    check_format_version,
+    check_run_dir,
+    load_tensors,
+    os_error,
+    parse_json,
+    read_json,
+    save_tensors,
+)
 from ppox.logger import MetricsLogger
 from ppox.rl import checkpoint as ckpt
 from ppox.rl.agent import Agent
@@ -34,7 +50,17 @@ from ppox.rl.config import PPOConfig, preset_config
 from ppox.rl.envs import EnvFn, VecEnv
 from ppox.rl.fast import CompiledUpdate, CompileTimer, NumpyPolicy, compile_torch_env, make_policy_step
 from ppox.rl.normalize import ObsNormalizer, RewardScaler
-from ppox.rl.spaces import ActionSpec, encode_obs, to_env_action
+from ppox.rl.spaces import (
+    ActionSpec,
+    SpaceDecodeError,
+    action_spec,
+    check_observation_space,
+    encode_obs,
+    obs_dim,
+    space_from_json,
+    space_to_json,
+    to_env_action,
+)
 
 MAX_CONSECUTIVE_SKIPS = 10
 RANK_SEED_STRIDE = 10_000  # env seeds of rank r start at seed + r * stride
@@ -106,6 +132,17 @@ class PPO:
             config = config.replace(**overrides) if overrides else config
         else:
             raise ConfigError(f"PPO() takes a PPOConfig or an env id, got {type(config).__name__}")
+        if env_fn is not None:
+            # record the env actually trained on (its registered id, else its class name), not the
+            # config's default id: model.json, the run directory and the summary are named after it
+            config = config.replace(env_id=_check_user_env(env_fn))
+        self._setup_runtime(config, env_fn)
+        self._custom_env = env_fn is not None
+        self._envs: VecEnv | None = self._make_envs()
+        self._build(self._envs.single_observation_space, self._envs.single_action_space)
+
+    def _setup_runtime(self, config: PPOConfig, env_fn: EnvFn | None) -> None:
+        """Device, process group, threads and seeds: everything before the networks are built."""
         self.config = config
         self.env_fn = env_fn
         self.device = resolve_device(config.device)
@@ -114,29 +151,40 @@ class PPO:
         if self.collective.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", self.collective.local_rank)
         if config.torch_threads > 0:
-            torch.set_num_threads(config.torch_threads)
-        if env_fn is not None:
-            _check_user_env(env_fn)
-
+            # threads beyond the machine's cores only cost memory: a model file must not size the pool
+            torch.set_num_threads(min(config.torch_threads, os.cpu_count() or 1))
         seed_everything(config.seed)
         self._start_time = time.perf_counter()
+
+    def _make_envs(self) -> VecEnv:
+        config = self.config
         env_seed = config.seed + RANK_SEED_STRIDE * self.collective.rank  # distinct envs on every rank
-        self.envs = VecEnv(
+        return VecEnv(
             config.env_id, config.num_envs, env_seed, self.device,
-            backend=config.env_backend, vectorization=config.vectorization, env_fn=env_fn,
-            max_restarts=config.max_env_restarts,
+            backend=config.env_backend, vectorization=config.vectorization, env_fn=self.env_fn,
+            max_restarts=config.max_env_restarts, step_timeout=config.env_step_timeout,
         )
-        self.spec = self.envs.spec
-        self.observation_space = self.envs.single_observation_space
-        self.agent = Agent(
-            self.envs.obs_dim, self.spec, config.hidden_sizes, config.activation, config.shared_trunk,
-            config.init_log_std,
-        ).to(self.device)
+
+    def _build(self, observation_space: Any, action_space: Any, uninitialised: bool = False) -> None:
+        """Networks, optimizer and normalisers for these spaces; `uninitialised`: skip the random
+        initialisation (PPO.load overwrites every weight, and orthogonal init of a big layer takes seconds)."""
+        config = self.config
+        check_observation_space(observation_space)
+        self.observation_space = observation_space
+        self.action_space = action_space
+        self.spec = action_spec(action_space)
+        self.obs_dim = obs_dim(observation_space)
+        with torch.device("meta") if uninitialised else contextlib.nullcontext():
+            agent = Agent(
+                self.obs_dim, self.spec, config.hidden_sizes, config.activation, config.shared_trunk,
+                config.init_log_std,
+            )
+        self.agent = agent.to_empty(device=self.device) if uninitialised else agent.to(self.device)
         if self.collective.enabled:
             self.collective.broadcast_module(self.agent)  # one set of initial weights everywhere
             torch.manual_seed(config.seed + self.collective.rank)  # but distinct action noise per rank
         self.optimizer = torch.optim.Adam(self.agent.parameters(), lr=config.learning_rate, eps=1e-5)
-        self.obs_norm = ObsNormalizer(self.envs.obs_dim, config.clip_obs, self.device) if config.norm_obs else None
+        self.obs_norm = ObsNormalizer(self.obs_dim, config.clip_obs, self.device) if config.norm_obs else None
         self.reward_scaler = (
             RewardScaler(config.num_envs, config.gamma, config.clip_reward, self.device) if config.norm_reward else None
         )
@@ -152,16 +200,13 @@ class PPO:
         # CPU + gymnasium envs: the whole rollout runs in numpy (NumpyPolicy, VecEnv numpy steps), its
         # action noise from this Generator (seeded here, saved in checkpoints). PPOX_NUMPY_ROLLOUT=0: torch.
         self._policy_rng = np.random.default_rng([config.seed % 2**63, self.collective.rank])
-        self._np_policy = NumpyPolicy(self.agent, self.spec, self._policy_rng) if (
-            self.device.type == "cpu" and self.envs.numpy_backend and NumpyPolicy.supported(self.agent, self.spec)
-            and os.environ.get("PPOX_NUMPY_ROLLOUT", "1") != "0"
-        ) else None
+        self._np_policy: NumpyPolicy | None = None
         self._compiled_update = CompiledUpdate(
             self.agent, self.optimizer, self.spec, self.loss_settings, config.max_grad_norm,
             compile=config.compile, timer=self.compile_timer,
         ) if config.compile else None
-        if config.compile and config.env_backend == "torch" and env_fn is None:
-            compile_torch_env(self.envs.envs, self.compile_timer)
+        if self._envs is not None:
+            self._attach_envs(self._envs)
         self.global_step = 0
         self.iteration = 0
         self.recent_returns: deque[float] = deque(maxlen=100)
@@ -172,6 +217,68 @@ class PPO:
         self._shuffle_gen: torch.Generator | None = None  # minibatch shuffling; part of a checkpoint
         self._consecutive_skips = 0
         self.interrupted = False
+
+    def _attach_envs(self, envs: VecEnv) -> None:
+        """The rollout paths that depend on the envs' backend."""
+        config = self.config
+        self._np_policy = NumpyPolicy(self.agent, self.spec, self._policy_rng) if (
+            self.device.type == "cpu" and envs.numpy_backend and NumpyPolicy.supported(self.agent, self.spec)
+            and os.environ.get("PPOX_NUMPY_ROLLOUT", "1") != "0"
+        ) else None
+        if config.compile and config.env_backend == "torch" and self.env_fn is None:
+            compile_torch_env(envs.envs, self.compile_timer)
+
+    @property
+    def envs(self) -> VecEnv:
+        """The training envs; a loaded model creates them on first use (predicting needs none)."""
+        if self._envs is None:
+            self._require_env()
+            envs = self._make_envs()
+            try:
+                self._check_env_fits(envs)
+            except BaseException:
+                envs.close()
+                raise
+            self._envs = envs
+            self._attach_envs(envs)
+        return self._envs
+
+    @envs.setter
+    def envs(self, value: VecEnv) -> None:
+        self._envs = value
+
+    def _require_env(self) -> None:
+        """A model trained on a custom env can only make envs again with the user's env_fn."""
+        if self.env_fn is None and self._custom_env:
+            raise EnvError(
+                f"this model was trained on a custom environment ({self.config.env_id}): pass its factory, "
+                "PPO.load(path, env_fn=...), to evaluate or train it (predict needs none)"
+            )
+
+    def _check_env_fits(self, envs: VecEnv) -> None:
+        if envs.obs_dim != self.obs_dim or envs.spec != self.spec:
+            raise ModelFileError(
+                f"the model was trained on {self.config.env_id} with observation space {self.observation_space} "
+                f"and actions {self.action_space}; this environment has {envs.single_observation_space} and "
+                f"actions {envs.single_action_space}"
+            )
+
+    def _check_finite_weights(self) -> None:
+        """Refuse to act with NaN/Inf weights: every action would be garbage (argmax of NaN is 0)."""
+        tensors = list(self.agent.parameters())
+        if self.obs_norm is not None:
+            tensors += [self.obs_norm.rms.mean, self.obs_norm.rms.var]
+        # predict runs once per env step: check again only after a tensor changed (in-place updates bump
+        # _version; the normaliser replaces its tensors)
+        key = tuple((id(t), t._version) for t in tensors)
+        if key == getattr(self, "_finite_key", None):
+            return
+        if not all_finite(tensors):
+            raise PPOXError(
+                "the policy's weights are not finite (NaN or Inf): training diverged; load the last good "
+                "checkpoint (RUN_DIR/checkpoints/ckpt_N, the one RUN_DIR/checkpoints/latest names)"
+            )
+        self._finite_key = key
 
     # ------------------------------------------------------------------ observations
     def _normalize(self, obs: torch.Tensor, update: bool) -> torch.Tensor:
@@ -271,12 +378,22 @@ class PPO:
             cfg = self.config = cfg.replace(total_timesteps=int(total_timesteps))
         continuing = self.iteration > 0 and (run_dir is None or Path(run_dir) == self.run_dir)
         is_main = self.collective.is_main  # with torchrun, rank 0 alone writes the run directory
-        if is_main:
+        if is_main:  # takes the run directory's lock (self._run_lock), held until this call returns
             self.run_dir = self._prepare_run_dir(run_dir or (self.run_dir if continuing else None) or cfg.run_dir)
-            if not continuing:
-                ckpt.clear_checkpoints(self.run_dir)  # an --overwrite run drops the old run's checkpoints
-            atomic_write_json(self.run_dir / "config.json", cfg.to_dict())
-        logger = MetricsLogger(self.run_dir, cfg.tensorboard, append=continuing) if is_main else None
+        lock = getattr(self, "_run_lock", None) if is_main else None
+        try:
+            if is_main:
+                if not continuing:
+                    ckpt.clear_checkpoints(self.run_dir)  # an --overwrite run drops the old run's checkpoints
+                ckpt.clean_stale(self.run_dir)
+                atomic_write_json(self.run_dir / "config.json", cfg.to_dict())
+            logger = MetricsLogger(self.run_dir, cfg.tensorboard, append=continuing) if is_main else None
+        except BaseException:
+            if lock is not None:
+                lock.release()
+            raise
+        guard = ckpt.WeightGuard(self)  # the last finite weights: never checkpoint or save NaN/inf ones
+        failed = False
 
         buf = Rollout.allocate(cfg.num_steps, cfg.num_envs, self.envs.obs_dim, self.spec, self.device)
         if self._next_obs is None:
@@ -284,7 +401,8 @@ class PPO:
         world = self.collective.world_size
         num_iterations = max(1, cfg.total_timesteps // (cfg.batch_size * world))  # all ranks' steps count
         shuffle_gen = self._shuffle_generator()
-        progress = _Progress(cfg.progress and is_main, num_iterations * cfg.batch_size * world, cfg.env_id)
+        progress = _Progress(cfg.progress and is_main, num_iterations * cfg.batch_size * world, cfg.env_id,
+                             note=rounding_note(cfg.total_timesteps, cfg.batch_size * world) if is_main else None)
         doctor = LiveDoctor(cfg.to_dict()) if cfg.live_doctor and is_main else None
         doctor_every = max(1, num_iterations // 100)  # bounded cost: at most ~100 checks per run
         interrupted = False
@@ -294,6 +412,7 @@ class PPO:
             with progress, stop:
                 while self.iteration < num_iterations:
                     boundary = ckpt.capture_boundary(self)
+                    guard.save()
                     self.iteration += 1
                     iter_start = time.perf_counter()
                     if cfg.anneal_lr:
@@ -317,6 +436,13 @@ class PPO:
                         "values": buf.values.reshape(-1),
                     }
                     result = self._update(batch, shuffle_gen)
+                    if not guard.finite():
+                        guard.restore()
+                        self._halt(
+                            f"training stopped at iteration {self.iteration}: an update made the weights non-finite "
+                            "(NaN/inf); likely causes: learning rate too high, unscaled rewards (try --norm-reward), "
+                            f"unnormalised observations (try --norm-obs); the last finite weights (iteration "
+                            f"{boundary['iteration']}) were kept", boundary)
                     self.skipped_updates += result.skipped_updates
                     all_skipped = result.skipped_updates > 0 and result.optimizer_steps == 0
                     consecutive_skips = consecutive_skips + result.skipped_updates if all_skipped else 0
@@ -354,16 +480,42 @@ class PPO:
                         ckpt.save_checkpoint(self)
         except KeyboardInterrupt:
             interrupted = True
+        except RunDirError as exc:  # disk full, ...: what is on disk stays valid; say how to go on
+            failed = True
+            intact = is_main and ckpt.list_checkpoints(self.run_dir)
+            hint = f"; continue with `ppox train --resume {self.run_dir}`" if intact else ""
+            raise RunDirError(f"{exc}{hint}") from None
+        except BaseException:
+            failed = True
+            raise
         finally:
             if logger is not None:
-                logger.close()
+                with contextlib.suppress(OSError):
+                    logger.close()
             self._wall_seconds = time.perf_counter() - self._start_time
-            if self.iteration > 0 and is_main:
-                self.save(self.run_dir)
+            if not guard.finite():  # stopped inside an update (Ctrl-C twice): keep the weights it started from
+                guard.restore()
+            try:
+                if self.iteration > 0 and is_main:
+                    self.save(self.run_dir)
+            except PPOXError:
+                if not failed:  # else the error already on its way says what went wrong
+                    failed = True
+                    raise
+            except BaseException:
+                failed = True
+                raise
+            finally:
+                if failed and lock is not None:
+                    lock.release()
         self.interrupted = interrupted
-        # every rank must end with bit-identical weights: compare hashes of all ranks' parameters
-        self.weight_hashes = self.collective.gather_objects(parameter_hash(self.agent))
-        self.summary = self._write_summary(evaluate=not interrupted and is_main)
+        try:
+            # every rank must end with bit-identical weights: compare hashes of all ranks' parameters
+            self.weight_hashes = self.collective.gather_objects(parameter_hash(self.agent))
+            self.summary = self._write_summary(evaluate=not interrupted and is_main)
+        finally:
+            if lock is not None:
+                lock.release()
         self.collective.barrier()
         return self
 
@@ -423,8 +575,9 @@ class PPO:
 
     def _halt(self, message: str, boundary: dict[str, Any] | None = None) -> None:
         """Checkpoint the last good state and stop with `message` (TrainingHalted: the CLI exits 2)."""
-        if boundary is not None:  # stopped mid-rollout: the previous iteration is the last complete one
+        if boundary is not None:  # stopped mid-iteration: the previous iteration is the last complete one
             self.iteration = int(boundary["iteration"])
+            self.global_step = int(boundary["global_step"])
         if not self.collective.is_main:
             raise TrainingHalted(f"{message} (rank {self.collective.rank}; rank 0 writes the checkpoint)")
         path = ckpt.save_checkpoint(self, boundary, note=message if boundary is not None else None)
@@ -475,13 +628,27 @@ class PPO:
             safe_env = (cfg.env_id or "custom").replace("/", "_")
             run_dir = Path("runs") / f"{safe_env}__{cfg.seed}__{int(time.time())}"
         run_dir = Path(run_dir)
-        if self.run_dir is not None and run_dir == self.run_dir:
-            return run_dir  # a second learn() call continues the same run
-        if run_dir.exists() and any(run_dir.iterdir()) and not cfg.overwrite:
-            raise PPOXError(
-                f"run directory {run_dir} already exists; pass --overwrite, --resume, or choose another --run-dir"
-            )
-        run_dir.mkdir(parents=True, exist_ok=True)
+        # one process per run directory: a second run or --resume into it stops here with one line
+        lock = getattr(self, "_run_lock", None)
+        if lock is not None and lock.held and lock.run_dir != run_dir:
+            lock.release()
+        if lock is None or not lock.held or lock.run_dir != run_dir:
+            lock = self._run_lock = RunDirLock(run_dir).acquire()  # refuses symlinks, creates the directory
+        try:
+            check_run_dir(run_dir)
+            if self.run_dir is not None and run_dir == self.run_dir:
+                return run_dir  # a second learn() call continues the same run
+            try:
+                used = [p for p in run_dir.iterdir() if p.name != LOCK_FILE]
+            except OSError as exc:
+                raise os_error(exc, run_dir, "read") from None
+            if used and not cfg.overwrite:
+                raise PPOXError(
+                    f"run directory {run_dir} already exists; pass --overwrite, --resume, or choose another --run-dir"
+                )
+        except BaseException:
+            lock.release()
+            raise
         return run_dir
 
     def _write_summary(self, evaluate: bool) -> dict[str, Any]:
@@ -513,8 +680,13 @@ class PPO:
 
     # ------------------------------------------------------------------ inference
     def predict(self, obs, deterministic: bool = True) -> np.ndarray:
-        """Action(s) for one observation or a batch of them, in the env's format (clipped to bounds)."""
-        single = _is_single(obs, self.observation_space)
+        """Action(s) for one observation or a batch of them, in the env's format (clipped to bounds).
+
+        An observation that fits neither one observation of the space nor a batch of them is refused
+        (ObservationError) rather than silently reshaped.
+        """
+        self._check_finite_weights()
+        single = _batch_size(obs, self.observation_space, "observation") is None
         batch_obs = _batch_of_one(obs, self.observation_space) if single else obs
         x = self._normalize(encode_obs(batch_obs, self.observation_space, self.device), update=False)
         actions = to_env_action(self.agent.policy_action(x, deterministic), self.spec)
@@ -529,6 +701,8 @@ class PPO:
         """
         if episodes <= 0:
             raise ConfigError(f"episodes must be > 0, got {episodes}")
+        self._check_finite_weights()
+        self._require_env()
         num_envs = num_envs or min(episodes, 8)
         quota = np.array([episodes // num_envs + (i < episodes % num_envs) for i in range(num_envs)])
         envs = VecEnv(self.config.env_id, num_envs, (self.config.seed if seed is None else seed) + 100_000,
@@ -537,6 +711,7 @@ class PPO:
         lengths: list[int] = []
         done_count = np.zeros(num_envs, dtype=np.int64)
         try:
+            self._check_env_fits(envs)
             obs = envs.reset()
             while (done_count < quota).any():
                 actions = self.agent.policy_action(self._normalize(obs, update=False), deterministic)
@@ -566,8 +741,13 @@ class PPO:
             "ppox_version": __version__,
             "kind": "ppox.rl.PPO",
             "env_id": self.config.env_id,
+            "custom_env": self._custom_env,
             "observation_space": str(self.observation_space),
-            "obs_dim": self.envs.obs_dim,
+            "action_space": str(self.action_space),
+            # the spaces themselves, so that PPO.load needs no env to predict (plain JSON, no pickle)
+            "spaces": {"observation": space_to_json(self.observation_space),
+                       "action": space_to_json(self.action_space)},
+            "obs_dim": self.obs_dim,
             "action_spec": self.spec.to_dict(),
             "global_step": self.global_step,
             "config": self.config.to_dict(),
@@ -578,42 +758,82 @@ class PPO:
 
     @classmethod
     def load(cls, path: str | Path, env_fn: EnvFn | None = None, device: str | None = None) -> PPO:
-        """Load a saved model (safetensors + JSON only) for prediction, evaluation or more training."""
+        """Load a saved model (safetensors + JSON only) for prediction, evaluation or more training.
+
+        No env is created: the spaces are in model.json. `evaluate()` and `learn()` create envs when
+        called (a model trained on a custom env needs `env_fn` for them); `learn()` trains into a new
+        run directory unless it is given one. The network's shape comes from the weight shapes in the
+        safetensors header, checked against model.json before anything is allocated, so the memory a
+        loaded model takes is bounded by its file's size.
+        """
         path = Path(path)
         if not path.is_dir():
             raise ModelFileError(f"model directory {path} does not exist")
-        meta = read_json(path / "model.json")
-        check_format_version(meta, path / "model.json")
+        json_path, weights_path = path / "model.json", path / "model.safetensors"
+        meta = read_json(json_path)
+        check_format_version(meta, json_path)
         try:
             config = PPOConfig.from_dict(meta["config"])
         except (KeyError, TypeError, PPOXError) as exc:
-            raise ModelFileError(f"{path / 'model.json'} holds no valid config ({exc})") from None
-        overrides: dict[str, Any] = {"num_envs": 1, "num_steps": config.num_minibatches, "progress": False,
-                                     "env_backend": "gymnasium", "vectorization": "sync"}
-        if device is not None:
-            overrides["device"] = device
-        model = cls(config.replace(**overrides), env_fn=env_fn)
-        model.config = config.replace(**{k: v for k, v in overrides.items() if k == "device"})
-        if model.envs.obs_dim != meta.get("obs_dim") or model.spec.to_dict() != meta.get("action_spec"):
+            raise ModelFileError(f"{json_path} holds no valid config ({exc})") from None
+        # the stored run_dir is the old run's: more training must not write into it unasked
+        config = config.replace(run_dir=None, **({"device": device} if device is not None else {}))
+        global_step = meta.get("global_step", 0)
+        if isinstance(global_step, bool) or not isinstance(global_step, int) or not 0 <= global_step < 2**63:
+            raise ModelFileError(f"{json_path}: global_step must be a non-negative integer, got {global_step!r}")
+        header = _read_safetensors_header(weights_path)
+        arch = _architecture(header, weights_path)
+        if tuple(config.hidden_sizes) != arch["hidden_sizes"] or config.shared_trunk != arch["shared_trunk"]:
             raise ModelFileError(
-                f"the model in {path} was trained on {meta.get('env_id')} with observation space "
-                f"{meta.get('observation_space')} and actions {meta.get('action_spec')}; this environment has "
-                f"{model.observation_space} and actions {model.spec.to_dict()}"
+                f"{weights_path} does not match the network in {json_path}: it says hidden_sizes "
+                f"{list(config.hidden_sizes)}, shared_trunk {config.shared_trunk}; the weights have hidden_sizes "
+                f"{list(arch['hidden_sizes'])}, shared_trunk {arch['shared_trunk']}"
             )
-        tensors = load_tensors(path / "model.safetensors", model.device)
+        observation_space, action_space = _load_spaces(meta, json_path, arch, config, env_fn)
+        model = cls.__new__(cls)
+        model._setup_runtime(config, env_fn)
+        model._custom_env = meta.get("custom_env") is True
+        model._envs = None
+        # the exact tensors the network will have, checked against the file before allocating them
+        with torch.device("meta"):
+            probe = Agent(arch["obs_dim"], action_spec(action_space), config.hidden_sizes, config.activation,
+                          config.shared_trunk, config.init_log_std)
+        expected = {f"agent.{k}": tuple(v.shape) for k, v in probe.state_dict().items()}
+        if config.norm_obs:
+            dim = arch["obs_dim"]
+            expected.update({"obs_rms.mean": (dim,), "obs_rms.var": (dim,), "obs_rms.count": ()})
+        found = {k: v[1] for k, v in header.items() if k in expected or k.startswith("agent.")}
+        if found != expected:
+            diff = sorted(set(found.items()) ^ set(expected.items()))[0][0]
+            raise ModelFileError(
+                f"{weights_path} does not match the network described by {json_path} (first difference: {diff}: "
+                f"file {found.get(diff, 'missing')}, network {expected.get(diff, 'none')})"
+            )
+        if env_fn is not None:  # an env given now is checked now, not at the first evaluate()
+            env_obs, env_act = _env_spaces(env_fn, None)
+            if obs_dim(env_obs) != arch["obs_dim"] or action_spec(env_act) != action_spec(action_space):
+                raise ModelFileError(
+                    f"the model in {path} was trained on {config.env_id} with observation space {observation_space} "
+                    f"and actions {action_space}; this environment has {env_obs} and actions {env_act}"
+                )
+        model._build(observation_space, action_space, uninitialised=True)
+        tensors = load_tensors(weights_path, model.device)
+        if not all_finite(tensors.values()):
+            raise ModelFileError(
+                f"{weights_path} holds non-finite weights (NaN or Inf): the run diverged; load an earlier "
+                "checkpoint (RUN_DIR/checkpoints)"
+            )
         agent_state = {k.removeprefix("agent."): v for k, v in tensors.items() if k.startswith("agent.")}
         try:
             model.agent.load_state_dict(agent_state, strict=True)
         except RuntimeError as exc:
             first = str(exc).splitlines()[0] if str(exc) else "mismatch"
-            raise ModelFileError(f"{path / 'model.safetensors'} does not match the network: {first}") from None
+            raise ModelFileError(f"{weights_path} does not match the network: {first}") from None
         if model.obs_norm is not None:
-            try:
-                model.obs_norm.rms.load_state_dict({k: tensors[f"obs_rms.{k}"] for k in ("mean", "var", "count")})
-            except KeyError:
-                raise ModelFileError(f"{path} lacks the observation-normalisation statistics") from None
-        model.global_step = int(meta.get("global_step", 0))
-        model.run_dir = None
+            model.obs_norm.rms.load_state_dict({k: tensors[f"obs_rms.{k}"] for k in ("mean", "var", "count")})
+            if bool((model.obs_norm.rms.var < 0).any()) or not float(model.obs_norm.rms.count) > 0:
+                raise ModelFileError(f"{weights_path} holds invalid observation statistics (negative variance)")
+        model.global_step = global_step
         return model
 
     @classmethod
@@ -626,12 +846,22 @@ class PPO:
         return ckpt.resume(cls, run_dir, env_fn=env_fn, total_timesteps=total_timesteps, **overrides)
 
     def close(self) -> None:
-        self.envs.close()
+        """Stop the env workers (idempotent). `with PPO(...) as model:` calls it; a finaliser on the envs
+        does it too when the model is garbage-collected or the interpreter exits."""
+        envs = getattr(self, "_envs", None)  # None: a loaded model that never needed envs, or a failed __init__
+        if envs is not None:
+            envs.close()
+
+    def __enter__(self) -> PPO:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 # ---------------------------------------------------------------------------- helpers
-def _check_user_env(env_fn: EnvFn) -> None:
-    """Run gymnasium's env checker on a user's env and report problems in plain words."""
+def _check_user_env(env_fn: EnvFn) -> str:
+    """Run gymnasium's env checker on a user's env and report problems in plain words; return its name."""
     import warnings
 
     from gymnasium.utils.env_checker import check_env
@@ -649,21 +879,7 @@ def _check_user_env(env_fn: EnvFn) -> None:
     finally:
         with contextlib.suppress(Exception):
             env.close()
-
-
-def _is_single(obs, space) -> bool:
-    import gymnasium as gym
-
-    if isinstance(space, gym.spaces.Box):
-        return tuple(np.shape(obs)) == tuple(space.shape)
-    if isinstance(space, gym.spaces.Discrete):
-        return np.ndim(obs) == 0
-    if isinstance(space, gym.spaces.Dict):
-        key = next(iter(space.spaces))
-        return _is_single(obs[key], space.spaces[key])
-    if isinstance(space, gym.spaces.Tuple):
-        return _is_single(obs[0], space.spaces[0])
-    return False
+    return _env_name(env)
 
 
 def _batch_of_one(obs, space):
@@ -672,23 +888,43 @@ def _batch_of_one(obs, space):
     return b1(obs, space)
 
 
-class _Progress:
-    """A rich progress bar with steps, SPS and recent mean return; silent when disabled."""
+def rounding_note(total_timesteps: int, steps_per_iteration: int) -> str | None:
+    """The one-line note that training runs whole iterations, so not exactly `total_timesteps` steps
+    (None when it does): learn runs max(1, total // steps_per_iteration) iterations."""
+    iterations = max(1, total_timesteps // steps_per_iteration)
+    actual = iterations * steps_per_iteration
+    if actual == total_timesteps:
+        return None
+    direction = "down" if actual < total_timesteps else "up"
+    s = "" if iterations == 1 else "s"
+    return (f"note: total_timesteps {total_timesteps:,} is rounded {direction} to {actual:,} = {iterations:,} "
+            f"iteration{s} × {steps_per_iteration:,} steps per iteration")
 
-    def __init__(self, enabled: bool, total: int, env_id: str | None) -> None:
+
+class _Progress:
+    """A rich progress bar with steps, SPS and recent mean return; silent when disabled.
+
+    The bar's SPS is the last iteration's (it follows speed changes); summary.json's sps is the mean
+    over the run, so the two are labelled differently.
+    """
+
+    def __init__(self, enabled: bool, total: int, env_id: str | None, note: str | None = None) -> None:
         self.enabled = enabled
         self._progress = None
+        self._note = note
         if enabled:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
             self._progress = Progress(
                 TextColumn(f"[bold]{env_id}"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
-                TextColumn("{task.fields[sps]} SPS"), TextColumn("return {task.fields[ret]}"),
+                TextColumn("{task.fields[sps]} SPS (last iter)"), TextColumn("return {task.fields[ret]}"),
                 TimeRemainingColumn(), transient=False,
             )
             self._task = self._progress.add_task("train", total=total, sps="-", ret="-")
 
     def __enter__(self):
+        if self._note:  # before the bar starts, so it is not redrawn over
+            print(self._note, file=sys.stderr)
         if self._progress is not None:
             self._progress.__enter__()
         return self
@@ -714,3 +950,179 @@ class _Progress:
 
 def summary_table(summary: dict[str, Any]) -> str:
     return json.dumps(summary, indent=2)
+
+
+# ---------------------------------------------------------------------------- model files
+MAX_SAFETENSORS_HEADER = 16 * 2**20  # a header describes tensors; megabytes of it can only be hostile
+_SAFETENSORS_DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2, "F16": 2,
+                            "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "F64": 8, "I64": 8, "U64": 8}
+
+
+class ObservationError(PPOXError, ValueError):
+    """An observation passed to predict that fits neither the observation space nor a batch of it."""
+
+
+def _env_name(env: Any) -> str:
+    """A truthful name for a user's env: its registered id, else its class name."""
+    spec = getattr(env, "spec", None)
+    if spec is not None and getattr(spec, "id", None):
+        return str(spec.id)
+    return type(getattr(env, "unwrapped", env)).__name__
+
+
+def _batch_size(obs: Any, space: Any, where: str) -> int | None:
+    """None if `obs` is one observation of `space`, n if it is a batch of n; ObservationError otherwise."""
+    import gymnasium as gym
+
+    if isinstance(space, gym.spaces.Box):
+        shape = tuple(np.shape(obs))
+        if shape == tuple(space.shape):
+            return None
+        if len(shape) == len(space.shape) + 1 and shape[1:] == tuple(space.shape):
+            return shape[0]
+        expected = tuple(space.shape)
+        batch = "(n, " + ", ".join(map(str, expected)) + ")"
+        raise ObservationError(
+            f"{where} has shape {shape}; this model's Box observation space takes one observation of shape "
+            f"{expected} or a batch of shape {batch.replace(', )', ')')}"
+        )
+    if isinstance(space, gym.spaces.Discrete):
+        values = obs.cpu().numpy() if isinstance(obs, torch.Tensor) else np.asarray(obs)
+        if values.ndim > 1 or not np.issubdtype(values.dtype, np.integer):
+            raise ObservationError(
+                f"{where} must be an integer or a 1-D batch of integers for {space}, got {values.dtype} of shape "
+                f"{values.shape}"
+            )
+        if values.size and (values.min() < space.start or values.max() >= space.start + space.n):
+            raise ObservationError(f"{where} holds values outside {space}")
+        return None if values.ndim == 0 else values.shape[0]
+    if isinstance(space, (gym.spaces.Dict, gym.spaces.Tuple)):
+        if isinstance(space, gym.spaces.Dict):
+            if not isinstance(obs, dict) or set(obs) != set(space.spaces):
+                got = sorted(map(str, obs)) if isinstance(obs, dict) else type(obs).__name__
+                raise ObservationError(f"{where} must be a dict with keys {sorted(space.spaces)}, got {got}")
+            parts = [(obs[k], s, f"{where}[{k!r}]") for k, s in space.spaces.items()]
+        else:
+            if not isinstance(obs, (tuple, list)) or len(obs) != len(space.spaces):
+                raise ObservationError(f"{where} must be a tuple of {len(space.spaces)} parts for {space}")
+            parts = [(o, s, f"{where}[{i}]") for i, (o, s) in enumerate(zip(obs, space.spaces, strict=True))]
+        sizes = {_batch_size(o, s, w) for o, s, w in parts}
+        if len(sizes) > 1:
+            raise ObservationError(f"the parts of {where} disagree on the batch size ({sorted(map(str, sizes))})")
+        return sizes.pop() if sizes else None
+    raise ObservationError(f"observation space {space} is not supported")
+
+
+def _read_safetensors_header(path: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """{tensor name: (dtype, shape)} from a safetensors file's header, without reading the tensors.
+
+    The format: 8 bytes little-endian header length, the JSON header, the data. Every length, shape and
+    byte range is checked against the file's size, so nothing read from it can make us allocate more.
+    """
+    if not path.is_file():
+        raise ModelFileError(f"model file {path} does not exist")
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if head.startswith(PICKLE_MAGIC):
+            raise ModelFileError(
+                f"{path} carries a pickle payload (torch.save format); ppox only loads safetensors files "
+                "and never unpickles model files"
+            )
+        length = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if not 0 < length <= min(size - 8, MAX_SAFETENSORS_HEADER):
+            raise ModelFileError(
+                f"{path} is not a valid safetensors file (header length {length} in a file of {size} bytes)"
+            )
+        header = parse_json(f.read(length), path)
+    if not isinstance(header, dict):
+        raise ModelFileError(f"{path} is not a valid safetensors file (its header is not a JSON object)")
+    data_size = size - 8 - length
+    tensors: dict[str, tuple[str, tuple[int, ...]]] = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype, shape, (begin, end) = info["dtype"], info["shape"], info["data_offsets"]
+            itemsize = _SAFETENSORS_DTYPE_BYTES[dtype]
+            if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (*shape, begin, end)):
+                raise ValueError
+        except (KeyError, TypeError, ValueError):
+            raise ModelFileError(f"{path} is not a valid safetensors file (bad entry for tensor {name!r})") from None
+        if not begin <= end <= data_size or end - begin != math.prod(shape) * itemsize:
+            raise ModelFileError(
+                f"{path} is not a valid safetensors file (tensor {name!r} of shape {shape} claims bytes "
+                f"{begin}..{end} of {data_size})"
+            )
+        tensors[name] = (dtype, tuple(shape))
+    return tensors
+
+
+def _architecture(header: dict[str, tuple[str, tuple[int, ...]]], path: Path) -> dict[str, Any]:
+    """obs_dim, hidden_sizes, shared_trunk and head_size of the Agent whose weights `header` lists."""
+
+    def shape(name: str) -> tuple[int, ...] | None:
+        return header[name][1] if name in header else None
+
+    layers = []
+    while (w := shape(f"agent.actor_body.{2 * len(layers)}.weight")) is not None:
+        if len(w) != 2 or 0 in w or (layers and w[1] != layers[-1][0]):
+            raise ModelFileError(f"{path}: actor layer {len(layers)} has weight shape {w}, which does not chain")
+        layers.append(w)
+    hidden = [w[0] for w in layers]
+    head = shape("agent.actor_head.weight")
+    if not hidden or head is None or len(head) != 2 or head[1] != hidden[-1]:
+        raise ModelFileError(f"{path} holds no ppox actor network (actor_body / actor_head weights)")
+    return {"obs_dim": layers[0][1], "hidden_sizes": tuple(hidden), "head_size": head[0],
+            "shared_trunk": "agent.critic_body.0.weight" not in header}
+
+
+def _load_spaces(meta: dict[str, Any], json_path: Path, arch: dict[str, Any], config: PPOConfig,
+                 env_fn: EnvFn | None) -> tuple[Any, Any]:
+    """The observation and action spaces of a saved model, checked against its weights.
+
+    From model.json; a model.json written before the spaces were saved gets them from one env made
+    the old way (env_fn, else the config's env id)."""
+    saved = meta.get("spaces")
+    if saved is None:
+        observation_space, action_space = _env_spaces(env_fn, config.env_id)
+    else:
+        if not isinstance(saved, dict):
+            raise ModelFileError(f"{json_path}: spaces must be an object")
+        try:
+            # a space's elements are bounded by the weights: a Box obs of n elements feeds n inputs
+            observation_space = space_from_json(saved.get("observation"), arch["obs_dim"] + 1024)
+            action_space = space_from_json(saved.get("action"), arch["head_size"] + 16)
+        except SpaceDecodeError as exc:
+            raise ModelFileError(f"{json_path} holds an invalid space: {exc}") from None
+    try:
+        dim, spec = obs_dim(observation_space), action_spec(action_space)
+    except EnvError as exc:
+        raise ModelFileError(f"{json_path}: {exc}") from None
+    if dim != arch["obs_dim"] or spec.head_size != arch["head_size"] or (
+        "action_spec" in meta and meta["action_spec"] != spec.to_dict()
+    ):
+        raise ModelFileError(
+            f"the model in {json_path.parent} was trained on {meta.get('env_id')} with observation space "
+            f"{meta.get('observation_space')} and actions {meta.get('action_spec')}; the spaces here "
+            f"({observation_space}, {action_space}) do not fit its weights ({arch['obs_dim']} inputs, "
+            f"{arch['head_size']} action outputs)"
+        )
+    return observation_space, action_space
+
+
+def _env_spaces(env_fn: EnvFn | None, env_id: str | None) -> tuple[Any, Any]:
+    """The spaces of one env made by `env_fn`, else from the registered `env_id` (closed at once)."""
+    from ppox.rl.envs import make_single_env
+
+    try:
+        env = env_fn() if env_fn is not None else make_single_env(env_id)
+    except PPOXError:
+        raise
+    except Exception as exc:
+        raise EnvError(f"the env factory raised {type(exc).__name__}: {exc}") from None
+    try:
+        return env.observation_space, env.action_space
+    finally:
+        with contextlib.suppress(Exception):
+            env.close()

@@ -171,3 +171,162 @@ def to_env_action(actions: torch.Tensor, spec: ActionSpec) -> np.ndarray:
     if any(spec.start):
         a = a + np.asarray(spec.start if spec.kind == "multidiscrete" else spec.start[0])
     return a
+
+
+# ---------------------------------------------------------------------------- JSON codec
+# model.json records the spaces so that a saved model predicts without its env. Plain JSON, never
+# pickle: a model file must not be able to run code. Decoding is bounded (nesting depth, element
+# count) because model.json may come from anyone.
+
+_BOX_DTYPES = ("float16", "float32", "float64", "int8", "int16", "int32", "int64",
+               "uint8", "uint16", "uint32", "uint64", "bool")
+_INT_DTYPES = ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64")
+MAX_SPACE_DEPTH = 32
+
+
+class SpaceDecodeError(ValueError):
+    """A space description in model.json that is malformed or too large (the loader names the file)."""
+
+
+def _num_to_json(x: float | int, integer: bool) -> float | int | str:
+    if integer:
+        return int(x)
+    x = float(x)
+    return x if math.isfinite(x) else ("inf" if x > 0 else "-inf")
+
+
+def _bounds_to_json(values: np.ndarray, integer: bool) -> float | int | str | list:
+    flat = values.reshape(-1)
+    if flat.size and (flat == flat[0]).all():
+        return _num_to_json(flat[0], integer)  # the common case (one bound everywhere) stays small
+    return [_num_to_json(v, integer) for v in flat.tolist()]
+
+
+def space_to_json(space: spaces.Space) -> dict:
+    """A JSON-serialisable description of a gymnasium space (Box, Discrete, MultiDiscrete, MultiBinary,
+    Dict, Tuple); `space_from_json` rebuilds an equal space."""
+    if isinstance(space, spaces.Box):
+        dtype = np.dtype(space.dtype).name
+        integer = dtype in _INT_DTYPES or dtype == "bool"
+        return {"type": "Box", "shape": list(space.shape), "dtype": dtype,
+                "low": _bounds_to_json(space.low, integer), "high": _bounds_to_json(space.high, integer)}
+    if isinstance(space, spaces.Discrete):
+        return {"type": "Discrete", "n": int(space.n), "start": int(space.start)}
+    if isinstance(space, spaces.MultiDiscrete):
+        return {"type": "MultiDiscrete", "nvec": space.nvec.tolist(), "start": space.start.tolist(),
+                "dtype": np.dtype(space.dtype).name}
+    if isinstance(space, spaces.MultiBinary):
+        n = space.n
+        return {"type": "MultiBinary", "n": int(n) if np.ndim(n) == 0 else [int(x) for x in n]}
+    if isinstance(space, spaces.Dict):
+        for key in space.spaces:
+            if not isinstance(key, str):
+                raise EnvError(f"Dict space key {key!r} is not a string; ppox can only save string keys")
+        return {"type": "Dict", "spaces": [[k, space_to_json(s)] for k, s in space.spaces.items()]}
+    if isinstance(space, spaces.Tuple):
+        return {"type": "Tuple", "spaces": [space_to_json(s) for s in space.spaces]}
+    raise EnvError(f"space {space} cannot be saved; ppox saves Box, Discrete, MultiDiscrete, MultiBinary, Dict, Tuple")
+
+
+def space_from_json(desc: object, max_elements: int) -> spaces.Space:
+    """The space `space_to_json` described; SpaceDecodeError if `desc` is malformed or describes more
+    than `max_elements` array elements in all (bounding the memory a hostile file can make us allocate)."""
+    budget = [max_elements]
+    return _decode_space(desc, budget, 0)
+
+
+def _json_int(value: object, what: str, low: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value < 2**63:
+        raise SpaceDecodeError(f"{what} must be an integer in [{low}, 2**63), got {value!r}")
+    return value
+
+
+def _json_shape(value: object, what: str, budget: list[int]) -> tuple[int, ...]:
+    if not isinstance(value, list) or len(value) > 64:
+        raise SpaceDecodeError(f"{what} must be a list of at most 64 dimensions, got {value!r}")
+    shape = tuple(_json_int(v, f"{what} entries") for v in value)
+    size = math.prod(shape)
+    budget[0] -= size
+    if budget[0] < 0:
+        raise SpaceDecodeError(f"{what} {list(shape)} is larger than the model's weights allow")
+    return shape
+
+
+def _json_bound(value: object, shape: tuple[int, ...], dtype: str, what: str) -> float | int | np.ndarray:
+    """A Box bound as saved: one number for every element, or a flat list of them."""
+
+    integer = dtype in _INT_DTYPES or dtype == "bool"
+
+    def one(v: object) -> float | int:
+        if integer and (isinstance(v, bool) or not isinstance(v, int)):
+            raise SpaceDecodeError(f"{what} holds {v!r}, not an integer for dtype {dtype}")
+        if isinstance(v, str) and v in ("inf", "-inf"):
+            return float(v)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or (isinstance(v, float) and math.isnan(v)):
+            raise SpaceDecodeError(f"{what} holds {v!r}, not a number")
+        return v
+
+    if not isinstance(value, list):
+        return one(value)
+    if len(value) != math.prod(shape):
+        raise SpaceDecodeError(f"{what} has {len(value)} values for shape {list(shape)}")
+    return np.array([one(v) for v in value], dtype=np.float64 if dtype == "bool" else np.dtype(dtype)).reshape(shape)
+
+
+def _decode_space(desc: object, budget: list[int], depth: int) -> spaces.Space:
+    if depth > MAX_SPACE_DEPTH:
+        raise SpaceDecodeError(f"spaces nested deeper than {MAX_SPACE_DEPTH} levels")
+    if not isinstance(desc, dict) or not isinstance(desc.get("type"), str):
+        raise SpaceDecodeError(f"a space must be an object with a 'type', got {str(desc)[:80]!r}")
+    budget[0] -= 1  # every node counts, so a long list of empty Tuples is bounded too
+    if budget[0] < 0:
+        raise SpaceDecodeError("the spaces have more parts than the model's weights allow")
+    kind = desc["type"]
+    try:
+        if kind == "Box":
+            shape = _json_shape(desc.get("shape"), "Box shape", budget)
+            dtype = desc.get("dtype")
+            if dtype not in _BOX_DTYPES:
+                raise SpaceDecodeError(f"Box dtype must be one of {', '.join(_BOX_DTYPES)}, got {dtype!r}")
+            low, high = (_json_bound(desc.get(k), shape, dtype, f"Box {k}") for k in ("low", "high"))
+            return spaces.Box(low=low, high=high, shape=shape, dtype=np.dtype(dtype))
+        if kind == "Discrete":
+            return spaces.Discrete(_json_int(desc.get("n"), "Discrete n", 1),
+                                   start=_json_int(desc.get("start", 0), "Discrete start", -(2**62)))
+        if kind == "MultiDiscrete":
+            raw = np.asarray(desc.get("nvec"), dtype=object)
+            shape = _json_shape(list(raw.shape), "MultiDiscrete shape", budget)
+            nvec = np.array([_json_int(v, "MultiDiscrete nvec", 1) for v in raw.reshape(-1)], dtype=np.int64)
+            raw_start = np.asarray(desc.get("start", 0), dtype=object)
+            if raw_start.shape not in ((), shape):
+                raise SpaceDecodeError(f"MultiDiscrete start has shape {raw_start.shape}, nvec {shape}")
+            start = np.array([_json_int(v, "MultiDiscrete start", -(2**62)) for v in raw_start.reshape(-1)],
+                             dtype=np.int64)
+            dtype = desc.get("dtype", "int64")
+            if dtype not in _INT_DTYPES:
+                raise SpaceDecodeError(f"MultiDiscrete dtype must be an integer type, got {dtype!r}")
+            return spaces.MultiDiscrete(nvec.reshape(shape), dtype=np.dtype(dtype),
+                                        start=start.reshape(shape) if raw_start.shape else start[0])
+        if kind == "MultiBinary":
+            n = desc.get("n")
+            shape = _json_shape(n if isinstance(n, list) else [n], "MultiBinary n", budget)
+            return spaces.MultiBinary(list(shape) if isinstance(n, list) else shape[0])
+        if kind == "Dict":
+            items = desc.get("spaces")
+            if not isinstance(items, list) or not all(
+                isinstance(i, list) and len(i) == 2 and isinstance(i[0], str) for i in items
+            ):
+                raise SpaceDecodeError("Dict spaces must be a list of [key, space] pairs")
+            if len({k for k, _ in items}) != len(items):
+                raise SpaceDecodeError("Dict space keys repeat")
+            return spaces.Dict({k: _decode_space(s, budget, depth + 1) for k, s in items})
+        if kind == "Tuple":
+            items = desc.get("spaces")
+            if not isinstance(items, list):
+                raise SpaceDecodeError("Tuple spaces must be a list")
+            return spaces.Tuple([_decode_space(s, budget, depth + 1) for s in items])
+    except SpaceDecodeError:
+        raise
+    except (ValueError, TypeError, OverflowError, AssertionError) as exc:  # gymnasium's own checks
+        raise SpaceDecodeError(f"invalid {kind} space: {exc}") from None
+    raise SpaceDecodeError(f"unknown space type {kind!r}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import gymnasium as gym
@@ -18,8 +19,12 @@ def record_video(model, video_dir: str | Path, episodes: int = 3, deterministic:
     except ImportError:
         raise PPOXError("recording video needs moviepy: pip install 'ppox[video]'") from None
     video_dir = Path(video_dir)
-    video_dir.mkdir(parents=True, exist_ok=True)
+    # RecordVideo creates the folder itself and warns "Overwriting existing videos" whenever it already
+    # exists, so creating it here made that warning appear for every new folder
     before = set(video_dir.glob("*.mp4"))
+    # rgb_array frames need no window: SDL's dummy driver stops pygame probing for a display, which
+    # printed "XDG_RUNTIME_DIR is invalid or not set" on headless machines
+    os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
     try:
         env = model.env_fn() if model.env_fn is not None else gym.make(model.config.env_id, render_mode="rgb_array")
     except gym.error.DependencyNotInstalled as exc:

@@ -189,10 +189,10 @@ def test_entropy_collapse_judged_against_solved_threshold():
     records = healthy_records()
     entropy_collapse(records)
     _set(records, "episodic_return_mean", lambda i: 500.0, range(2, N + 1))
-    assert diagnose(records, config) == []
+    assert [f.code for f in diagnose(records, config)] == ["solved"]
     _set(records, "episodic_return_mean", lambda i: 100.0, range(2, N + 1))
     findings = diagnose(records, config)
-    assert [f.code for f in findings] == ["entropy_collapse"]
+    assert [f.code for f in findings] == ["entropy_collapse", "not_learned"]
     assert "threshold 475" in findings[0].message
 
 
@@ -264,3 +264,117 @@ def test_doctor_main_exit_codes(tmp_path, capsys):
     kl_high(records)
     assert doctor_main(str(write_run(tmp_path / "bad", records, config=None))) == 1
     assert "kl_high" in capsys.readouterr().out
+
+
+# --- one rule set for live and post-hoc; the outcome -------------------------------------------
+
+
+def transient_collapse(records):
+    """Returns peak, dip for a while, then recover (what `make run` on CartPole-v1 showed)."""
+    _set(records, "episodic_return_mean", lambda i: 20.0 + 20 * i, range(2, 21))
+    _set(records, "episodic_return_mean", lambda i: 60.0 + (i % 3), range(21, 31))
+    _set(records, "episodic_return_mean", lambda i: 420.0 + (i % 3), range(31, N + 1))
+
+
+def live_codes(records, config) -> dict[str, int]:
+    """What the live doctor warned about, and at which iteration, on PPO.learn's check schedule."""
+    from ppox.diagnostics.doctor import live_check_every
+
+    doctor = LiveDoctor(config)
+    every = live_check_every(len(records))
+    warned: dict[str, int] = {}
+    for r in records:
+        check = r["iteration"] % every == 0 or r["iteration"] == len(records)
+        for line in doctor.update(r, check=check):
+            it, severity, code = line.removeprefix("[doctor] iteration ").split(": ")[:3]
+            if severity != "resolved" and " " not in code:  # not "resolved" / "holds again" lines
+                warned.setdefault(code, int(it))
+    return warned
+
+
+@pytest.mark.parametrize("pathology", [transient_collapse, kl_high, clipfrac_high, return_collapse])
+def test_live_and_post_hoc_doctor_agree(pathology):
+    records = healthy_records()
+    pathology(records)
+    warned = live_codes(records, CONFIG)
+    assert warned, "the synthetic run should trigger the live doctor"
+    findings = diagnose(records, CONFIG)
+    # every live warning is in the post-hoc report: as a problem if it still holds, else as a note
+    assert set(warned) == {f.code for f in findings if f.code in warned}
+    for f in findings:
+        if f.code in warned and f.severity == "info":
+            assert f"held at iteration {warned[f.code]}" in f.message and "no longer" in f.message
+
+
+def test_transient_live_warning_is_a_note_after_recovery():
+    records = healthy_records()
+    transient_collapse(records)
+    doctor = LiveDoctor(CONFIG)
+    lines = [line for r in records for line in doctor.update(r)]
+    assert any(": warning: return_collapse:" in line for line in lines)
+    assert any(": resolved: return_collapse no longer holds" in line for line in lines)
+    findings = diagnose(records, CONFIG)
+    assert [(f.code, f.severity) for f in findings] == [("return_collapse", "info")]
+    assert "Training looks healthy" in format_findings(findings)
+    assert "Note: return_collapse held at iteration" in format_findings(findings)
+
+
+def test_unlearned_run_is_never_healthy(tmp_path, capsys):
+    # Pendulum-v1 has no gymnasium threshold: ppox's -300 target; the quickstart run ended at -659
+    config = dict(CONFIG, env_id="Pendulum-v1")
+    records = healthy_records()
+    _set(records, "episodic_return_mean", lambda i: -1200.0 + 15 * i, range(2, N + 1))
+    run = write_run(tmp_path / "pendulum", records, config)
+    (run / "summary.json").write_text(json.dumps({"eval_return_mean": -659.0, "eval_episodes": 20}))
+    findings = diagnose_run(run)
+    assert [f.code for f in findings] == ["not_solved"]
+    assert "eval return -659 over 20 episodes is below -300" in findings[0].message
+    assert "it is learning" in findings[0].message
+    assert doctor_main(str(run)) == 1
+    assert "healthy" not in capsys.readouterr().out
+    # flat returns, no threshold: the run did not learn
+    flat = healthy_records()
+    noise = np.random.default_rng(3).normal(0, 5, N + 1)
+    _set(flat, "episodic_return_mean", lambda i: -200.0 + noise[i], range(2, N + 1))
+    findings = diagnose(flat, CONFIG)
+    assert [f.code for f in findings if f.severity != "info"] == ["not_learned"]
+    assert "did not learn" in findings[0].message
+    assert "healthy" not in format_findings(findings)
+
+
+def test_warning_on_solved_run_says_solved(tmp_path, capsys):
+    config = dict(CONFIG, env_id="CartPole-v1")
+    records = healthy_records()
+    explained_variance_low(records)
+    run = write_run(tmp_path / "cartpole", records, config)
+    # training returns (430) are below 475, the end-of-run evaluation is the outcome
+    (run / "summary.json").write_text(json.dumps({"eval_return_mean": 500.0, "eval_episodes": 20}))
+    findings = diagnose_run(run)
+    assert [f.code for f in findings] == ["explained_variance_low", "solved"]
+    assert "the run is solved nonetheless: eval return 500 over 20 episodes >= 475" in findings[0].message
+    assert doctor_main(str(run)) == 0
+    assert "solved" in capsys.readouterr().out
+    assert format_findings(findings).startswith("The run is solved; 1 warning worth a look")
+    # an error stays an error on a solved run
+    non_finite(records)
+    assert doctor_main(str(write_run(tmp_path / "nan", records, config))) == 1
+
+
+def test_post_hoc_replay_is_fast_on_long_runs():
+    import time
+
+    records = healthy_records(3000)
+    config = dict(CONFIG, total_timesteps=3000 * 4 * 512)
+    start = time.perf_counter()
+    diagnose(records, config)
+    assert time.perf_counter() - start < 5.0
+
+
+def test_live_doctor_last_line_about_a_problem_says_whether_it_holds():
+    records = healthy_records()
+    transient_collapse(records)
+    _set(records, "episodic_return_mean", lambda i: 50.0 + (i % 3), range(36, N + 1))  # and collapses again
+    doctor = LiveDoctor(CONFIG)
+    lines = [line for r in records for line in doctor.update(r) if "return_collapse" in line]
+    assert "resolved" in " ".join(lines) and lines[-1].endswith("return_collapse holds again")
+    assert [f.code for f in diagnose(records, CONFIG) if f.severity == "warning"] == ["return_collapse"]

@@ -119,9 +119,71 @@ def test_grouping_same_config_together_different_apart(tmp_path):
     assert sizes == [("EnvA-v0", 3e-4, 3), ("EnvA-v0", 1e-3, 2), ("EnvB-v0", 3e-4, 1)]
     env_a = [g for g in groups if g.env_id == "EnvA-v0"]
     labels = group_labels(env_a)
-    assert sorted(labels) == ["learning_rate=0.0003 (3 seeds)", "learning_rate=0.001 (2 seeds)"]
+    assert sorted(labels) == ["lr=0.0003 (3 seeds)", "lr=0.001 (2 seeds)"]
 
 
 def test_runs_without_config_are_never_merged(tmp_path):
     runs = [Run(path=tmp_path / name, config={}, records=[{"iteration": 1}]) for name in ("a", "b")]
     assert len(group_runs(runs)) == 2
+
+
+# --- publication-clean figures -------------------------------------------------------------------
+
+
+def _texts(fig_path_runs, tmp_path, **kw):
+    """Plot with warnings as errors; return the figure's visible texts and x tick labels."""
+    import warnings
+
+    from matplotlib.figure import Figure
+
+    captured = {}
+
+    real_savefig = Figure.savefig
+
+    def savefig(self, *args, **kwargs):
+        captured["fig"] = self
+        return real_savefig(self, *args, **kwargs)
+
+    Figure.savefig = savefig
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # constrained_layout's "axes sizes collapsed" among them
+            plot_runs(fig_path_runs, str(tmp_path / "fig.png"), **kw)
+    finally:
+        Figure.savefig = real_savefig
+    fig = captured["fig"]
+    texts = [t.get_text() for t in fig.findobj(lambda a: hasattr(a, "get_text"))]
+    ticks = [t.get_text() for ax in fig.axes for t in ax.get_xticklabels()]
+    return fig, texts, ticks
+
+
+def test_plot_is_warning_free_with_k_ticks_labels_and_short_legend(tmp_path):
+    for seed in (1, 2):
+        make_run(tmp_path, "EnvA-v0", seed, n=150)
+        make_run(tmp_path, "EnvA-v0", seed, lr=1e-3, n=150)
+    fig, texts, ticks = _texts([str(tmp_path / "*")], tmp_path, diagnostics=True)
+    assert "120k" in ticks and all(t == "0" or t.endswith("k") for t in ticks), ticks  # not "120000"
+    for label in ("episodic return", "approx. KL per update", "clip fraction", "explained variance"):
+        assert label in texts
+    assert "lr=0.0003 (2 seeds)" in texts and "lr=0.001 (2 seeds)" in texts
+    assert fig.legends and not any(ax.get_legend() for ax in fig.axes)  # below the panels, not on the curves
+    assert "mean over seeds, 95% bootstrap CI" in texts
+
+
+def test_single_seed_plot_does_not_claim_a_bootstrap_band(tmp_path):
+    make_run(tmp_path, "EnvA-v0", 1)
+    _, texts, _ = _texts([str(tmp_path / "*")], tmp_path)
+    assert not any("bootstrap" in t for t in texts)
+    assert "one seed per curve (no confidence band)" in texts
+    assert "EnvA-v0 (1 seed)" in texts
+
+
+def test_preset_runs_are_labelled_by_preset(tmp_path):
+    from ppox.diagnostics.plot import RunGroup, group_labels
+    from ppox.rl.config import preset_config
+
+    groups = []
+    for preset in (None, "cleanrl"):
+        config = preset_config("CartPole-v1", preset, learning_rate=5e-4).to_dict()
+        groups.append(RunGroup(key=str(preset), env_id="CartPole-v1", config=config, runs=[None]))
+    assert group_labels(groups) == ["preset CartPole-v1 (1 seed)", "preset cleanrl (1 seed)"]

@@ -222,3 +222,64 @@ def test_sigterm_in_process_stops_with_a_checkpoint_and_restores_the_handler(tok
     assert trainer.interrupted and [r["iteration"] for r in history] == [1, 2]
     assert latest_checkpoint(tmp_path).name == "ckpt_2"
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+TINY_DEMO = ["--num-test", "8", "--n-layer", "1", "--n-embd", "16", "--n-head", "2", "--sft-steps", "2",
+             "--sft-batch-size", "8", "--torch-threads", "2", "--ppo.batch-size", "8", "--ppo.num-minibatches", "1",
+             "--ppo.update-epochs", "1", "--ppo.max-new-tokens", "4", "--ppo.eval-every", "0",
+             "--ppo.checkpoint-every", "0", "--ppo.no-tensorboard"]
+
+
+def test_stopped_demo_continues_with_the_printed_command_and_with_demo_resume(tmp_path, monkeypatch, capfd):
+    """Issue 12 item 2: the demo saved model_path null, so its printed resume command failed."""
+    import shlex
+    import signal
+
+    from ppox.cli import main as ppox_main
+
+    stop_after: set[int] = {1, 2}
+    step = LLMPPOTrainer.step
+
+    def step_then_stop(self, prompts=None):  # Ctrl-C arriving during a PPO step
+        record = step(self, prompts)
+        if self.step_count in stop_after:
+            signal.raise_signal(signal.SIGTERM)
+        return record
+
+    monkeypatch.setattr(LLMPPOTrainer, "step", step_then_stop)
+    run = tmp_path / "demo run"  # a space: the printed command must quote it
+    assert ppox_main(["llm", "demo", "--run-dir", str(run), "--ppo.total-steps", "3", *TINY_DEMO]) == 130
+    err = capfd.readouterr().err
+    assert "Writing model shards" not in err and "loss_type" not in err  # issue 12 item 6: no transformers noise
+    printed = err.split("continue with `")[1].split("`")[0]
+    assert f"ppox llm demo --resume {run}" in err
+    assert [r["iteration"] for r in metrics(run)] == [1]
+
+    argv = shlex.split(printed)
+    assert argv[:4] == ["ppox", "llm", "train", "--resume"]
+    assert ppox_main(argv[1:]) == 130  # the printed command works (and is stopped again after step 2)
+    assert [r["iteration"] for r in metrics(run)] == [1, 2]
+
+    assert ppox_main(["llm", "demo", "--resume", str(run)]) == 0
+    assert [r["iteration"] for r in metrics(run)] == [1, 2, 3]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["ppo_steps"] == 3 and not summary["interrupted"]
+    assert summary["accuracy_before"] == json.loads((run / "demo.json").read_text())["accuracy_before"]
+    assert "accuracy_after" in summary and "Writing model shards" not in capfd.readouterr().err
+
+    assert ppox_main(["llm", "demo", "--resume", str(tmp_path / "elsewhere")]) == 2
+    assert ppox_main(["llm", "demo", "--resume", str(run), "--n-layer", "2"]) == 2
+
+
+def test_quiet_transformers_restores_the_callers_settings():
+    from transformers.utils import logging as hf_logging
+
+    from ppox.llm.models import quiet_transformers
+
+    hf_logging.set_verbosity_info()
+    try:
+        with quiet_transformers():
+            assert hf_logging.get_verbosity() == hf_logging.ERROR and not hf_logging.is_progress_bar_enabled()
+        assert hf_logging.get_verbosity() == hf_logging.INFO and hf_logging.is_progress_bar_enabled()
+    finally:
+        hf_logging.set_verbosity_warning()

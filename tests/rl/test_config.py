@@ -1,3 +1,9 @@
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+import numpy as np
 import pytest
 
 from ppox.errors import ConfigError
@@ -55,3 +61,78 @@ def test_json_round_trip():
     assert PPOConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ConfigError, match="unknown config field"):
         PPOConfig.from_dict({**cfg.to_dict(), "bogus": 1})
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"seed": "x"}, "seed must be an integer"),
+        ({"seed": True}, "seed must be an integer"),  # bool is not an int
+        ({"seed": 1.0}, "seed must be an integer"),
+        ({"device": 3}, "device must be a string"),
+        ({"hidden_sizes": [64.5]}, "hidden_sizes must be a list of integers"),
+        ({"hidden_sizes": (64, True)}, "hidden_sizes must be a list of integers"),
+        ({"anneal_lr": 1}, "anneal_lr must be true/false"),
+        ({"learning_rate": "0.1"}, "learning_rate must be a number"),
+        ({"clip_coef": "none"}, "clip_coef must be a number or None"),
+        ({"activation": "gelu"}, "activation must be 'tanh' or 'relu'"),
+        ({"run_dir": 5}, "run_dir must be a string or None"),
+    ],
+)
+def test_wrong_types_are_refused_at_construction(changes, message):
+    with pytest.raises(ConfigError, match=message):
+        PPOConfig(**changes)
+
+
+@pytest.mark.parametrize("name", [f.name for f in dataclasses.fields(PPOConfig)
+                                  if f.type in ("float", "float | None")])
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_every_float_field_refuses_non_finite_values(name, value):
+    with pytest.raises(ConfigError, match=f"{name} must be a finite number"):
+        PPOConfig(**{name: value})
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"seed": -1}, "seed must be an integer in"),
+        ({"seed": 2**32}, "seed must be an integer in"),
+        ({"device": "meta"}, "unknown device 'meta'"),
+        ({"device": "cuda:x"}, "unknown device"),
+        ({"torch_threads": 1_000_000}, "torch_threads must be <= 1024"),
+    ],
+)
+def test_seed_device_and_threads_are_bounded(changes, message):
+    with pytest.raises(ConfigError, match=message):
+        PPOConfig(**changes)
+
+
+def test_plain_values_are_normalised():
+    cfg = PPOConfig(learning_rate=1, seed=np.int64(3), hidden_sizes=[32, 16], run_dir=Path("runs/x"))
+    assert type(cfg.learning_rate) is float and type(cfg.seed) is int and cfg.hidden_sizes == (32, 16)
+    assert cfg.run_dir == "runs/x" and PPOConfig.from_dict(json.loads(cfg.to_json())) == cfg
+    for device in ("cpu", "cuda", "cuda:1", "mps", "auto"):
+        PPOConfig(device=device)
+    PPOConfig(seed=0)
+    PPOConfig(seed=2**32 - 1)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--seed", "-1"], "seed must be an integer in"),
+        (["--seed", "1e23"], "seed"),
+        (["--device", "meta"], "unknown device 'meta'"),
+        (["--vf-coef", "nan"], "vf_coef must be a finite number"),
+        (["--ent-coef", "inf"], "ent_coef must be a finite number"),
+        (["--learning-rate", "inf"], "learning_rate must be a finite number"),
+    ],
+)
+def test_cli_refuses_bad_seed_device_and_non_finite_values_in_one_line(tmp_path, capsys, argv, message):
+    from ppox.cli import main
+
+    rc = main(["train", "CartPole-v1", *argv, "--total-timesteps", "256", "--no-progress",
+               "--run-dir", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+    assert not (tmp_path / "run").exists()

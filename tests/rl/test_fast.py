@@ -299,3 +299,29 @@ def test_a_failing_compile_falls_back_to_the_eager_update(tmp_path, monkeypatch,
     assert "--compile failed (CppCompileError" in capsys.readouterr().err
     assert model._compiled_update is None and model.global_step == 64  # trained on, eagerly
     assert any(not torch.equal(a, b) for a, b in zip(before, model.agent.parameters(), strict=True))
+
+
+def test_numpy_policy_zero_exponential_draw_warns_nothing():
+    """A float32 Exp(1) draw of exactly 0 (about 1 in 2^24) made numpy warn "divide by zero in log"."""
+    import warnings
+
+    import numpy as np
+
+    from ppox.rl.fast import NumpyPolicy
+
+    class ZeroDraws:
+        def __init__(self, rng):
+            self.rng = rng
+
+        def standard_exponential(self, shape, dtype):
+            out = self.rng.standard_exponential(shape, dtype=dtype)
+            out[:, 0] = 0.0  # E = 0 for action 0 of every row: action 0 must win
+            return out
+
+    torch.manual_seed(0)
+    agent = Agent(5, DISCRETE, hidden_sizes=(16, 16))
+    policy = NumpyPolicy(agent, DISCRETE, ZeroDraws(np.random.default_rng(0)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        actions, logprobs, _ = policy(np.random.default_rng(1).standard_normal((64, 5), dtype=np.float32))
+    assert (actions == 0).all() and np.isfinite(logprobs).all()
