@@ -19,15 +19,19 @@ from pathlib import Path
 
 import torch
 
-TIMING = {"sps", "wall_time", "gen_tokens_per_s", "update_tokens_per_s", "wall_seconds", "step_seconds"}
+TIMING = {"sps", "wall_time"}  # and every key ending in _seconds or _per_s
+
+
+def is_timing(key: str) -> bool:
+    return key in TIMING or key.endswith(("_seconds", "_per_s"))
 
 # name -> (env id, overrides): the default paths a user meets, each a few iterations long
 RL_RUNS: dict[str, tuple[str, dict]] = {
     "cartpole_preset_numpy": ("CartPole-v1", {"total_timesteps": 8192}),
     "cartpole_gymnasium_torch_rollout": ("CartPole-v1", {"total_timesteps": 4096, "env_backend": "gymnasium"}),
     "cartpole_cleanrl_compiled": ("CartPole-v1", {"preset": "cleanrl", "total_timesteps": 4096, "compile": True}),
-    "acrobot_kl_penalty": ("Acrobot-v1", {"total_timesteps": 4096, "kl_penalty": True, "clip_coef_high": 0.28}),
-    "pendulum_preset_norms": ("Pendulum-v1", {"total_timesteps": 4096}),
+    "acrobot_kl_penalty": ("Acrobot-v1", {"total_timesteps": 16384, "kl_penalty": True, "clip_coef_high": 0.28}),
+    "pendulum_preset_norms": ("Pendulum-v1", {"total_timesteps": 16384}),
     "cartpole_torch_envs": ("CartPole-v1", {"total_timesteps": 4096, "env_backend": "torch", "num_envs": 16,
                                             "num_steps": 32}),
 }
@@ -44,7 +48,7 @@ def param_hash(modules: list[torch.nn.Module]) -> str:
 
 def read_metrics(path: Path) -> list[dict]:
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
+    return [{k: v for k, v in r.items() if not is_timing(k)} for r in rows]
 
 
 def record_rl(name: str, env_id: str, overrides: dict, root: Path) -> dict:
