@@ -30,7 +30,7 @@ RL_RUNS: dict[str, tuple[str, dict]] = {
     "cartpole_preset_numpy": ("CartPole-v1", {"total_timesteps": 8192}),
     "cartpole_gymnasium_torch_rollout": ("CartPole-v1", {"total_timesteps": 4096, "env_backend": "gymnasium"}),
     "cartpole_cleanrl_compiled": ("CartPole-v1", {"preset": "cleanrl", "total_timesteps": 4096, "compile": True}),
-    "acrobot_kl_penalty": ("Acrobot-v1", {"total_timesteps": 16384, "kl_penalty": True, "clip_coef_high": 0.28}),
+    "acrobot_kl_penalty": ("Acrobot-v1", {"total_timesteps": 16384, "kl_penalty": "loss", "clip_coef_high": 0.28}),
     "pendulum_preset_norms": ("Pendulum-v1", {"total_timesteps": 16384}),
     "cartpole_torch_envs": ("CartPole-v1", {"total_timesteps": 4096, "env_backend": "torch", "num_envs": 16,
                                             "num_steps": 32}),

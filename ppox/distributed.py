@@ -16,6 +16,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from ppox.errors import ConfigError
+
 
 @dataclass
 class Collective:
@@ -104,6 +106,38 @@ def init_from_env(device_type: str = "cpu") -> Collective:
         dist.init_process_group(backend=backend, store=_store(rank, world_size), rank=rank, world_size=world_size)
     _current = Collective(rank=rank, world_size=world_size, local_rank=local_rank)
     return _current
+
+
+def resolve_device(name: str) -> torch.device:
+    """`name` as a torch.device ("auto": cuda if a GPU is available, else cpu), refused on one line
+    (ConfigError) if torch cannot use it here: no GPU, a GPU index this machine lacks, a bad name."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError, TypeError):
+        raise ConfigError(f"unknown device {name!r}; use cpu, cuda, cuda:N, mps or auto") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(f"--device {name}: no CUDA GPU is available here (use --device cpu)")
+        if device.index is not None and device.index >= count:
+            raise ConfigError(f"--device {name}: this machine has {count} CUDA GPU(s), numbered from 0")
+    elif device.type not in ("cpu", "mps") or (device.type == "mps" and not torch.backends.mps.is_available()):
+        raise ConfigError(f"--device {name}: not available here (use cpu, cuda or cuda:N)")
+    return device
+
+
+def init_device(name: str) -> tuple[torch.device, Collective]:
+    """The device a trainer runs on and its process group (both trainers start here).
+
+    Under torchrun each process joins the group and, with NCCL, takes the GPU of its local rank.
+    """
+    device = resolve_device(name)
+    collective = init_from_env(device.type)
+    if collective.enabled and device.type == "cuda":
+        device = torch.device("cuda", collective.local_rank)
+    return device, collective
 
 
 def _store(rank: int, world_size: int) -> dist.Store:

@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from ppox.cli import _print_summary, main
+from ppox.cli import main
+from ppox.cli.common import print_summary
 
 TINY = ["--total-timesteps", "256", "--num-envs", "2", "--num-steps", "32", "--no-progress", "--no-tensorboard",
         "--eval-episodes", "2"]
@@ -120,7 +121,7 @@ def test_interrupted_summary_says_not_evaluated_instead_of_none(capsys):
     summary = {"env_id": "CartPole-v1", "seed": 1, "total_timesteps": 64, "wall_seconds": 0.5, "sps": 128.0,
                "interrupted": True, "eval_return_mean": None, "eval_return_std": None, "eval_episodes": 0,
                "final_train_return_mean": None}
-    _print_summary(summary, "runs/x")
+    print_summary(summary, "runs/x")
     out = capsys.readouterr().out
     assert "None" not in out and "interrupted: not evaluated" in out, out
 

@@ -13,11 +13,13 @@ from ppox.core.losses import (
     explained_variance,
     value_loss,
 )
+from ppox.core.objective import ObjectiveConfig
 
 __all__ = [
     "KL_ESTIMATORS",
     "LOSS_AGG_MODES",
     "AdaptiveKLController",
+    "ObjectiveConfig",
     "aggregate",
     "clipped_surrogate",
     "entropy_bonus",

@@ -19,6 +19,7 @@ import torch
 from ppox.core.advantages import normalize
 from ppox.core.kl import kl_estimate
 from ppox.core.losses import aggregate, clip_fraction, clipped_surrogate, value_loss
+from ppox.core.objective import ObjectiveConfig
 
 
 class Collective(Protocol):
@@ -36,23 +37,6 @@ class Collective(Protocol):
         ...
 
 
-@dataclass(frozen=True)
-class LossSettings:
-    """The loss hyperparameters the update needs (a view of a trainer's config)."""
-
-    clip_coef: float | None = 0.2  # None: no ratio clipping (pure PPO-Penalty)
-    clip_coef_high: float | None = None
-    dual_clip: float | None = None
-    clip_vloss: bool = True
-    vf_clip_coef: float | None = None  # None: use clip_coef for the value clip, as CleanRL does
-    vf_coef: float = 0.5
-    ent_coef: float = 0.0
-    kl_estimator: str = "k3"
-    use_kl_penalty: bool = False
-    norm_adv: bool = True
-    loss_agg_mode: str = "token-mean"
-
-
 @dataclass
 class PolicyOutput:
     """What `forward` returns for a minibatch; shapes match the minibatch's `logprobs`."""
@@ -66,12 +50,14 @@ class PolicyOutput:
 def ppo_loss(
     out: PolicyOutput,
     mb: dict[str, torch.Tensor],
-    s: LossSettings,
+    objective: ObjectiveConfig,
     kl_coef: float = 0.0,
     all_reduce_sum: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The PPO objective on one minibatch. `mb` holds logprobs, advantages, returns, values, [mask].
 
+    `objective` is a trainer config's `update_objective()`: its kl_penalty "loss" adds the KL to the
+    rollout policy (PPO-Penalty); a KL to a reference model comes in through `out.extra_loss` instead.
     `all_reduce_sum` (multi-process training) makes the advantage normalisation global.
     """
     mask = mb.get("mask")
@@ -79,26 +65,30 @@ def ppo_loss(
     ratio = log_ratio.exp()
 
     advantages = mb["advantages"]
-    if s.norm_adv:
+    if objective.norm_adv:
         advantages = normalize(advantages, mask, all_reduce_sum=all_reduce_sum)
 
-    if s.clip_coef is None:
-        objective = ratio * advantages
+    if objective.clip_coef is None:
+        surrogate = ratio * advantages
     else:
-        objective = clipped_surrogate(ratio, advantages, s.clip_coef, s.clip_coef_high, s.dual_clip)
-    policy_loss = -aggregate(objective, mask, s.loss_agg_mode)
+        surrogate = clipped_surrogate(
+            ratio, advantages, objective.clip_coef, objective.clip_coef_high, objective.dual_clip
+        )
+    agg = objective.loss_agg_mode
+    policy_loss = -aggregate(surrogate, mask, agg)
 
-    entropy = aggregate(out.entropy, mask, s.loss_agg_mode)
-    kl_penalty = aggregate(kl_estimate(log_ratio, s.kl_estimator), mask, s.loss_agg_mode)
-    loss = policy_loss - s.ent_coef * entropy
-    if s.use_kl_penalty:
+    entropy = aggregate(out.entropy, mask, agg)
+    kl_penalty = aggregate(kl_estimate(log_ratio, objective.resolved_kl_estimator), mask, agg)
+    loss = policy_loss - objective.ent_coef * entropy
+    if objective.kl_penalty == "loss":
         loss = loss + kl_coef * kl_penalty
 
     v_loss = torch.zeros((), device=loss.device)
     if out.values is not None:
-        vf_clip = (s.vf_clip_coef if s.vf_clip_coef is not None else s.clip_coef) if s.clip_vloss else None
-        v_loss = aggregate(value_loss(out.values, mb["returns"], mb["values"], vf_clip), mask, s.loss_agg_mode)
-        loss = loss + s.vf_coef * v_loss
+        vf_clip = objective.vf_clip_coef if objective.vf_clip_coef is not None else objective.clip_coef
+        vf_clip = vf_clip if objective.clip_vloss else None
+        v_loss = aggregate(value_loss(out.values, mb["returns"], mb["values"], vf_clip), mask, agg)
+        loss = loss + objective.vf_coef * v_loss
     if out.extra_loss is not None:
         loss = loss + out.extra_loss
 
@@ -111,7 +101,11 @@ def ppo_loss(
             "approx_kl": aggregate(kl_estimate(log_ratio, "k3"), mask),
             "old_approx_kl": aggregate(kl_estimate(log_ratio, "k1"), mask),
             "clipfrac": aggregate(
-                clip_fraction(ratio, s.clip_coef if s.clip_coef is not None else float("inf"), s.clip_coef_high),
+                clip_fraction(
+                    ratio,
+                    objective.clip_coef if objective.clip_coef is not None else float("inf"),
+                    objective.clip_coef_high,
+                ),
                 mask,
             ),
         }
@@ -132,7 +126,7 @@ def ppo_update(
     forward: Callable[[dict[str, torch.Tensor]], PolicyOutput],
     optimizer: torch.optim.Optimizer,
     params: Iterable[torch.nn.Parameter],
-    settings: LossSettings,
+    objective: ObjectiveConfig,
     *,
     update_epochs: int,
     num_minibatches: int,
@@ -187,7 +181,7 @@ def ppo_update(
             for micro in range(grad_accum_steps):
                 idx = perm[start + micro * micro_size : start + (micro + 1) * micro_size]
                 mb = {k: v[idx] for k, v in batch.items()}
-                loss, stats = ppo_loss(forward(mb), mb, settings, kl_coef, reduce_sum)
+                loss, stats = ppo_loss(forward(mb), mb, objective, kl_coef, reduce_sum)
                 if not torch.isfinite(loss):
                     # no break: the other micro-batches still run, so every process makes the
                     # same sequence of collective calls

@@ -7,6 +7,7 @@ import json
 import math
 import sys
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -162,19 +163,24 @@ def _fmt_value(value: Any) -> str:
     return str(value)
 
 
-def _preset_overrides(config: dict[str, Any]) -> set[str] | None:
-    """The keys where ``config`` differs from its own preset, or None if the preset can't be loaded."""
-    try:
-        from ppox.rl.config import preset_config
+PresetDefaults = Callable[[str, str | None], dict[str, Any]]
+"""(env_id, preset) -> the full config that preset gives: passed in by the caller (the CLI passes the RL
+trainer's), so diagnostics reads runs without importing a trainer."""
 
-        base = preset_config(str(config.get("env_id")), config.get("preset")).to_dict()
+
+def _preset_overrides(config: dict[str, Any], preset_defaults: PresetDefaults | None) -> set[str] | None:
+    """The keys where ``config`` differs from its own preset, or None if the preset can't be loaded."""
+    if preset_defaults is None:
+        return None
+    try:
+        base = preset_defaults(str(config.get("env_id")), config.get("preset"))
     except Exception:  # an unknown or renamed preset: label by the settings themselves
         return None
     same = json.dumps  # values compare as JSON, as in group_key
     return {k for k, v in config.items() if k in base and same(v, default=str) != same(base[k], default=str)}
 
 
-def _config_name(config: dict[str, Any], differing: list[str]) -> str:
+def _config_name(config: dict[str, Any], differing: list[str], preset_defaults: PresetDefaults | None = None) -> str:
     """Short name of a config from the settings that differ between the plotted configs."""
     keys = list(differing)
     parts: list[str] = []
@@ -182,7 +188,7 @@ def _config_name(config: dict[str, Any], differing: list[str]) -> str:
         # the preset explains the settings it sets: name it and only the overrides on top of it
         keys.remove("preset")
         parts.append(f"preset {config.get('preset')}")
-        overrides = _preset_overrides(config)
+        overrides = _preset_overrides(config, preset_defaults)
         if overrides is not None:
             keys = [k for k in keys if k in overrides]
     order = {k: i for i, k in enumerate(LABEL_NAMES)}
@@ -205,7 +211,7 @@ def _seeds(counts: list[int]) -> str:
     return f"{n} seed" + ("" if hi == 1 else "s")
 
 
-def group_labels(groups: list[RunGroup]) -> list[str]:
+def group_labels(groups: list[RunGroup], preset_defaults: PresetDefaults | None = None) -> list[str]:
     """Legend labels naming each group by the config keys that differ among ``groups`` (short names)."""
     differing = _differing_keys(groups)
     labels = []
@@ -213,14 +219,15 @@ def group_labels(groups: list[RunGroup]) -> list[str]:
         if not g.config:
             name = g.runs[0].path.name
         elif differing:
-            name = _config_name(g.config, differing)
+            name = _config_name(g.config, differing, preset_defaults)
         else:
             name = g.env_id
         labels.append(f"{name} ({_seeds([len(g.runs)])})")
     return labels
 
 
-def _legend_labels(groups: list[RunGroup], config_keys: list[str]) -> dict[str, str]:
+def _legend_labels(groups: list[RunGroup], config_keys: list[str],
+                   preset_defaults: PresetDefaults | None = None) -> dict[str, str]:
     """One label per config (it has one colour in every env's panel), naming what differs between configs."""
     by_key: dict[str, list[RunGroup]] = {}
     for g, key in zip(groups, config_keys, strict=True):
@@ -230,7 +237,7 @@ def _legend_labels(groups: list[RunGroup], config_keys: list[str]) -> dict[str, 
     labels = {}
     for key, gs in by_key.items():
         g = gs[0]
-        name = (g.runs[0].path.name if not g.config else _config_name(g.config, differing)) or g.env_id
+        name = (g.runs[0].path.name if not g.config else _config_name(g.config, differing, preset_defaults)) or g.env_id
         labels[key] = f"{name} ({_seeds([len(x.runs) for x in gs])})"
     return labels
 
@@ -304,8 +311,11 @@ def plot_runs(
     x: str = "steps",
     metrics: list[str] | None = None,
     diagnostics: bool = False,
+    preset_defaults: PresetDefaults | None = None,
 ) -> str:
-    """Plot mean +/- 95% bootstrap band per config group, one column per env; return ``output``."""
+    """Plot mean +/- 95% bootstrap band per config group, one column per env; return ``output``.
+
+    `preset_defaults` lets legends name a preset and only the overrides on top of it."""
     if x not in X_KEYS:
         raise ValueError(f"x must be one of {sorted(X_KEYS)}, got {x!r}")
     suffix = Path(output).suffix.lower()
@@ -341,7 +351,7 @@ def plot_runs(
     palette = {key: f"C{i % 10}" for i, key in enumerate(dict.fromkeys(config_keys))}
     key_of = {id(g): key for g, key in zip(groups, config_keys, strict=True)}
     colours = {i: palette[key] for i, key in key_of.items()}
-    legend = _legend_labels(groups, config_keys) if len(palette) > 1 else {}
+    legend = _legend_labels(groups, config_keys, preset_defaults) if len(palette) > 1 else {}
     legend_rows = math.ceil(len(legend) / 2)
     fig = Figure(figsize=(max(5.5 * n_cols, 6.0), 2.7 * n_rows + 0.5 + 0.3 * legend_rows), layout="constrained")
     FigureCanvasAgg(fig)
@@ -399,10 +409,12 @@ def plot_main(
     x: str = "steps",
     metrics: list[str] | None = None,
     diagnostics: bool = False,
+    preset_defaults: PresetDefaults | None = None,
 ) -> int:
     """CLI entry: plot and print the file path; 2 on no runs or bad arguments."""
     try:
-        path = plot_runs(paths, output, x=x, metrics=metrics, diagnostics=diagnostics)
+        path = plot_runs(paths, output, x=x, metrics=metrics, diagnostics=diagnostics,
+                         preset_defaults=preset_defaults)
     except (PPOXError, ValueError) as exc:  # includes NoRunsError
         print(f"ppox plot: {exc}", file=sys.stderr)
         return 2

@@ -2,7 +2,7 @@
 
     from ppox.llm import LLMPPOConfig, LLMPPOTrainer
     trainer = LLMPPOTrainer(LLMPPOConfig(...), model, tokenizer, reward_fn, prompts)
-    trainer.train("runs/my-run")
+    trainer.learn("runs/my-run")
 
 `reward_fn(prompts, completions) -> list[float]` is any Python function (verifiable rewards) or a
 `RewardModel` (an AutoModelForSequenceClassification directory).

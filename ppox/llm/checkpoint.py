@@ -9,7 +9,7 @@ A checkpoint is a directory RUN_DIR/checkpoints/ckpt_<step>/ holding
     state.json            step, completions, optimizer param groups, KL controller, prompt-sampler
                           state of every rank, config, the metrics so far
 
-It uses the directory protocol of the classic-RL checkpoints (ppox.rl.checkpoint): files written
+It uses the checkpoint-directory protocol of ppox.runs, as the gymnasium trainer does: files written
 atomically into a temporary directory, which is renamed into place before `latest` is replaced,
 so a process killed at any instant leaves `latest` naming a complete checkpoint. No pickle.
 With torchrun, rank 0 writes (the other ranks send it their RNG states) and every rank loads.
@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
@@ -33,18 +33,12 @@ from ppox import __version__
 from ppox.errors import ModelFileError, PPOXError
 from ppox.io import FORMAT_VERSION, atomic_write_json, load_tensors, save_tensors
 from ppox.llm import fsdp
-from ppox.llm.data import PromptBatches
-from ppox.rl import checkpoint as rl_checkpoint
-from ppox.rl.checkpoint import (
-    begin_checkpoint,
-    discard_after,
-    flatten_optimizer,
-    publish_checkpoint,
-    unflatten_optimizer,
-)
+from ppox.runs import begin_checkpoint, discard_after, flatten_optimizer, publish_checkpoint, unflatten_optimizer
+from ppox.runs import read_state as read_run_state
 
-if TYPE_CHECKING:
-    from ppox.llm.trainer import LLMPPOTrainer
+# the trainer (ppox.llm.trainer.LLMPPOTrainer), duck-typed: its state_dict()/load_state_dict() and public
+# policy, critic, optimizer, collective, sharded, device and config
+LLMPPOTrainer = Any
 
 KIND = "ppox.llm.checkpoint"
 REQUIRED_KEYS = ("step", "global_step", "optimizer", "kl_controller", "prompt_sampler", "config", "metrics")
@@ -128,16 +122,11 @@ def load_optimizer_state(trainer: LLMPPOTrainer, state_dict: dict[str, Any]) -> 
     set_optimizer_state_dict(_sharded_models(trainer), trainer.optimizer, by_name, options=_full_options())
 
 
-def _rng_state(trainer: LLMPPOTrainer) -> dict[str, Any]:
-    state: dict[str, Any] = {"torch": torch.get_rng_state(), "prompts": trainer._batches.state_dict()}
-    if trainer.device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(trainer.device)
-    return state
-
-
 def save_checkpoint(trainer: LLMPPOTrainer, run_dir: str | Path, history: list[dict]) -> Path | None:
     """Write RUN_DIR/checkpoints/ckpt_<step>/ (rank 0); every rank must call it. Returns the path on rank 0."""
-    ranks = trainer.collective.gather_objects(_rng_state(trainer))  # every rank's RNGs, in rank order
+    trainer_state = trainer.state_dict()
+    mine = {k: v for k, v in trainer_state["rng"].items() if k != "shuffle"}
+    ranks = trainer.collective.gather_objects(mine)  # every rank's RNGs, in rank order
     if trainer.sharded:
         fsdp.reshard(trainer.policy, trainer.critic)
     # FSDP: every rank takes part in gathering the full weights and optimizer state to rank 0
@@ -145,9 +134,9 @@ def save_checkpoint(trainer: LLMPPOTrainer, run_dir: str | Path, history: list[d
     optim = optimizer_state(trainer)
     if not trainer.collective.is_main:
         return None
-    name = f"ckpt_{trainer.step_count}"
+    name = f"ckpt_{trainer_state['step']}"
     tmp = begin_checkpoint(run_dir, name)
-    tensors: dict[str, torch.Tensor] = {"rng.shuffle": trainer.generator.get_state()}
+    tensors: dict[str, torch.Tensor] = {"rng.shuffle": trainer_state["rng"]["shuffle"]}
     for rank, rng in enumerate(ranks):
         tensors[f"rng.torch.{rank}"] = rng["torch"]
         if "cuda" in rng:
@@ -157,11 +146,11 @@ def save_checkpoint(trainer: LLMPPOTrainer, run_dir: str | Path, history: list[d
         "format_version": FORMAT_VERSION,
         "kind": KIND,
         "ppox_version": __version__,
-        "step": trainer.step_count,
-        "global_step": trainer.global_step,
+        "step": trainer_state["step"],
+        "global_step": trainer_state["global_step"],
         "world_size": trainer.collective.world_size,
         "lora": bool(trainer.config.lora_r),
-        "kl_controller": trainer.kl_ctl.state_dict(),
+        "kl_controller": trainer_state["kl_controller"],
         "optimizer": optim_json,
         "prompt_sampler": [rng["prompts"] for rng in ranks],
         "config": trainer.config.to_dict(),
@@ -175,7 +164,7 @@ def save_checkpoint(trainer: LLMPPOTrainer, run_dir: str | Path, history: list[d
 
 
 def read_state(ckpt: Path) -> dict[str, Any]:
-    return rl_checkpoint.read_state(ckpt, KIND, "ppox LLM checkpoint", REQUIRED_KEYS)
+    return read_run_state(ckpt, KIND, "ppox LLM checkpoint", REQUIRED_KEYS)
 
 
 def _load_parameters(trainer: LLMPPOTrainer, module: torch.nn.Module, path: Path) -> None:
@@ -215,30 +204,25 @@ def load_checkpoint(trainer: LLMPPOTrainer, ckpt: Path) -> list[dict]:
     tensors = load_tensors(path, "cpu")
     try:
         load_optimizer_state(trainer, unflatten_optimizer(state["optimizer"], tensors))
-        trainer.kl_ctl.load_state_dict(state["kl_controller"])
     except (RuntimeError, KeyError, ValueError, TypeError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ModelFileError(f"{path} does not match this run's optimizer: {first}") from None
-    trainer.step_count = int(state["step"])
-    trainer.global_step = int(state["global_step"])
-
-    # RNG states last: building the trainer consumed random numbers
     rank, same_world = trainer.collective.rank, state.get("world_size") == trainer.collective.world_size
     if "rng.shuffle" not in tensors or (same_world and f"rng.torch.{rank}" not in tensors):
         raise ModelFileError(f"{path} lacks the RNG states: a damaged checkpoint")
-    trainer.generator.set_state(tensors["rng.shuffle"])
+    rng: dict[str, Any] = {"shuffle": tensors["rng.shuffle"]}
     if same_world:
-        torch.set_rng_state(tensors[f"rng.torch.{rank}"])
-        if trainer.device.type == "cuda" and f"rng.cuda.{rank}" in tensors:
-            torch.cuda.set_rng_state(tensors[f"rng.cuda.{rank}"], trainer.device)
-        trainer._batches.load_state_dict(state["prompt_sampler"][rank])
-    else:  # another number of processes: fresh, distinct streams per rank (the run stays valid, not bit-exact)
-        seed = trainer.config.seed + rank + 7919 * trainer.step_count
-        torch.manual_seed(seed)
-        trainer._batches = PromptBatches(trainer.prompts, trainer.config.batch_size, seed)
-        if trainer.collective.is_main:
-            print(f"warning: {ckpt} was written by {state.get('world_size')} process(es), this run has "
-                  f"{trainer.collective.world_size}: sampling continues with fresh random streams", file=sys.stderr)
+        rng.update(torch=tensors[f"rng.torch.{rank}"], cuda=tensors.get(f"rng.cuda.{rank}"),
+                   prompts=state["prompt_sampler"][rank])
+    try:
+        trainer.load_state_dict({"step": state["step"], "global_step": state["global_step"],
+                                 "kl_controller": state["kl_controller"], "rng": rng})
+    except (RuntimeError, KeyError, ValueError, TypeError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ModelFileError(f"{path} does not match this run's optimizer: {first}") from None
+    if not same_world and trainer.collective.is_main:  # fresh random streams per rank: valid, not bit-exact
+        print(f"warning: {ckpt} was written by {state.get('world_size')} process(es), this run has "
+              f"{trainer.collective.world_size}: sampling continues with fresh random streams", file=sys.stderr)
     if trainer.collective.is_main:
-        discard_after(ckpt.parent.parent, trainer.step_count)
+        discard_after(ckpt.parent.parent, int(state["step"]))
     return list(state["metrics"])

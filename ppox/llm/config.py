@@ -2,7 +2,9 @@
 
 `ppox llm train --help` is generated from this dataclass: each field's docstring is its help
 text and its default the flag's default. Validation runs at construction (__post_init__), so a
-bad value fails before any model is loaded.
+bad value fails before any model is loaded. The objective's fields (clipping, value loss, entropy,
+KL penalty, advantages) come from ppox.core.objective.ObjectiveConfig; the LLM trainer re-declares
+only the defaults it does differently.
 """
 
 from __future__ import annotations
@@ -13,14 +15,13 @@ import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ppox.core.update import LossSettings
+from ppox.core.objective import KLEstimator, ObjectiveConfig, accepts_deprecated_names, rename_deprecated
 from ppox.errors import ConfigError
 
-LossAgg = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum"]
 
-
+@accepts_deprecated_names
 @dataclass
-class LLMPPOConfig:
+class LLMPPOConfig(ObjectiveConfig):
     """Configuration of a PPO run on a causal language model."""
 
     # what to train, on what
@@ -76,47 +77,28 @@ class LLMPPOConfig:
     """Micro-batches per minibatch whose gradients are summed (memory only: same result)."""
     max_grad_norm: float | None = 1.0
     """Global gradient-norm clip; None = no clipping."""
-    target_kl: float | None = None
-    """Stop the epochs of a step early once an epoch's mean approx_kl (to the rollout policy)
-    exceeds this; None = never."""
-
-    # advantages
-    gamma: float = 1.0
-    """Discount over response tokens (1.0: the task reward counts fully at every token)."""
-    gae_lambda: float = 0.95
-    """GAE lambda over response tokens, in [0, 1]."""
-    whiten_advantages: bool = True
-    """Whiten advantages over the valid response tokens of the whole batch."""
     normalize_reward: bool = False
     """Standardise the task rewards over the batch before adding the KL penalty."""
 
-    # objective
-    clip_coef: float = 0.2
-    """Ratio clip epsilon (lower side, and upper side unless clip_coef_high is set)."""
-    clip_coef_high: float | None = None
-    """Upper clip epsilon for DAPO's asymmetric 'clip-higher' (e.g. 0.28); None = clip_coef."""
-    dual_clip: float | None = None
-    """Dual-clip constant c > 1 bounding the objective by c*A for negative advantages; None = off."""
-    clip_vloss: bool = True
-    """Clip the value loss around the rollout's values."""
+    # objective: ObjectiveConfig's fields; these defaults differ from its (CleanRL's) ones
+    gamma: float = 1.0
+    """Discount over response tokens (1.0: the task reward counts fully at every token)."""
     vf_clip_coef: float | None = 0.2
     """Value clip range; None = clip_coef."""
     vf_coef: float = 0.1
     """Value-loss coefficient."""
     ent_coef: float = 0.0
     """Entropy-bonus coefficient."""
-    loss_agg_mode: LossAgg = "token-mean"
-    """How per-token losses are reduced: token-mean, seq-mean-token-mean or seq-mean-token-sum."""
 
     # KL to the frozen reference model
     kl_penalty: Literal["reward", "loss", "none"] = "reward"
     """Where the KL to the reference model acts: 'reward' folds -kl_coef * KL into every token's
     reward (InstructGPT), 'loss' adds kl_coef * KL to the loss, 'none' ignores it."""
-    kl_estimator: Literal["k1", "k2", "k3"] | None = None
+    kl_estimator: KLEstimator | None = None
     """Per-token KL estimator; None = k1 for the reward penalty, k3 for the loss term."""
     kl_coef: float = 0.05
     """(Initial) KL coefficient beta."""
-    target_ref_kl: float | None = None
+    kl_target: float | None = None
     """Target KL to the reference per completion (nats); set = adaptive beta (Ziegler et al.),
     None = fixed beta."""
     kl_horizon: int = 10_000
@@ -167,12 +149,6 @@ class LLMPPOConfig:
     def micro_batch_size(self) -> int:
         return self.minibatch_size // self.grad_accum_steps
 
-    @property
-    def resolved_kl_estimator(self) -> str:
-        if self.kl_estimator is not None:
-            return self.kl_estimator
-        return "k3" if self.kl_penalty == "loss" else "k1"
-
     def validate(self) -> None:
         for name in ("total_steps", "batch_size", "max_new_tokens", "update_epochs", "num_minibatches",
                      "grad_accum_steps", "kl_horizon", "num_test"):
@@ -184,11 +160,11 @@ class LLMPPOConfig:
         for name in ("learning_rate", "temperature"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
-        for name in ("vf_learning_rate", "max_grad_norm", "target_kl", "target_ref_kl", "vf_clip_coef"):
+        for name in ("vf_learning_rate", "max_grad_norm"):
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise ConfigError(f"{name} must be > 0 or None, got {value}")
-        for name in ("vf_coef", "ent_coef", "kl_coef", "eval_every", "torch_threads", "lora_r", "checkpoint_every"):
+        for name in ("eval_every", "torch_threads", "lora_r", "checkpoint_every"):
             if not getattr(self, name) >= 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.keep_checkpoints < 1:
@@ -203,22 +179,7 @@ class LLMPPOConfig:
             )
         if not 0 < self.top_p <= 1:
             raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
-        if not 0 < self.gamma <= 1:
-            raise ConfigError(f"gamma must be in (0, 1], got {self.gamma}")
-        if not 0 <= self.gae_lambda <= 1:
-            raise ConfigError(f"gae_lambda must be in [0, 1], got {self.gae_lambda}")
-        if not 0 < self.clip_coef < 1:
-            raise ConfigError(f"clip_coef must be in (0, 1), got {self.clip_coef}")
-        if self.clip_coef_high is not None and not self.clip_coef_high > 0:
-            raise ConfigError(f"clip_coef_high must be > 0, got {self.clip_coef_high}")
-        if self.dual_clip is not None and not self.dual_clip > 1:
-            raise ConfigError(f"dual_clip must be > 1, got {self.dual_clip}")
-        if self.loss_agg_mode not in ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum"):
-            raise ConfigError(f"unknown loss_agg_mode {self.loss_agg_mode!r}")
-        if self.kl_penalty not in ("reward", "loss", "none"):
-            raise ConfigError(f"kl_penalty must be reward, loss or none, got {self.kl_penalty!r}")
-        if self.kl_estimator not in (None, "k1", "k2", "k3"):
-            raise ConfigError(f"unknown kl_estimator {self.kl_estimator!r}; choose k1, k2 or k3")
+        super().validate()  # the objective's fields
         if self.critic not in ("separate", "shared"):
             raise ConfigError(f"critic must be separate or shared, got {self.critic!r}")
         if self.fsdp and self.lora_r:
@@ -226,27 +187,18 @@ class LLMPPOConfig:
         if self.lora_r and importlib.util.find_spec("peft") is None:
             raise ConfigError("lora_r > 0 needs the optional package peft: pip install 'ppox[lora]'")
 
-    def loss_settings(self) -> LossSettings:
-        """The view of this config that ppox.core's update needs."""
-        return LossSettings(
-            clip_coef=self.clip_coef,
-            clip_coef_high=self.clip_coef_high,
-            dual_clip=self.dual_clip,
-            clip_vloss=self.clip_vloss,
-            vf_clip_coef=self.vf_clip_coef,
-            vf_coef=self.vf_coef,
-            ent_coef=self.ent_coef,
-            kl_estimator="k3",
-            use_kl_penalty=False,  # the KL to the *reference* is handled by the trainer (reward or extra_loss)
-            norm_adv=False,  # advantages are whitened once over the whole batch instead
-            loss_agg_mode=self.loss_agg_mode,
-        )
+    def update_objective(self) -> ObjectiveConfig:
+        """The objective ppox.core's update applies to each minibatch. The trainer itself normalises the
+        advantages (once, over the whole batch) and applies the KL to the reference (in the rewards, or
+        as the forward's extra_loss), so the update does neither again; its logged kl_penalty statistic
+        is then the k3 estimate of the KL to the rollout policy."""
+        return dataclasses.replace(super().update_objective(), norm_adv=False, kl_penalty="none", kl_estimator="k3")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     def replace(self, **changes: Any) -> LLMPPOConfig:
-        return dataclasses.replace(self, **changes)
+        return dataclasses.replace(self, **rename_deprecated(changes))
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)

@@ -235,7 +235,7 @@ def finish_demo(trainer, record: dict, log=print, start: float | None = None) ->
 
     t0 = time.perf_counter()
     with quiet_transformers():
-        history = trainer.train(run_dir, log=show)
+        history = trainer.learn(run_dir, log=show)
     ppo_seconds = time.perf_counter() - t0
     if trainer.interrupted:  # the trainer wrote a checkpoint and printed how to continue
         print(f"or finish the demo, with its summary: `ppox llm demo --resume {run_dir}`", file=sys.stderr)

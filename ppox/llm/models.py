@@ -31,23 +31,6 @@ _LAYER_INDEX = re.compile(r"^(.*?(?:^|\.)(?:h|layers|layer|blocks|block))\.(\d+)
 _SPARE_PARAMETERS = 1_000_000
 
 
-def check_device(device: str):
-    """`device` as a torch.device, refused on one line if torch cannot use it here (no GPU, bad name)."""
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError, TypeError):
-        raise ConfigError(f"unknown device {device!r} (use cpu, cuda or cuda:N)") from None
-    if dev.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            raise ConfigError(f"--device {device}: no CUDA GPU is available here (use --device cpu)")
-        if dev.index is not None and dev.index >= count:
-            raise ConfigError(f"--device {device}: this machine has {count} CUDA GPU(s), numbered from 0")
-    elif dev.type not in ("cpu", "mps") or (dev.type == "mps" and not torch.backends.mps.is_available()):
-        raise ConfigError(f"--device {device}: not available here (use cpu, cuda or cuda:N)")
-    return dev
-
-
 @contextmanager
 def quiet_transformers() -> Iterator[None]:
     """Silence transformers' notices and progress bars (loss_type, 'Writing model shards', ...) while ppox

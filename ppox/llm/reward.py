@@ -56,9 +56,10 @@ class RewardModel:
     def __init__(self, path: str | Path, device: str = "cpu", batch_size: int = 32) -> None:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        from ppox.llm.models import check_device, load_checked, read_model_config
+        from ppox.distributed import resolve_device
+        from ppox.llm.models import load_checked, read_model_config
 
-        dev = check_device(device)
+        dev = resolve_device(device)
         path = Path(path)
         config = read_model_config(path, "reward model")
         archs = list(getattr(config, "architectures", None) or [])

@@ -12,27 +12,30 @@ import copy
 import shlex
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from ppox.core import AdaptiveKLController, aggregate, gae, kl_estimate, normalize
 from ppox.core.update import PolicyOutput, ppo_update
-from ppox.distributed import init_from_env, parameter_hash
+from ppox.distributed import init_device
 from ppox.errors import PPOXError
-from ppox.io import RunDirLock, atomic_write_json, save_tensors
+from ppox.io import RunDirLock, save_tensors
 from ppox.llm import fsdp
 from ppox.llm.checkpoint import load_checkpoint, save_checkpoint
 from ppox.llm.config import LLMPPOConfig
 from ppox.llm.data import PromptBatches, check_prompts
-from ppox.llm.models import ValueHead, ValueModel, apply_lora, check_device, context_length
+from ppox.llm.models import ValueHead, ValueModel, apply_lora, context_length
 from ppox.llm.reward import RewardFn, score
 from ppox.llm.rollout import policy_forward, position_ids_from, response_mask, sample, tokenize_prompts
-from ppox.logger import MetricsLogger
-from ppox.rl.checkpoint import StopSignals, clear_checkpoints, find_checkpoint
+from ppox.run_context import RunContext, hold_run_dir, mean_over_ranks, weight_hashes
+from ppox.runs import find_checkpoint
 
 Batch = dict[str, torch.Tensor]
+_train_warned = False  # LLMPPOTrainer.train (deprecated) warns once per process
 
 
 class LLMPPOTrainer:
@@ -60,11 +63,8 @@ class LLMPPOTrainer:
         if cfg.torch_threads:
             torch.set_num_threads(cfg.torch_threads)
         torch.manual_seed(cfg.seed)
-        self.device = check_device(cfg.device)
         # torchrun: one process per rank, gradients averaged by the shared update loop
-        self.collective = init_from_env(self.device.type)
-        if self.collective.enabled and self.device.type == "cuda":
-            self.device = torch.device("cuda", self.collective.local_rank)
+        self.device, self.collective = init_device(cfg.device)
         self._reduce_sum = self.collective.sum_ if self.collective.enabled else None
         self.prompts = check_prompts(prompts)
         self.tokenizer = tokenizer
@@ -104,16 +104,16 @@ class LLMPPOTrainer:
             ],
             weight_decay=0.0,
         )
-        horizon = cfg.kl_horizon if cfg.target_ref_kl is not None else None
-        self.kl_ctl = AdaptiveKLController(cfg.kl_coef, cfg.target_ref_kl, horizon)
-        self.settings = cfg.loss_settings()
+        horizon = cfg.kl_horizon if cfg.kl_target is not None else None
+        self.kl_controller = AdaptiveKLController(cfg.kl_coef, cfg.kl_target, horizon)
+        self.objective = cfg.update_objective()
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self._batches = PromptBatches(self.prompts, cfg.batch_size, cfg.seed + self.collective.rank)
         self.step_count = 0
         self.global_step = 0  # completions sampled so far
         self.history: list[dict] = []  # metrics of every step so far (restored by resume())
-        self.interrupted = False  # the last train() stopped early on SIGINT/SIGTERM (after a checkpoint)
-        # Main rank: the lock on the run directory, held from resume() or train() until train() returns.
+        self.interrupted = False  # the last learn() stopped early on SIGINT/SIGTERM (after a checkpoint)
+        # Main rank: the lock on the run directory, held from resume() or learn() until learn() returns.
         # A caller that locked the directory itself (the demo) may hand its lock over here.
         self.run_dir_lock: RunDirLock | None = None
 
@@ -146,7 +146,7 @@ class LLMPPOTrainer:
         if self.config.kl_penalty == "loss":
             # KL(pi || ref) sampled from pi: log r = log ref - log pi, differentiated through log pi.
             kl = kl_estimate(mb["ref_logprobs"] - logprobs, self.config.resolved_kl_estimator)
-            extra = self.kl_ctl.coef * aggregate(kl, mb["mask"], self.config.loss_agg_mode)
+            extra = self.kl_controller.coef * aggregate(kl, mb["mask"], self.config.loss_agg_mode)
         return PolicyOutput(logprobs=logprobs, entropy=entropy, values=values, extra_loss=extra)
 
     # ---------------------------------------------------------------- rollout
@@ -203,7 +203,7 @@ class LLMPPOTrainer:
 
         # Per-token rewards (batch, R): -beta * KL at every token, the task reward at the last one.
         kl = kl_estimate(ref_logprobs - logprobs, cfg.resolved_kl_estimator) * maskf  # (batch, R)
-        rewards = -self.kl_ctl.coef * kl if cfg.kl_penalty == "reward" else torch.zeros_like(kl)
+        rewards = -self.kl_controller.coef * kl if cfg.kl_penalty == "reward" else torch.zeros_like(kl)
         rewards[torch.arange(len(prompts), device=self.device), lengths - 1] += task_reward
 
         # GAE over response tokens; the episode ends after the last valid token (time-first for the core).
@@ -214,7 +214,7 @@ class LLMPPOTrainer:
             rewards.T, values.T, next_values.T, done.T, done.T, cfg.gamma, cfg.gae_lambda
         )
         advantages, returns = advantages.T * maskf, returns.T * maskf  # (batch, R)
-        if cfg.whiten_advantages:  # over the valid tokens of all ranks' batches
+        if cfg.norm_adv:  # over the valid tokens of all ranks' batches
             advantages = normalize(advantages, mask, all_reduce_sum=self._reduce_sum)
 
         batch = {
@@ -251,7 +251,7 @@ class LLMPPOTrainer:
         batch, stats, _ = self.rollout(prompts)
         t1 = time.perf_counter()
         result = ppo_update(
-            batch, self.forward, self.optimizer, self.params, self.settings,
+            batch, self.forward, self.optimizer, self.params, self.objective,
             update_epochs=cfg.update_epochs, num_minibatches=cfg.num_minibatches,
             max_grad_norm=cfg.max_grad_norm, target_kl=cfg.target_kl,
             grad_accum_steps=cfg.grad_accum_steps, generator=self.generator,
@@ -261,10 +261,10 @@ class LLMPPOTrainer:
         self.step_count += 1
         self.global_step += len(prompts) * self.collective.world_size
         if self.collective.enabled:  # logged statistics and the KL controller's input are global
-            stats = self._mean_over_ranks(stats)
-            result.stats.update(self._mean_over_ranks(result.stats))
-        kl_coef = self.kl_ctl.coef  # the coefficient this step used
-        self.kl_ctl.update(stats["kl_ref"], n_steps=len(prompts) * self.collective.world_size)
+            stats = mean_over_ranks(self.collective, stats)
+            result.stats.update(mean_over_ranks(self.collective, result.stats))
+        kl_coef = self.kl_controller.coef  # the coefficient this step used
+        self.kl_controller.update(stats["kl_ref"], n_steps=len(prompts) * self.collective.world_size)
         num_tokens = float(batch["mask"].sum())
         return {
             "global_step": self.global_step,
@@ -279,38 +279,47 @@ class LLMPPOTrainer:
             "step_seconds": time.perf_counter() - t0,
         }
 
-    def _mean_over_ranks(self, stats: dict[str, float]) -> dict[str, float]:
-        keys = sorted(k for k, v in stats.items() if isinstance(v, int | float))
-        values = self.collective.mean_(torch.tensor([float(stats[k]) for k in keys], dtype=torch.float64))
-        return {**stats, **dict(zip(keys, values.tolist(), strict=True))}
-
     def resume(self, run_dir: str | Path) -> Path:
-        """Load RUN_DIR's latest checkpoint (every rank); the next train(run_dir) continues the run from there.
+        """Load RUN_DIR's latest checkpoint (every rank); the next learn(run_dir) continues the run from there.
 
         With --fsdp every rank reads the full tensors and keeps its shard; a checkpoint of a sharded
         run resumes without FSDP and vice versa (the files are the same).
         """
         ckpt = find_checkpoint(run_dir)
-        self._lock_run_dir(run_dir)  # loading discards a killed run's later checkpoints: nobody else may write
+        if self.collective.is_main:  # loading discards a killed run's later checkpoints: nobody else may write
+            self.run_dir_lock = hold_run_dir(self.run_dir_lock, Path(run_dir))
         self.history = load_checkpoint(self, ckpt)
         return ckpt
 
-    def _lock_run_dir(self, run_dir: str | Path) -> None:
-        """Main rank: hold RUN_DIR's RunDirLock (kept if already held for it), so no second process writes there."""
-        if not self.collective.is_main:
-            return
-        held = self.run_dir_lock
-        if held is not None and held.held and held.run_dir.resolve() == Path(run_dir).resolve():
-            return
-        self._release_run_dir()
-        self.run_dir_lock = RunDirLock(run_dir).acquire()
+    def state_dict(self) -> dict[str, Any]:
+        """This rank's training state besides weights and optimizer (ppox.llm.checkpoint gathers those across
+        ranks): step, completions, KL controller, RNG states (torch, CUDA, minibatch shuffle, prompt sampler)."""
+        rng: dict[str, Any] = {"torch": torch.get_rng_state(), "shuffle": self.generator.get_state(),
+                               "prompts": self._batches.state_dict()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        return {"step": self.step_count, "global_step": self.global_step,
+                "kl_controller": self.kl_controller.state_dict(), "rng": rng}
 
-    def _release_run_dir(self) -> None:
-        lock, self.run_dir_lock = self.run_dir_lock, None
-        if lock is not None:
-            lock.release()
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore state_dict(). An rng without "torch" (another number of processes wrote it) starts fresh,
+        distinct random streams per rank from the step: the run stays valid, not bit-exact."""
+        self.kl_controller.load_state_dict(state["kl_controller"])
+        self.step_count = int(state["step"])
+        self.global_step = int(state["global_step"])
+        rng = state["rng"]  # RNG states last: building the trainer consumed random numbers
+        self.generator.set_state(rng["shuffle"])
+        if rng.get("torch") is None:
+            seed = self.config.seed + self.collective.rank + 7919 * self.step_count
+            torch.manual_seed(seed)
+            self._batches = PromptBatches(self.prompts, self.config.batch_size, seed)
+            return
+        torch.set_rng_state(rng["torch"])
+        if self.device.type == "cuda" and rng.get("cuda") is not None:
+            torch.cuda.set_rng_state(rng["cuda"], self.device)
+        self._batches.load_state_dict(rng["prompts"])
 
-    def train(self, run_dir: str | Path | None = None, log: Callable[[dict], None] | None = None) -> list[dict]:
+    def learn(self, run_dir: str | Path | None = None, log: Callable[[dict], None] | None = None) -> list[dict]:
         """Train up to step config.total_steps, logging and checkpointing; saves the policy to run_dir/policy.
 
         Continues from the current step (after resume()); returns the metrics of every step so far.
@@ -320,30 +329,32 @@ class LLMPPOTrainer:
         """
         cfg = self.config
         run_dir = Path(run_dir if run_dir is not None else cfg.run_dir)
-        is_main = self.collective.is_main  # with torchrun, rank 0 alone writes the run directory
-        resumed = self.step_count > 0
-        self._lock_run_dir(run_dir)  # creates the directory; refuses a second process writing there
+        lock, self.run_dir_lock = self.run_dir_lock, None  # the run context holds it from here on
+        if self.collective.is_main:  # creates the directory; refuses a second process writing there
+            lock = hold_run_dir(lock, run_dir)
+        self.interrupted = False
+        run = RunContext(run_dir, self.collective, lock, fresh=self.step_count == 0, config=cfg.to_dict(),
+                         tensorboard=cfg.tensorboard, checkpoint_every=cfg.checkpoint_every,
+                         resume_command="ppox llm train --resume", catch_interrupt=False)
         try:
-            if is_main:
-                atomic_write_json(run_dir / "config.json", cfg.to_dict())
-                if not resumed:  # checkpoints of an earlier run in this directory would shadow ours
-                    clear_checkpoints(run_dir)
-            logger = MetricsLogger(run_dir, cfg.tensorboard, append=resumed) if is_main else None
-            history = self.history
-            self.interrupted = False
-            stop = StopSignals()
-            try:
-                with stop:
-                    self._train_steps(run_dir, history, logger, log, stop)
-            finally:
-                if logger is not None:
-                    logger.close()
-            self._finish(run_dir, history)
+            with run:
+                self._train_steps(run, self.history, log)
+            self._finish(run, self.history)
         finally:
-            self._release_run_dir()
-        return history
+            run.release()
+        return self.history
 
-    def _train_steps(self, run_dir: Path, history: list[dict], logger, log, stop: StopSignals) -> None:
+    def train(self, run_dir: str | Path | None = None, log: Callable[[dict], None] | None = None) -> list[dict]:
+        """Deprecated name of learn() (the gymnasium trainer's name), kept for one release."""
+        global _train_warned
+        if not _train_warned:
+            _train_warned = True
+            warnings.warn("LLMPPOTrainer.train() is renamed learn(); train() goes in the next release",
+                          DeprecationWarning, stacklevel=2)
+            print("warning: LLMPPOTrainer.train() is deprecated: call learn()", file=sys.stderr)
+        return self.learn(run_dir, log)
+
+    def _train_steps(self, run: RunContext, history: list[dict], log: Callable[[dict], None] | None) -> None:
         cfg = self.config
         is_main = self.collective.is_main
         for step in range(self.step_count + 1, cfg.total_steps + 1):
@@ -352,43 +363,34 @@ class LLMPPOTrainer:
                 step == cfg.total_steps or (cfg.eval_every and step % cfg.eval_every == 0)
             ):
                 record.update({f"eval_{k}": v for k, v in self.evaluate_fn(self.policy).items()})
-            if logger is not None:
-                logger.log(record)
+            run.log(record, final=step == cfg.total_steps)
             history.append(record)
             if log is not None and is_main:
                 log(record)
-            stopping = self._stop_requested(stop)
-            if stopping or step == cfg.total_steps or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
-                save_checkpoint(self, run_dir, history)
+            stopping = run.stop_requested()
+            if stopping or run.checkpoint_due(step, cfg.total_steps):
+                save_checkpoint(self, run.run_dir, history)
             if stopping and step < cfg.total_steps:
                 self.interrupted = True
                 if is_main:
                     print(f"{stopping}: stopped after step {step} of {cfg.total_steps} with a checkpoint; "
-                          f"continue with `ppox llm train --resume {shlex.quote(str(run_dir))}`", file=sys.stderr)
+                          f"continue with `ppox llm train --resume {shlex.quote(str(run.run_dir))}`", file=sys.stderr)
                 return
 
-    def _stop_requested(self, stop: StopSignals) -> str | None:
-        """The signal seen here or (torchrun) on any rank: one all-reduced flag, so all ranks stop at the same step."""
-        if not self.collective.enabled:
-            return stop.requested
-        if self.collective.sum_(torch.tensor([float(stop.requested is not None)]))[0] > 0:
-            return stop.requested or "stop requested on another rank"
-        return None
-
-    def _finish(self, run_dir: Path, history: list[dict]) -> None:
+    def _finish(self, run: RunContext, history: list[dict]) -> None:
         """After the last step (or a stop): the policy, critic and summary of the run so far."""
         is_main = self.collective.is_main
         # every rank must hold the same weights: compare hashes of all ranks' policy and critic
         # (FSDP: each rank holds different shards by design, so there is nothing to compare)
         self.weights_identical_across_ranks = None
         if not self.sharded:
-            hashes = self.collective.gather_objects(parameter_hash(torch.nn.ModuleList([self.policy, self.critic])))
+            hashes = weight_hashes(self.collective, torch.nn.ModuleList([self.policy, self.critic]))
             self.weights_identical_across_ranks = len(set(hashes)) == 1
-        self.save(run_dir / "policy")  # rank 0 writes (FSDP: every rank helps gather the weights)
+        self.save(run.run_dir / "policy")  # rank 0 writes (FSDP: every rank helps gather the weights)
         critic_state = fsdp.full_state_dict(self.critic) if self.sharded else self.critic.state_dict()
         if is_main:
-            save_tensors(run_dir / "critic.safetensors", critic_state)
-            atomic_write_json(run_dir / "summary.json", {
+            save_tensors(run.run_dir / "critic.safetensors", critic_state)
+        run.write_summary({
                 "steps": self.step_count, "completions": self.global_step,
                 "world_size": self.collective.world_size,
                 "weights_identical_across_ranks": self.weights_identical_across_ranks,

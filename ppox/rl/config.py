@@ -1,7 +1,9 @@
 """PPOConfig: every hyperparameter of the classic-RL trainer, validated at construction.
 
 The CLI (`ppox train --help`) is generated from this dataclass: each field's comment-free
-docstring below becomes its help text and its default the flag's default.
+docstring below becomes its help text and its default the flag's default. The objective's fields
+(clipping, value loss, entropy, KL penalty, advantages) come from ppox.core.objective.ObjectiveConfig,
+whose defaults are already CleanRL's.
 """
 
 from __future__ import annotations
@@ -21,17 +23,17 @@ from typing import Any, Literal
 
 import numpy as np
 
+from ppox.core.objective import ObjectiveConfig, accepts_deprecated_names, rename_deprecated
 from ppox.errors import ConfigError
-
-KLEstimator = Literal["k1", "k2", "k3"]
 
 # The CLI turns validation off while tyro builds the config, then validates once itself, so a bad
 # value is reported as one plain line rather than inside tyro's parse-error box.
 _validate_on_init = True
 
 
+@accepts_deprecated_names
 @dataclass
-class PPOConfig:
+class PPOConfig(ObjectiveConfig):
     """Configuration of a PPO run on a gymnasium environment."""
 
     env_id: str | None = "CartPole-v1"
@@ -57,6 +59,10 @@ class PPOConfig:
     uses the registered gymnasium env."""
     vectorization: Literal["auto", "sync", "async"] = "auto"
     """How gymnasium envs are vectorised: sync (one process), async (a worker process per env), auto = sync."""
+    rollout_backend: Literal["auto", "numpy", "torch"] = "auto"
+    """How the rollout runs: 'numpy' (policy step and normalisation in numpy: fastest for small MLPs on a CPU
+    with numpy or gymnasium envs), 'torch' (tensors on the device; any env, any policy) or 'auto' (numpy where
+    it applies, else torch). Where numpy does not apply (a GPU, torch envs, a shared trunk) torch runs instead."""
 
     # optimisation
     learning_rate: float = 2.5e-4
@@ -70,37 +76,9 @@ class PPOConfig:
     max_grad_norm: float = 0.5
     """Global gradient-norm clip."""
 
-    # advantages
-    gamma: float = 0.99
-    """Discount factor, in (0, 1]."""
-    gae_lambda: float = 0.95
-    """GAE lambda, in [0, 1]."""
-    norm_adv: bool = True
-    """Normalise advantages per minibatch."""
-
-    # objective
-    clip_coef: float | None = 0.2
-    """Ratio clip epsilon (lower side, and upper side unless clip_coef_high is set); None disables clipping."""
-    clip_coef_high: float | None = None
-    """Upper clip epsilon for asymmetric 'clip-higher' (DAPO); None = clip_coef."""
-    dual_clip: float | None = None
-    """Dual-clip constant c > 1 bounding the objective by c*A for negative advantages; None = off."""
-    clip_vloss: bool = True
-    """Clip the value loss around the rollout's values."""
-    vf_coef: float = 0.5
-    """Value-loss coefficient."""
-    ent_coef: float = 0.01
-    """Entropy-bonus coefficient."""
-    kl_penalty: bool = False
-    """PPO-Penalty: add kl_coef * KL(pi_old || pi) to the loss (alone or with clipping)."""
-    kl_coef: float = 1.0
-    """Initial KL-penalty coefficient beta."""
-    kl_target: float | None = 0.01
-    """Target KL for the adaptive beta rule (x2 above 1.5*target, /2 below target/1.5); None = fixed beta."""
-    kl_estimator: KLEstimator = "k3"
-    """KL estimator for the penalty: k1, k2 or k3 (Schulman 2020)."""
-    target_kl: float | None = None
-    """Stop the epochs of an update early once the epoch's mean approx_kl exceeds this."""
+    # objective: ObjectiveConfig's fields and defaults (CleanRL's); the KL penalty here is PPO-Penalty's
+    kl_penalty: Literal["none", "loss"] = "none"
+    """PPO-Penalty: 'loss' adds kl_coef * KL(pi_old || pi) to the loss (alone or with clipping); 'none' = off."""
 
     # networks
     hidden_sizes: tuple[int, ...] = (64, 64)
@@ -185,30 +163,7 @@ class PPOConfig:
                 raise ConfigError(f"{name} must be an integer, got {getattr(self, name)!r}")
         for name in ("learning_rate", "max_grad_norm", "clip_obs", "clip_reward"):
             positive(name)
-        if not 0.0 < self.gamma <= 1.0:
-            raise ConfigError(f"gamma must be in (0, 1], got {self.gamma}")
-        if not 0.0 <= self.gae_lambda <= 1.0:
-            raise ConfigError(f"gae_lambda must be in [0, 1], got {self.gae_lambda}")
-        if self.clip_coef is not None and not 0.0 < self.clip_coef < 1.0:
-            raise ConfigError(f"clip_coef must be in (0, 1) or None, got {self.clip_coef}")
-        if self.clip_coef_high is not None:
-            if self.clip_coef is None:
-                raise ConfigError("clip_coef_high needs clip_coef (the lower bound) to be set")
-            if not self.clip_coef_high > 0:
-                raise ConfigError(f"clip_coef_high must be > 0, got {self.clip_coef_high}")
-        if self.dual_clip is not None and not self.dual_clip > 1.0:
-            raise ConfigError(f"dual_clip must be > 1, got {self.dual_clip}")
-        if self.clip_coef is None and not self.kl_penalty:
-            raise ConfigError("with clip_coef None there is no trust region: add --kl-penalty")
-        for name in ("vf_coef", "ent_coef", "kl_coef"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("kl_target", "target_kl"):
-            value = getattr(self, name)
-            if value is not None and not value > 0:
-                raise ConfigError(f"{name} must be > 0 or None, got {value}")
-        if self.kl_estimator not in ("k1", "k2", "k3"):
-            raise ConfigError(f"unknown kl_estimator {self.kl_estimator!r}; choose k1, k2 or k3")
+        super().validate()  # the objective's fields
         if self.batch_size % self.num_minibatches:
             raise ConfigError(
                 f"num_envs * num_steps = {self.batch_size} is not divisible by num_minibatches = "
@@ -222,6 +177,8 @@ class PPOConfig:
             raise ConfigError(f"env_backend must be gymnasium, numpy, torch or auto, got {self.env_backend!r}")
         if self.vectorization not in ("auto", "sync", "async"):
             raise ConfigError(f"unknown vectorization {self.vectorization!r}")
+        if self.rollout_backend not in ("auto", "numpy", "torch"):
+            raise ConfigError(f"rollout_backend must be auto, numpy or torch, got {self.rollout_backend!r}")
         for name in ("eval_episodes", "checkpoint_every", "torch_threads", "max_env_restarts"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -244,6 +201,8 @@ class PPOConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PPOConfig:
+        """From a config.json dict; the deprecated names of a file written by an older ppox still load."""
+        d = rename_deprecated(d)
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
@@ -251,7 +210,7 @@ class PPOConfig:
         return cls(**d)
 
     def replace(self, **changes: Any) -> PPOConfig:
-        return dataclasses.replace(self, **changes)
+        return dataclasses.replace(self, **rename_deprecated(changes))
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)

@@ -16,6 +16,7 @@ import sys
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -165,6 +166,21 @@ class VecEnv:
     @envs.setter
     def envs(self, value) -> None:
         self._holder.envs = value
+
+    def state_dict(self) -> dict[str, Any]:
+        """The bookkeeping a resumed run needs, as copies: restarts used so far and the returns and lengths of
+        the episodes in progress. The environments themselves are not in it (ppox.rl.checkpoint pickles them
+        where it can)."""
+        return {"restarts": self.restarts, "episode_return": self._episode_return.copy(),
+                "episode_length": self._episode_length.copy()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore state_dict(); episode counters given as None are left alone (the envs start new episodes)."""
+        self.restarts = int(state["restarts"])
+        if state.get("episode_return") is not None:
+            self._episode_return[:] = state["episode_return"]
+        if state.get("episode_length") is not None:
+            self._episode_length[:] = state["episode_length"]
 
     def _make_gym_vector_env(self, use_async: bool) -> gym.vector.VectorEnv:
         """num_envs copies of self._env_fn in a gymnasium vector env, same-step autoreset."""

@@ -1,13 +1,12 @@
 """Compiled fast paths of the classic-RL trainer (opt-in with `compile=True` / `--compile`).
 
-Two pure functions are compiled with `torch.compile(fullgraph=True)`:
-
-* the rollout's policy step: observations -> (actions, log pi(a|s), V(s)) in one fused graph;
-* the whole minibatch update: forward, loss, backward (`torch.func.grad`), global-norm gradient
-  clipping and the Adam step, written against the tensors of the trainer's own
-  `torch.optim.Adam` (its `exp_avg`, `exp_avg_sq` and `step` state), so checkpoints, resume and
-  `optimizer.state_dict()` keep working unchanged and one can switch between the compiled and
-  the eager path at any iteration.
+Compiled with `torch.compile(fullgraph=True)`: the whole minibatch update, i.e. forward (the policy
+module itself through `torch.func.functional_call`), loss, backward (`torch.func.grad`), global-norm
+gradient clipping and the Adam step, written against the tensors of the trainer's own
+`torch.optim.Adam` (its `exp_avg`, `exp_avg_sq` and `step` state), so checkpoints, resume and
+`optimizer.state_dict()` keep working unchanged and one can switch between the compiled and the
+eager path at any iteration. The torch rollout's policy step, where it is not the fused step
+(ppox.rl.rollout), is compiled with `compile_fn` too; `compile_torch_env` compiles batched torch envs.
 
 The update keeps `ppox.core.update.ppo_update`'s semantics: the same shuffling (one `randperm`
 per epoch from the same generator), the same loss (`ppo_loss`), the same clipping rule as
@@ -30,18 +29,17 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import torch
-from torch.func import grad
+from torch.func import functional_call, grad
 
-from ppox.core.update import LossSettings, PolicyOutput, UpdateResult, ppo_loss
+from ppox.core.objective import ObjectiveConfig
+from ppox.core.update import PolicyOutput, UpdateResult, ppo_loss
 from ppox.io import atomic_write_json
-from ppox.rl.spaces import LOG_SQRT_2PI, ActionSpec, log_prob_entropy
 
 STAT_KEYS = ("policy_loss", "value_loss", "entropy", "kl_penalty", "approx_kl", "old_approx_kl", "clipfrac")
 
 
-def _compile(fn: Callable, enabled: bool, cpp_wrapper: bool = False) -> Callable:
+def compile_fn(fn: Callable, enabled: bool, cpp_wrapper: bool = False) -> Callable:
     """torch.compile(fullgraph) of `fn`, or `fn` itself when not `enabled`.
 
     `cpp_wrapper`: inductor's C++ wrapper instead of its Python one for calling the graph's kernels.
@@ -121,189 +119,6 @@ class CompileTimer:
         return timed
 
 
-# ---------------------------------------------------------------------------- rollout policy step
-@torch.no_grad()
-def packed_layers(agent: torch.nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """[(bias, weight^T)] of actor and critic packed into one MLP: layer 1 stacked, deeper layers
-    block-diagonal, the last layer's columns = [actor head..., value]."""
-    actor = [m for m in agent.actor_body if isinstance(m, torch.nn.Linear)] + [agent.actor_head]
-    critic = [m for m in agent.critic_body if isinstance(m, torch.nn.Linear)] + [agent.critic_head]
-    layers = []
-    for i, (a, c) in enumerate(zip(actor, critic, strict=True)):
-        w = torch.cat([a.weight, c.weight]) if i == 0 else torch.block_diag(a.weight, c.weight)
-        layers.append((torch.cat([a.bias, c.bias]), w.T.contiguous()))
-    return layers
-
-
-class PackedPolicy:
-    """The rollout's policy step with actor and critic packed into one MLP of block matrices.
-
-    At rollout batch sizes (a few envs) a step costs per-op overhead, not FLOPs: the separate
-    actor and critic MLPs are ~20 small ops through nn.Module calls. Packed, layer 1 is one
-    `addmm` with the two weight matrices stacked, deeper layers one `addmm` with a block-diagonal
-    matrix, the heads one `addmm`: 3 matmuls + 2 activations for both networks. The packed
-    weights are rebuilt from the agent by `refresh()` (once per rollout: the update changes the
-    agent in between). Sampling: an exponential race (discrete), mean + std * noise (Gaussian).
-    Same distribution as `Agent.act`, a different random stream.
-
-    Measured on 2 shared cores, batch 4, 64x64 tanh: Agent.act 150-210 us, this 60-90 us,
-    torch.compile of either 90-140 us (the compiled call's own overhead dominates at this size).
-    """
-
-    def __init__(self, agent: torch.nn.Module, spec: ActionSpec) -> None:
-        self.agent = agent
-        self.spec = spec
-        self.layers: list[tuple[torch.Tensor, torch.Tensor]] = []
-        self.activation = type(agent.actor_body[1])
-        self.refresh()
-
-    @staticmethod
-    def supported(agent: torch.nn.Module, spec: ActionSpec) -> bool:
-        return agent.critic_body is not None and spec.kind in ("discrete", "continuous")
-
-    @torch.no_grad()
-    def refresh(self) -> None:
-        ag = self.agent
-        self.layers = packed_layers(ag)
-        self.head = ag.actor_head.out_features
-        self.std = ag.log_std.exp() if ag.log_std is not None else None
-        self.log_std_sum = float(ag.log_std.sum()) if ag.log_std is not None else 0.0
-
-    @torch.no_grad()
-    def __call__(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        h = obs
-        act = torch.tanh if self.activation is torch.nn.Tanh else torch.relu
-        last = len(self.layers) - 1
-        for i, (b, w) in enumerate(self.layers):
-            h = torch.addmm(b, h, w)
-            if i < last:
-                h = act(h)
-        head, value = h[:, : self.head], h[:, self.head]
-        if self.spec.kind == "discrete":
-            logp_all = torch.log_softmax(head, -1)
-            # exponential race: argmax_i p_i / E_i with E_i ~ Exp(1) samples i with probability p_i
-            # (3 small ops; torch.multinomial costs ~4x more at this size)
-            actions = logp_all.exp().div_(torch.empty_like(head).exponential_()).argmax(-1, keepdim=True)
-            return actions.squeeze(1), logp_all.gather(1, actions).squeeze(1), value
-        noise = torch.randn_like(head)
-        actions = torch.addcmul(head, self.std, noise)
-        logp = noise.square().sum(-1).mul_(-0.5).sub_(self.log_std_sum + LOG_SQRT_2PI * self.spec.dim)
-        return actions, logp, value
-
-
-class NumpyPolicy:
-    """The rollout's policy step in numpy (CPU, float32): the packed MLP of `PackedPolicy` as
-    numpy matmuls, sampling from a numpy Generator.
-
-    At rollout batch sizes a numpy op costs ~1 us against torch's several us of per-op dispatch,
-    so the whole step (3 matmuls, 2 tanh, sampling, log-probs) costs ~10-15 us. Discrete and
-    multi-discrete actions: Gumbel-max (argmax of logits - log E, E ~ Exp(1)); Gaussian: mean +
-    std * N(0, 1). Same distributions as `Agent.act`, a different random stream: the Generator
-    (`rng`) belongs to the trainer, which seeds it and saves its state in checkpoints.
-    `refresh()` copies the weights after each update.
-    """
-
-    def __init__(self, agent: torch.nn.Module, spec: ActionSpec, rng: np.random.Generator) -> None:
-        self.agent = agent
-        self.spec = spec
-        self.rng = rng
-        self.tanh = isinstance(agent.actor_body[1], torch.nn.Tanh)
-        self.head = agent.actor_head.out_features
-        self.splits = np.cumsum(spec.nvec)[:-1].tolist() if spec.kind == "multidiscrete" else []
-        self.refresh()
-
-    @staticmethod
-    def supported(agent: torch.nn.Module, spec: ActionSpec) -> bool:
-        return (agent.critic_body is not None and spec.kind in ("discrete", "continuous", "multidiscrete")
-                and next(agent.parameters()).device.type == "cpu")
-
-    @torch.no_grad()
-    def refresh(self) -> None:
-        self.layers = [(b.numpy().astype(np.float32), w.numpy().astype(np.float32))
-                       for b, w in packed_layers(self.agent)]
-        log_std = self.agent.log_std
-        if log_std is not None:
-            self.std = log_std.exp().numpy().astype(np.float32)
-            self.logp_const = np.float32(float(log_std.sum()) + LOG_SQRT_2PI * self.spec.dim)
-
-    def _forward(self, obs: np.ndarray) -> np.ndarray:
-        h = obs
-        last = len(self.layers) - 1
-        for i, (b, w) in enumerate(self.layers):
-            h = h @ w
-            h += b
-            if i < last:
-                if self.tanh:
-                    np.tanh(h, out=h)
-                else:
-                    np.maximum(h, 0, out=h)
-        return h
-
-    def value(self, obs: np.ndarray) -> np.ndarray:
-        """V(s) for float32 observations (batch, obs_dim)."""
-        return self._forward(obs)[:, self.head].copy()
-
-    def __call__(self, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(actions, log pi(a|s), V(s)) for float32 observations (batch, obs_dim)."""
-        h = self._forward(obs)
-        head, value = h[:, : self.head], h[:, self.head].copy()
-        if self.spec.kind == "continuous":
-            noise = self.rng.standard_normal(head.shape, dtype=np.float32)
-            actions = head + self.std * noise
-            logp = np.square(noise).sum(-1, dtype=np.float32) * np.float32(-0.5) - self.logp_const
-            return actions, logp, value
-        gumbel = self.rng.standard_exponential(head.shape, dtype=np.float32)
-        # float32 draws are exactly 0 about once in 2^24 (numpy warns "divide by zero in log" then):
-        # the smallest normal float32 keeps log finite and still wins the argmin, as E = 0 would
-        np.maximum(gumbel, _TINY32, out=gumbel)
-        np.log(gumbel, out=gumbel)
-        gumbel -= head  # argmax(logits - log E) = argmin(log E - logits)
-        if self.spec.kind == "discrete":
-            actions = gumbel.argmin(-1)
-            return actions, _log_softmax_at(head, actions), value
-        parts = np.split(head, self.splits, axis=1)
-        actions = np.stack([g.argmin(-1) for g in np.split(gumbel, self.splits, axis=1)], axis=1)
-        logp = sum(_log_softmax_at(part, actions[:, i]) for i, part in enumerate(parts))
-        return actions, logp.astype(np.float32), value
-
-
-_TINY32 = np.finfo(np.float32).tiny
-
-
-def _log_softmax_at(logits: np.ndarray, index: np.ndarray) -> np.ndarray:
-    """log softmax(logits)[row, index[row]] in float32."""
-    # logaddexp.reduce: one stable call for log-sum-exp (~1.7 us at batch 4, against ~4.7 us for
-    # max / subtract / exp / sum / log); fancy indexing is ~5x faster than take_along_axis
-    return logits[np.arange(len(index)), index] - np.logaddexp.reduce(logits, axis=-1)
-
-
-def make_policy_step(
-    agent: torch.nn.Module, spec: ActionSpec, compile: bool = False, timer: CompileTimer | None = None
-) -> Callable:
-    """`step(obs) -> (actions, logprobs, values)`, the rollout's sampling step.
-
-    The packed eager step where the agent allows it (separate actor/critic, discrete or Gaussian
-    actions); else `Agent.act`, compiled when `compile`. Call `.refresh()` after the weights
-    change (a no-op for the unpacked step, which reads the agent's parameters directly).
-    """
-    if PackedPolicy.supported(agent, spec):
-        return PackedPolicy(agent, spec)
-
-    def step(obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return agent.act(obs)
-
-    compiled = _compile(step, compile)
-    if compile and timer is not None:
-        compiled = timer.wrap(compiled)
-
-    def run(obs: torch.Tensor):
-        with torch.no_grad():
-            return compiled(obs)
-
-    run.refresh = lambda: None
-    return run
-
-
 def compile_torch_env(env, timer: CompileTimer | None = None) -> None:
     """Compile the physics of a ppox.envs batched torch env (one fused kernel instead of ~20-150 ops).
 
@@ -318,46 +133,6 @@ def compile_torch_env(env, timer: CompileTimer | None = None) -> None:
 
 
 # ---------------------------------------------------------------------------- minibatch update
-def functional_forward(agent: torch.nn.Module) -> Callable:
-    """`agent.forward` as a function of a parameter dict, for an `Agent` of Linear/Tanh/ReLU layers.
-
-    What `torch.func.functional_call(agent, params, (obs,))` computes, minus the module machinery
-    (parameter swapping, hooks, `__call__`) that dynamo would otherwise trace through: ~20% less
-    tracing time for the compiled update (tests/rl/test_fast.py checks it against the module).
-    """
-    def body(prefix: str, seq: torch.nn.Sequential) -> list[tuple[str, str | None]]:
-        ops: list[tuple[str, str | None]] = []
-        for i, layer in enumerate(seq):
-            if isinstance(layer, torch.nn.Linear):
-                ops.append(("linear", f"{prefix}.{i}"))
-            elif isinstance(layer, torch.nn.Tanh | torch.nn.ReLU):
-                ops.append((type(layer).__name__.lower(), None))
-            else:
-                raise TypeError(f"functional_forward: unsupported layer {layer!r}")
-        return ops
-
-    actor = body("actor_body", agent.actor_body)
-    critic = None if agent.critic_body is None else body("critic_body", agent.critic_body)
-
-    def run(ops, params, h):
-        for op, name in ops:
-            if op == "linear":
-                h = torch.nn.functional.linear(h, params[f"{name}.weight"], params[f"{name}.bias"])
-            else:
-                h = torch.tanh(h) if op == "tanh" else torch.relu(h)
-        return h
-
-    def forward(params: dict[str, torch.Tensor], obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        hidden = run(actor, params, obs)
-        head = torch.nn.functional.linear(hidden, params["actor_head.weight"], params["actor_head.bias"])
-        if critic is not None:
-            hidden = run(critic, params, obs)
-        value = torch.nn.functional.linear(hidden, params["critic_head.weight"], params["critic_head.bias"])
-        return head, value.squeeze(-1)
-
-    return forward
-
-
 def adam_supported(optimizer: torch.optim.Optimizer) -> bool:
     """True for a plain torch.optim.Adam (no weight decay, amsgrad, maximize, differentiable)."""
     if type(optimizer) is not torch.optim.Adam or len(optimizer.param_groups) != 1:
@@ -368,34 +143,32 @@ def adam_supported(optimizer: torch.optim.Optimizer) -> bool:
 
 
 class CompiledUpdate:
-    """`ppo_update` for an `Agent` and its Adam optimizer, with one compiled graph per minibatch.
+    """`ppo_update` for a policy (ppox.rl.policy.Policy) and its Adam optimizer, one compiled graph per minibatch.
 
     `update(batch, ...)` takes the same batch dict and returns the same `UpdateResult` as
-    `ppo_update` with `forward = agent.evaluate`.
+    `ppo_update` with the policy's forward.
     """
 
     def __init__(
         self,
-        agent: torch.nn.Module,
+        policy: torch.nn.Module,
         optimizer: torch.optim.Optimizer,
-        spec: ActionSpec,
-        settings: LossSettings,
+        objective: ObjectiveConfig,
         max_grad_norm: float | None,
         compile: bool = True,
         timer: CompileTimer | None = None,
     ) -> None:
-        self.agent = agent
+        self.policy = policy
         self.optimizer = optimizer
-        self.spec = spec
-        self.settings = settings
+        self.objective = objective
         self.max_grad_norm = max_grad_norm
         self.supported = adam_supported(optimizer)
-        self.names = [n for n, p in agent.named_parameters() if p.requires_grad]
-        self._params = dict(agent.named_parameters())
+        self.names = [n for n, p in policy.named_parameters() if p.requires_grad]
+        self._params = dict(policy.named_parameters())
         self._sizes = [self._params[n].numel() for n in self.names]  # the parameters' slices of a flat buffer
         step = self._make_step()
         on_cpu = all(p.device.type == "cpu" for p in self._params.values())
-        self._step = _compile(step, compile, cpp_wrapper=on_cpu)
+        self._step = compile_fn(step, compile, cpp_wrapper=on_cpu)
         if compile and timer is not None:
             self._step = timer.wrap(self._step)
         self._compiled = compile
@@ -403,18 +176,16 @@ class CompiledUpdate:
 
     # the pure function ----------------------------------------------------------------------
     def _make_step(self) -> Callable:
-        agent, spec, settings, names = self.agent, self.spec, self.settings, self.names
+        policy, objective, names = self.policy, self.objective, self.names
         max_norm = self.max_grad_norm
         group = self.optimizer.param_groups[0]
         beta1, beta2 = group["betas"]
         eps = group["eps"]
 
-        forward = functional_forward(agent)
-
         def loss_fn(params: dict[str, torch.Tensor], mb: dict[str, torch.Tensor], kl_coef: torch.Tensor):
-            head, values = forward(params, mb["obs"])
-            logprobs, entropy = log_prob_entropy(head, params.get("log_std"), mb["actions"], spec)
-            loss, stats = ppo_loss(PolicyOutput(logprobs, entropy, values), mb, settings, kl_coef)
+            # the policy module itself, run on `params` (the eager update's forward, not a mirror of it)
+            logprobs, entropy, values = functional_call(policy, params, (mb["obs"], mb["actions"]))
+            loss, stats = ppo_loss(PolicyOutput(logprobs, entropy, values), mb, objective, kl_coef)
             return loss, (loss.detach(), stats)
 
         grad_fn = grad(loss_fn, has_aux=True)
@@ -547,5 +318,4 @@ class CompiledUpdate:
         return UpdateResult(result, epochs_run, int(count), optimizer_steps, minibatches - optimizer_steps)
 
 
-__all__ = ["CompileTimer", "CompiledUpdate", "NumpyPolicy", "PackedPolicy", "adam_supported", "compile_torch_env",
-           "make_policy_step", "packed_layers"]
+__all__ = ["CompileTimer", "CompiledUpdate", "adam_supported", "compile_fn", "compile_torch_env"]

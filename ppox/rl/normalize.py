@@ -42,12 +42,14 @@ class RunningMeanStd:
         self.count = torch.tensor(total, dtype=torch.float64)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"mean": self.mean, "var": self.var, "count": self.count}
+        """Copies of mean, var and count (float64)."""
+        return {"mean": self.mean.clone(), "var": self.var.clone(), "count": self.count.clone()}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.mean = state["mean"].to(torch.float64).clone()
-        self.var = state["var"].to(torch.float64).clone()
-        self.count = state["count"].to(torch.float64).clone()
+        device = self.mean.device
+        self.mean = state["mean"].to(device, torch.float64).clone()
+        self.var = state["var"].to(device, torch.float64).clone()
+        self.count = state["count"].to(device, torch.float64).clone()
 
 
 class ObsNormalizer:
@@ -63,6 +65,13 @@ class ObsNormalizer:
             self.rms.update(obs)
         normed = (obs - self.rms.mean) / torch.sqrt(self.rms.var + self.eps)
         return torch.clamp(normed, -self.clip, self.clip).to(torch.float32)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The running statistics (copies): mean, var, count."""
+        return self.rms.state_dict()
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.rms.load_state_dict(state)
 
     def normalize_np(self, obs: np.ndarray, update: bool) -> np.ndarray:
         """`__call__` for numpy observations (CPU): float32 (batch, dim)."""
@@ -89,6 +98,14 @@ class RewardScaler:
         self.returns = torch.where(episode_end, torch.zeros_like(self.returns), self.returns)
         scaled = reward / torch.sqrt(self.rms.var + self.eps)
         return torch.clamp(scaled, -self.clip, self.clip).to(torch.float32)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The running statistics of the return (mean, var, count) and each env's running return (copies)."""
+        return {**self.rms.state_dict(), "returns": self.returns.clone()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.rms.load_state_dict(state)
+        self.returns = state["returns"].to(self.returns.device, torch.float64).clone()
 
     def scale_np(self, reward: np.ndarray, episode_end: np.ndarray) -> np.ndarray:
         """`__call__` for numpy rewards and flags (CPU): float32 (num_envs,)."""

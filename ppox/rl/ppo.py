@@ -14,7 +14,6 @@ import random
 import sys
 import time
 from collections import deque
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,15 +22,14 @@ import torch
 
 from ppox import __version__
 from ppox.core import AdaptiveKLController, explained_variance, gae, kl_estimate
-from ppox.core.update import LossSettings, PolicyOutput, ppo_update
+from ppox.core.update import PolicyOutput, ppo_update
 from ppox.diagnostics.doctor import LiveDoctor
-from ppox.distributed import init_from_env, parameter_hash
+from ppox.distributed import init_device
 from ppox.errors import ConfigError, EnvError, ModelFileError, PPOXError, TrainingHalted
 from ppox.io import (
     FORMAT_VERSION,
     LOCK_FILE,
     PICKLE_MAGIC,
-    RunDirError,
     RunDirLock,
     all_finite,
     atomic_write_json,
@@ -43,15 +41,14 @@ from ppox.io import (
     read_json,
     save_tensors,
 )
-from ppox.logger import MetricsLogger
 from ppox.rl import checkpoint as ckpt
-from ppox.rl.agent import Agent
 from ppox.rl.config import PPOConfig, preset_config
 from ppox.rl.envs import EnvFn, VecEnv
-from ppox.rl.fast import CompiledUpdate, CompileTimer, NumpyPolicy, compile_torch_env, make_policy_step
+from ppox.rl.fast import CompiledUpdate, CompileTimer, compile_torch_env
 from ppox.rl.normalize import ObsNormalizer, RewardScaler
+from ppox.rl.policy import Policy
+from ppox.rl.rollout import Rollout, make_collector
 from ppox.rl.spaces import (
-    ActionSpec,
     SpaceDecodeError,
     action_spec,
     check_observation_space,
@@ -61,60 +58,30 @@ from ppox.rl.spaces import (
     space_to_json,
     to_env_action,
 )
+from ppox.run_context import (
+    Progress,
+    RunContext,
+    WeightGuard,
+    hold_run_dir,
+    mean_over_ranks,
+    rounding_note,
+    weight_hashes,
+)
 
 MAX_CONSECUTIVE_SKIPS = 10
+SKIPPED_UPDATES_HALT = (
+    "training stopped at iteration {iteration}: {skipped} minibatch updates had non-finite losses or gradients; "
+    "likely causes: learning rate too high, unscaled rewards (try --norm-reward), unnormalised observations "
+    "(try --norm-obs)"
+)
 RANK_SEED_STRIDE = 10_000  # env seeds of rank r start at seed + r * stride
 TIMING_KEYS = ("sps", "wall_time")  # the only metrics that differ between two runs with one seed
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"unknown device {name!r}; use cpu, cuda, cuda:N or auto") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device cuda requested but no CUDA GPU is available; use --device cpu")
-    return device
 
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-@dataclass
-class Rollout:
-    """Preallocated rollout storage, time first: every tensor is (num_steps, num_envs, ...)."""
-
-    obs: torch.Tensor
-    actions: torch.Tensor
-    logprobs: torch.Tensor
-    rewards: torch.Tensor
-    values: torch.Tensor
-    terminated: torch.Tensor
-    episode_end: torch.Tensor
-    final_values: torch.Tensor  # V(final obs) at truncations, 0 elsewhere
-
-    @classmethod
-    def allocate(cls, num_steps: int, num_envs: int, obs_dim: int, spec: ActionSpec, device) -> Rollout:
-        action_dtype = torch.float32 if spec.kind == "continuous" else torch.long
-
-        def zeros(*shape, dtype=torch.float32):
-            return torch.zeros(shape, dtype=dtype, device=device)
-
-        return cls(
-            obs=zeros(num_steps, num_envs, obs_dim),
-            actions=zeros(num_steps, num_envs, *spec.action_shape, dtype=action_dtype),
-            logprobs=zeros(num_steps, num_envs),
-            rewards=zeros(num_steps, num_envs),
-            values=zeros(num_steps, num_envs),
-            terminated=zeros(num_steps, num_envs, dtype=torch.bool),
-            episode_end=zeros(num_steps, num_envs, dtype=torch.bool),
-            final_values=zeros(num_steps, num_envs),
-        )
 
 
 class PPO:
@@ -145,11 +112,8 @@ class PPO:
         """Device, process group, threads and seeds: everything before the networks are built."""
         self.config = config
         self.env_fn = env_fn
-        self.device = resolve_device(config.device)
         # torchrun (WORLD_SIZE > 1): join the process group; one GPU per process with NCCL
-        self.collective = init_from_env(self.device.type)
-        if self.collective.enabled and self.device.type == "cuda":
-            self.device = torch.device("cuda", self.collective.local_rank)
+        self.device, self.collective = init_device(config.device)
         if config.torch_threads > 0:
             # threads beyond the machine's cores only cost memory: a model file must not size the pool
             torch.set_num_threads(min(config.torch_threads, os.cpu_count() or 1))
@@ -175,8 +139,8 @@ class PPO:
         self.spec = action_spec(action_space)
         self.obs_dim = obs_dim(observation_space)
         with torch.device("meta") if uninitialised else contextlib.nullcontext():
-            agent = Agent(
-                self.obs_dim, self.spec, config.hidden_sizes, config.activation, config.shared_trunk,
+            agent = Policy(
+                observation_space, self.spec, config.hidden_sizes, config.activation, config.shared_trunk,
                 config.init_log_std,
             )
         self.agent = agent.to_empty(device=self.device) if uninitialised else agent.to(self.device)
@@ -189,20 +153,14 @@ class PPO:
             RewardScaler(config.num_envs, config.gamma, config.clip_reward, self.device) if config.norm_reward else None
         )
         self.kl_controller = AdaptiveKLController(config.kl_coef, config.kl_target)
-        self.loss_settings = LossSettings(
-            clip_coef=config.clip_coef, clip_coef_high=config.clip_coef_high, dual_clip=config.dual_clip,
-            clip_vloss=config.clip_vloss, vf_coef=config.vf_coef, ent_coef=config.ent_coef,
-            kl_estimator=config.kl_estimator, use_kl_penalty=config.kl_penalty, norm_adv=config.norm_adv,
-        )
+        self.objective = config.update_objective()  # what ppox.core's update reads
         # compiled fast paths (ppox.rl.fast); compile time is reported as compile_seconds
         self.compile_timer = CompileTimer()
-        self._policy_step = make_policy_step(self.agent, self.spec, config.compile, self.compile_timer)
-        # CPU + gymnasium envs: the whole rollout runs in numpy (NumpyPolicy, VecEnv numpy steps), its
-        # action noise from this Generator (seeded here, saved in checkpoints). PPOX_NUMPY_ROLLOUT=0: torch.
+        # the numpy rollout's action noise (ppox.rl.rollout.NumpyPolicy): seeded here, saved in checkpoints
         self._policy_rng = np.random.default_rng([config.seed % 2**63, self.collective.rank])
-        self._np_policy: NumpyPolicy | None = None
+        self.collector = None  # the rollout backend, made with the envs (_attach_envs)
         self._compiled_update = CompiledUpdate(
-            self.agent, self.optimizer, self.spec, self.loss_settings, config.max_grad_norm,
+            self.agent, self.optimizer, self.objective, config.max_grad_norm,
             compile=config.compile, timer=self.compile_timer,
         ) if config.compile else None
         if self._envs is not None:
@@ -212,6 +170,7 @@ class PPO:
         self.recent_returns: deque[float] = deque(maxlen=100)
         self.skipped_updates = 0
         self.run_dir: Path | None = None
+        self.run_dir_lock: RunDirLock | None = None  # held from resume() or learn() until learn() returns
         self._next_obs: torch.Tensor | None = None
         self._wall_seconds = 0.0
         self._shuffle_gen: torch.Generator | None = None  # minibatch shuffling; part of a checkpoint
@@ -219,12 +178,10 @@ class PPO:
         self.interrupted = False
 
     def _attach_envs(self, envs: VecEnv) -> None:
-        """The rollout paths that depend on the envs' backend."""
+        """The rollout backend for these envs (numpy or torch: ppox.rl.rollout.make_collector decides)."""
         config = self.config
-        self._np_policy = NumpyPolicy(self.agent, self.spec, self._policy_rng) if (
-            self.device.type == "cpu" and envs.numpy_backend and NumpyPolicy.supported(self.agent, self.spec)
-            and os.environ.get("PPOX_NUMPY_ROLLOUT", "1") != "0"
-        ) else None
+        self.collector = make_collector(config, envs, self.agent, self.obs_norm, self.reward_scaler,
+                                        self._policy_rng, self.compile_timer)
         if config.compile and config.env_backend == "torch" and self.env_fn is None:
             compile_torch_env(envs.envs, self.compile_timer)
 
@@ -286,80 +243,9 @@ class PPO:
 
     # ------------------------------------------------------------------ rollout
     def _collect(self, buf: Rollout, finished: list[tuple[float, int]]) -> torch.Tensor:
-        """Fill `buf` with num_steps steps of every env; return V(s_T) for bootstrapping."""
-        if self._np_policy is not None:
-            return self._collect_numpy(buf, finished)
-        agent, envs = self.agent, self.envs
-        obs = self._next_obs
-        self._policy_step.refresh()  # the packed rollout weights follow the last update
-        buf.final_values.zero_()
-        for step in range(self.config.num_steps):
-            buf.obs[step] = obs
-            actions, logprobs, values = self._policy_step(obs)
-            buf.actions[step] = actions
-            buf.logprobs[step] = logprobs
-            buf.values[step] = values
-
-            result = envs.step(actions)
-            episode_end = result.terminated | result.truncated
-            reward = result.reward
-            if self.reward_scaler is not None:
-                reward = self.reward_scaler(reward, episode_end)
-            buf.rewards[step] = reward
-            buf.terminated[step] = result.terminated
-            buf.episode_end[step] = episode_end
-            if result.truncated.any():
-                # bootstrap from the true last state of a truncated episode, not the reset state
-                idx = torch.nonzero(result.truncated).squeeze(-1)
-                final = self._normalize(result.final_obs[idx], update=False)
-                with torch.no_grad():
-                    buf.final_values[step, idx] = agent.value(final)
-            obs = self._normalize(result.obs, update=True)
-            finished.extend(zip(result.finished_returns, result.finished_lengths, strict=True))
-        self._next_obs = obs
-        with torch.no_grad():
-            return agent.value(obs)
-
-    def _collect_numpy(self, buf: Rollout, finished: list[tuple[float, int]]) -> torch.Tensor:
-        """`_collect` in numpy (CPU, gymnasium envs): numpy policy, numpy env steps, numpy
-        normalisation, written into numpy views of the rollout's (CPU) tensors: no tensor op per step."""
-        envs, policy = self.envs, self._np_policy
-        obs_norm, reward_scaler = self.obs_norm, self.reward_scaler
-        policy.refresh()  # the rollout weights follow the last update
-        b_obs, b_actions, b_logprobs, b_values = (buf.obs.numpy(), buf.actions.numpy(), buf.logprobs.numpy(),
-                                                  buf.values.numpy())
-        b_rewards, b_terminated, b_end, b_final = (buf.rewards.numpy(), buf.terminated.numpy(),
-                                                   buf.episode_end.numpy(), buf.final_values.numpy())
-        b_final.fill(0.0)
-        obs = self._next_obs.numpy()
-        for step in range(self.config.num_steps):
-            b_obs[step] = obs
-            actions, logprobs, values = policy(obs)
-            b_actions[step] = actions
-            b_logprobs[step] = logprobs
-            b_values[step] = values
-
-            result = envs.step(actions)
-            terminated, truncated = result.terminated, result.truncated
-            episode_end = terminated | truncated
-            reward = result.reward
-            if reward_scaler is not None:
-                reward = reward_scaler.scale_np(reward, episode_end)
-            b_rewards[step] = reward
-            b_terminated[step] = terminated
-            b_end[step] = episode_end
-            if truncated.any():
-                # bootstrap from the true last state of a truncated episode, not the reset state
-                idx = np.flatnonzero(truncated)
-                final = result.final_obs[idx]
-                if obs_norm is not None:
-                    final = obs_norm.normalize_np(final, update=False)
-                b_final[step, idx] = policy.value(final)
-            obs = result.obs if obs_norm is None else obs_norm.normalize_np(result.obs, update=True)
-            if result.finished_returns:
-                finished.extend(zip(result.finished_returns, result.finished_lengths, strict=True))
-        self._next_obs = torch.from_numpy(obs)
-        return torch.from_numpy(policy.value(obs))
+        """Fill `buf` with num_steps steps of every env (ppox.rl.rollout); return V(s_T) for bootstrapping."""
+        self._next_obs, last_value = self.collector.collect(buf, self._next_obs, finished)
+        return last_value
 
     def _advantages(self, buf: Rollout, last_value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         next_values = torch.cat([buf.values[1:], last_value.unsqueeze(0)], dim=0)  # (num_steps, num_envs)
@@ -370,154 +256,116 @@ class PPO:
 
     # ------------------------------------------------------------------ training
     def learn(self, total_timesteps: int | None = None, run_dir: str | Path | None = None) -> PPO:
-        """Train until `total_timesteps` env steps (default: the config's), logging to the run directory."""
-        cfg = self.config
+        """Train until `total_timesteps` env steps (default: the config's), logging to the run directory.
+
+        Each iteration: collect num_steps steps of every env -> GAE advantages -> PPO epochs -> log. The run's
+        bookkeeping (run directory, signals, checkpoints, progress, summary) is ppox.run_context's.
+        """
         if total_timesteps is not None:
             if total_timesteps <= 0:
                 raise ConfigError(f"total_timesteps must be > 0, got {total_timesteps}")
-            cfg = self.config = cfg.replace(total_timesteps=int(total_timesteps))
-        continuing = self.iteration > 0 and (run_dir is None or Path(run_dir) == self.run_dir)
-        is_main = self.collective.is_main  # with torchrun, rank 0 alone writes the run directory
-        if is_main:  # takes the run directory's lock (self._run_lock), held until this call returns
-            self.run_dir = self._prepare_run_dir(run_dir or (self.run_dir if continuing else None) or cfg.run_dir)
-        lock = getattr(self, "_run_lock", None) if is_main else None
-        try:
-            if is_main:
-                if not continuing:
-                    ckpt.clear_checkpoints(self.run_dir)  # an --overwrite run drops the old run's checkpoints
-                ckpt.clean_stale(self.run_dir)
-                atomic_write_json(self.run_dir / "config.json", cfg.to_dict())
-            logger = MetricsLogger(self.run_dir, cfg.tensorboard, append=continuing) if is_main else None
-        except BaseException:
-            if lock is not None:
-                lock.release()
-            raise
-        guard = ckpt.WeightGuard(self)  # the last finite weights: never checkpoint or save NaN/inf ones
-        failed = False
-
-        buf = Rollout.allocate(cfg.num_steps, cfg.num_envs, self.envs.obs_dim, self.spec, self.device)
-        if self._next_obs is None:
-            self._next_obs = self._normalize(self.envs.reset(), update=True)
-        world = self.collective.world_size
+            self.config = self.config.replace(total_timesteps=int(total_timesteps))
+        cfg, world = self.config, self.collective.world_size
         num_iterations = max(1, cfg.total_timesteps // (cfg.batch_size * world))  # all ranks' steps count
-        shuffle_gen = self._shuffle_generator()
-        progress = _Progress(cfg.progress and is_main, num_iterations * cfg.batch_size * world, cfg.env_id,
-                             note=rounding_note(cfg.total_timesteps, cfg.batch_size * world) if is_main else None)
-        doctor = LiveDoctor(cfg.to_dict()) if cfg.live_doctor and is_main else None
-        doctor_every = max(1, num_iterations // 100)  # bounded cost: at most ~100 checks per run
-        interrupted = False
-        consecutive_skips = self._consecutive_skips
-        stop = ckpt.StopSignals()
-        try:
-            with progress, stop:
-                while self.iteration < num_iterations:
-                    boundary = ckpt.capture_boundary(self)
-                    guard.save()
-                    self.iteration += 1
-                    iter_start = time.perf_counter()
-                    if cfg.anneal_lr:
-                        frac = 1.0 - (self.iteration - 1.0) / num_iterations
-                        self.optimizer.param_groups[0]["lr"] = frac * cfg.learning_rate
+        run = self._open_run(run_dir, num_iterations)
+        with run:
+            buf = Rollout.allocate(cfg.num_steps, cfg.num_envs, self.envs.obs_dim, self.spec, self.device)
+            if self._next_obs is None:
+                self._next_obs = self._normalize(self.envs.reset(), update=True)
+            while self.iteration < num_iterations:
+                boundary = self.state_dict(rollout_only=True)  # what a stop mid-iteration checkpoints
+                self._guard.save()
+                self.iteration += 1
+                iter_start = time.perf_counter()
+                if cfg.anneal_lr:  # linearly to 0 over the run
+                    frac = 1.0 - (self.iteration - 1.0) / num_iterations
+                    self.optimizer.param_groups[0]["lr"] = frac * cfg.learning_rate
+                finished: list[tuple[float, int]] = []
+                try:
+                    last_value = self._collect(buf, finished)
+                except EnvError as exc:  # past --max-env-restarts: keep the last iteration boundary
+                    self._halt(str(exc), boundary)
+                self.global_step += cfg.batch_size * world
+                batch = self._batch(buf, *self._advantages(buf, last_value))
+                result = self._update(batch, self._shuffle_generator())
+                self._check_update(result, boundary)
+                kl_coef_used = self.kl_controller.coef
+                if cfg.kl_penalty == "loss":  # the adaptive beta rule needs the measured KL
+                    self.kl_controller.update(self._measure_kl(batch))
 
-                    finished: list[tuple[float, int]] = []
-                    try:
-                        last_value = self._collect(buf, finished)
-                    except EnvError as exc:  # past --max-env-restarts: keep the last iteration boundary
-                        self._halt(str(exc), boundary)
-                    self.global_step += cfg.batch_size * world
-                    advantages, returns = self._advantages(buf, last_value)
-
-                    batch = {
-                        "obs": buf.obs.reshape(-1, self.envs.obs_dim),
-                        "actions": buf.actions.reshape(-1, *self.spec.action_shape),
-                        "logprobs": buf.logprobs.reshape(-1),
-                        "advantages": advantages.reshape(-1),
-                        "returns": returns.reshape(-1),
-                        "values": buf.values.reshape(-1),
-                    }
-                    result = self._update(batch, shuffle_gen)
-                    if not guard.finite():
-                        guard.restore()
-                        self._halt(
-                            f"training stopped at iteration {self.iteration}: an update made the weights non-finite "
-                            "(NaN/inf); likely causes: learning rate too high, unscaled rewards (try --norm-reward), "
-                            f"unnormalised observations (try --norm-obs); the last finite weights (iteration "
-                            f"{boundary['iteration']}) were kept", boundary)
-                    self.skipped_updates += result.skipped_updates
-                    all_skipped = result.skipped_updates > 0 and result.optimizer_steps == 0
-                    consecutive_skips = consecutive_skips + result.skipped_updates if all_skipped else 0
-                    self._consecutive_skips = consecutive_skips
-                    kl_coef_used = self.kl_controller.coef
-                    if cfg.kl_penalty:
-                        self.kl_controller.update(self._measure_kl(batch))
-
-                    if self.collective.enabled:
-                        finished = self._sync_ranks(result.stats, finished)
-                    record = self._record(result.stats, finished, batch, kl_coef_used, iter_start)
-                    if logger is not None:
-                        logger.log(record)
-                    if doctor is not None:
-                        check = self.iteration % doctor_every == 0 or self.iteration == num_iterations
-                        for line in doctor.update(record, check=check):
-                            progress.print(line)
-                    self._wall_seconds = time.perf_counter() - self._start_time
-                    progress.update(self.global_step, record, self.recent_returns)
-                    if consecutive_skips >= MAX_CONSECUTIVE_SKIPS:
-                        self._halt(
-                            f"training stopped at iteration {self.iteration}: {self.skipped_updates} minibatch "
-                            "updates had non-finite losses or gradients; likely causes: learning rate too high, "
-                            "unscaled rewards (try --norm-reward), unnormalised observations "
-                            "(try --norm-obs)"
-                        )
-                    if self._stop_requested(stop):
-                        interrupted = True
-                        if is_main:
-                            ckpt.save_checkpoint(self)
-                        break
-                    if is_main and (self.iteration == num_iterations or (
-                        cfg.checkpoint_every and self.iteration % cfg.checkpoint_every == 0
-                    )):
+                if self.collective.enabled:
+                    finished = self._sync_ranks(result.stats, finished)
+                record = self._record(result.stats, finished, batch, kl_coef_used, iter_start)
+                self._wall_seconds = time.perf_counter() - self._start_time
+                run.log(record, final=self.iteration == num_iterations, recent_returns=self.recent_returns)
+                if self._consecutive_skips >= MAX_CONSECUTIVE_SKIPS:
+                    self._halt(SKIPPED_UPDATES_HALT.format(iteration=self.iteration, skipped=self.skipped_updates))
+                run.interrupted = run.stop_requested() is not None  # SIGINT/SIGTERM here or on any rank
+                if run.interrupted or run.checkpoint_due(self.iteration, num_iterations):
+                    if run.is_main:
                         ckpt.save_checkpoint(self)
-        except KeyboardInterrupt:
-            interrupted = True
-        except RunDirError as exc:  # disk full, ...: what is on disk stays valid; say how to go on
-            failed = True
-            intact = is_main and ckpt.list_checkpoints(self.run_dir)
-            hint = f"; continue with `ppox train --resume {self.run_dir}`" if intact else ""
-            raise RunDirError(f"{exc}{hint}") from None
-        except BaseException:
-            failed = True
-            raise
+                    if run.interrupted:
+                        break
+        self.interrupted = run.interrupted
+        try:  # every rank must end with bit-identical weights: compare hashes of all ranks' parameters
+            self.weight_hashes = weight_hashes(self.collective, self.agent)
+            self.summary = self._write_summary(run, evaluate=not run.interrupted and run.is_main)
         finally:
-            if logger is not None:
-                with contextlib.suppress(OSError):
-                    logger.close()
-            self._wall_seconds = time.perf_counter() - self._start_time
-            if not guard.finite():  # stopped inside an update (Ctrl-C twice): keep the weights it started from
-                guard.restore()
-            try:
-                if self.iteration > 0 and is_main:
-                    self.save(self.run_dir)
-            except PPOXError:
-                if not failed:  # else the error already on its way says what went wrong
-                    failed = True
-                    raise
-            except BaseException:
-                failed = True
-                raise
-            finally:
-                if failed and lock is not None:
-                    lock.release()
-        self.interrupted = interrupted
-        try:
-            # every rank must end with bit-identical weights: compare hashes of all ranks' parameters
-            self.weight_hashes = self.collective.gather_objects(parameter_hash(self.agent))
-            self.summary = self._write_summary(evaluate=not interrupted and is_main)
-        finally:
-            if lock is not None:
-                lock.release()
+            run.release()
         self.collective.barrier()
         return self
+
+    def _batch(self, buf: Rollout, advantages: torch.Tensor, returns: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The rollout flattened for the update: (num_steps * num_envs, ...) each."""
+        return {
+            "obs": buf.obs.reshape(-1, self.envs.obs_dim),
+            "actions": buf.actions.reshape(-1, *self.spec.action_shape),
+            "logprobs": buf.logprobs.reshape(-1),
+            "advantages": advantages.reshape(-1),
+            "returns": returns.reshape(-1),
+            "values": buf.values.reshape(-1),
+        }
+
+    def _open_run(self, run_dir: str | Path | None, num_iterations: int) -> RunContext:
+        """The run context of one learn() call: run directory (rank 0), progress bar, live doctor, weight guard."""
+        cfg, world = self.config, self.collective.world_size
+        continuing = self.iteration > 0 and (run_dir is None or Path(run_dir) == self.run_dir)
+        is_main = self.collective.is_main  # with torchrun, rank 0 alone writes the run directory
+        if is_main:  # takes the run directory's lock (self.run_dir_lock); the run context holds it from here on
+            self.run_dir = self._prepare_run_dir(run_dir or (self.run_dir if continuing else None) or cfg.run_dir)
+        lock, self.run_dir_lock = self.run_dir_lock, None
+        steps = cfg.batch_size * world
+        progress = Progress(cfg.progress and is_main, num_iterations * steps, cfg.env_id,
+                            note=rounding_note(cfg.total_timesteps, steps) if is_main else None)
+        self._guard = WeightGuard(self.agent.parameters(), self.optimizer)  # never save NaN/inf weights
+        return RunContext(
+            self.run_dir, self.collective, lock, fresh=not continuing, config=cfg.to_dict(),
+            tensorboard=cfg.tensorboard, checkpoint_every=cfg.checkpoint_every, progress=progress,
+            doctor=LiveDoctor(cfg.to_dict()) if cfg.live_doctor and is_main else None,
+            doctor_every=max(1, num_iterations // 100),  # bounded cost: at most ~100 checks per run
+            on_exit=self._end_run,
+        )
+
+    def _check_update(self, result: Any, boundary: dict[str, Any]) -> None:
+        """After an update: halt on non-finite weights (restoring the last finite ones); count skipped minibatches."""
+        if not self._guard.finite():
+            self._guard.restore()
+            self._halt(
+                f"training stopped at iteration {self.iteration}: an update made the weights non-finite "
+                "(NaN/inf); likely causes: learning rate too high, unscaled rewards (try --norm-reward), "
+                f"unnormalised observations (try --norm-obs); the last finite weights (iteration "
+                f"{boundary['iteration']}) were kept", boundary)
+        self.skipped_updates += result.skipped_updates
+        all_skipped = result.skipped_updates > 0 and result.optimizer_steps == 0
+        self._consecutive_skips = self._consecutive_skips + result.skipped_updates if all_skipped else 0
+
+    def _end_run(self) -> None:
+        """After the training loop, however it ended: the model file holds the last finite weights."""
+        self._wall_seconds = time.perf_counter() - self._start_time
+        if not self._guard.finite():  # stopped inside an update (Ctrl-C twice): keep the weights it started from
+            self._guard.restore()
+        if self.iteration > 0 and self.collective.is_main:
+            self.save(self.run_dir)
 
     def _update(self, batch: dict[str, torch.Tensor], generator: torch.Generator):
         """The PPO epochs on one rollout: the compiled update (ppox.rl.fast) or core's eager loop."""
@@ -539,7 +387,7 @@ class PPO:
                       "using the eager update (pass --no-compile to skip compiling)", file=sys.stderr)
                 self._compiled_update = None
         return ppo_update(
-            batch, self._forward, self.optimizer, self.agent.parameters(), self.loss_settings,
+            batch, self._forward, self.optimizer, self.agent.parameters(), self.objective,
             update_epochs=cfg.update_epochs, num_minibatches=cfg.num_minibatches,
             max_grad_norm=cfg.max_grad_norm, target_kl=cfg.target_kl,
             kl_coef=self.kl_controller.coef, generator=generator,
@@ -549,9 +397,7 @@ class PPO:
     def _sync_ranks(self, stats: dict[str, float], finished: list[tuple[float, int]]) -> list[tuple[float, int]]:
         """Make logged statistics global: average the update stats, gather finished episodes, and
         pool the observation-normalisation statistics so every rank normalises alike."""
-        keys = sorted(stats)
-        values = self.collective.mean_(torch.tensor([stats[k] for k in keys], dtype=torch.float64))
-        stats.update(zip(keys, values.tolist(), strict=True))
+        stats.update(mean_over_ranks(self.collective, stats))
         returns = self.collective.gather_floats([r for r, _ in finished])
         lengths = self.collective.gather_floats([float(n) for _, n in finished])
         if self.obs_norm is not None:
@@ -562,11 +408,85 @@ class PPO:
             rms.count = self.collective.sum_(rms.count.clone())
         return [(r, int(n)) for r, n in zip(returns, lengths, strict=True)]
 
-    def _stop_requested(self, stop: ckpt.StopSignals) -> bool:
-        """SIGINT/SIGTERM seen here, or (with torchrun) on any rank: all ranks stop at the same iteration."""
-        if not self.collective.enabled:
-            return stop.requested
-        return bool(self.collective.sum_(torch.tensor([float(bool(stop.requested))]))[0] > 0)
+    # ------------------------------------------------------------------ state
+    def state_dict(self, rollout_only: bool = False) -> dict[str, Any]:
+        """Everything a resumed run needs to continue exactly, as copies: counters, RNG states, the normalisers,
+        the envs' bookkeeping and next observation (ppox.rl.checkpoint writes it to files).
+
+        `rollout_only`: only what a rollout changes, a few kB, taken at every iteration boundary so that a run
+        stopped by an env fault mid-rollout can still checkpoint that boundary; the weights, optimizer, KL
+        coefficient and wall time are left out (they change only in the update or with the clock).
+        """
+        rng: dict[str, Any] = {
+            "python": random.getstate(),
+            "numpy": np.random.get_state(),
+            "torch": torch.get_rng_state(),
+            "shuffle": self._shuffle_generator().get_state(),
+            "policy": self._policy_rng.bit_generator.state,  # the numpy rollout's action noise; JSON-able
+        }
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        state: dict[str, Any] = {
+            "iteration": self.iteration,
+            "global_step": self.global_step,
+            "skipped_updates": self.skipped_updates,
+            "consecutive_skips": self._consecutive_skips,
+            "recent_returns": list(self.recent_returns),
+            "rng": rng,
+            "envs": self.envs.state_dict(),
+            "next_obs": None if self._next_obs is None else self._next_obs.detach().clone(),
+            "obs_norm": None if self.obs_norm is None else self.obs_norm.state_dict(),
+            "reward_scaler": None if self.reward_scaler is None else self.reward_scaler.state_dict(),
+        }
+        if not rollout_only:
+            state.update(agent=self.agent.state_dict(), optimizer=self.optimizer.state_dict(),
+                         kl_controller=self.kl_controller.state_dict(), wall_seconds=self._wall_seconds)
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a full state_dict(); the next learn() continues the run where it was taken.
+
+        `state["next_obs"]` None (the envs could not be restored): the envs start new episodes instead,
+        seeded from the iteration.
+        """
+        self.agent.load_state_dict(state["agent"], strict=True)
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.obs_norm is not None:
+            self.obs_norm.load_state_dict(state["obs_norm"])
+        if self.reward_scaler is not None:
+            self.reward_scaler.load_state_dict(state["reward_scaler"])
+        self.kl_controller.load_state_dict(state["kl_controller"])
+        self.iteration = int(state["iteration"])
+        self.global_step = int(state["global_step"])
+        self.skipped_updates = int(state["skipped_updates"])
+        self._consecutive_skips = int(state["consecutive_skips"])
+        self.recent_returns = deque(state["recent_returns"], maxlen=self.recent_returns.maxlen)
+        self._wall_seconds = float(state["wall_seconds"])
+        self._start_time -= self._wall_seconds  # wall_time keeps counting from where the run stopped
+        self.envs.load_state_dict(state["envs"])
+        self._next_obs = None if state["next_obs"] is None else state["next_obs"].to(self.device)
+
+        # RNG states last: building the trainer consumed random numbers
+        rng = state["rng"]
+        random.setstate(rng["python"])
+        np.random.set_state(rng["numpy"])
+        torch.set_rng_state(rng["torch"])
+        self._shuffle_generator().set_state(rng["shuffle"])
+        if rng.get("policy") is not None:
+            self._policy_rng.bit_generator.state = rng["policy"]
+        cuda_states = rng.get("cuda") or []
+        if cuda_states and torch.cuda.is_available() and len(cuda_states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda_states)
+        if self.collective.enabled:  # distinct action noise and shuffling per rank after a restart
+            rank_seed = self.config.seed + self.collective.rank + 7919 * self.iteration
+            torch.manual_seed(rank_seed)
+            self._shuffle_generator().manual_seed(rank_seed)
+            self._policy_rng.bit_generator.state = np.random.default_rng(rank_seed).bit_generator.state
+        if self._next_obs is None:
+            obs = self.envs.reset(seed=self.envs.seed + 104_729 * (self.iteration + 1))  # envs.seed: per rank
+            self._next_obs = self._normalize(obs, update=True)
+            if self.reward_scaler is not None:
+                self.reward_scaler.returns.zero_()
 
     def _shuffle_generator(self) -> torch.Generator:
         if self._shuffle_gen is None:
@@ -584,13 +504,12 @@ class PPO:
         raise TrainingHalted(f"{message}; checkpoint of iteration {self.iteration} saved in {path}")
 
     def _forward(self, mb: dict[str, torch.Tensor]) -> PolicyOutput:
-        logprobs, entropy, values = self.agent.evaluate(mb["obs"], mb["actions"])
-        return PolicyOutput(logprobs, entropy, values)
+        return PolicyOutput(*self.agent(mb["obs"], mb["actions"]))
 
     @torch.no_grad()
     def _measure_kl(self, batch: dict[str, torch.Tensor]) -> float:
         """KL(pi_old || pi_new) over the whole rollout, for the adaptive penalty rule."""
-        logprobs, _, _ = self.agent.evaluate(batch["obs"], batch["actions"])
+        logprobs, _, _ = self.agent(batch["obs"], batch["actions"])
         kl = kl_estimate(logprobs - batch["logprobs"], self.config.kl_estimator).mean().reshape(1)
         return float(self.collective.mean_(kl)[0])  # one beta for all ranks
 
@@ -615,7 +534,7 @@ class PPO:
             "old_approx_kl": stats.get("old_approx_kl", float("nan")),
             "clipfrac": stats.get("clipfrac", float("nan")),
             "explained_variance": explained_variance(batch["values"], batch["returns"]),
-            "kl_coef": kl_coef if self.config.kl_penalty else 0.0,
+            "kl_coef": kl_coef if self.config.kl_penalty == "loss" else 0.0,
             "learning_rate": self.optimizer.param_groups[0]["lr"],
             "skipped_updates": self.skipped_updates,
             "env_restarts": self.envs.restarts,
@@ -629,11 +548,7 @@ class PPO:
             run_dir = Path("runs") / f"{safe_env}__{cfg.seed}__{int(time.time())}"
         run_dir = Path(run_dir)
         # one process per run directory: a second run or --resume into it stops here with one line
-        lock = getattr(self, "_run_lock", None)
-        if lock is not None and lock.held and lock.run_dir != run_dir:
-            lock.release()
-        if lock is None or not lock.held or lock.run_dir != run_dir:
-            lock = self._run_lock = RunDirLock(run_dir).acquire()  # refuses symlinks, creates the directory
+        lock = self.run_dir_lock = hold_run_dir(self.run_dir_lock, run_dir)
         try:
             check_run_dir(run_dir)
             if self.run_dir is not None and run_dir == self.run_dir:
@@ -647,11 +562,12 @@ class PPO:
                     f"run directory {run_dir} already exists; pass --overwrite, --resume, or choose another --run-dir"
                 )
         except BaseException:
+            self.run_dir_lock = None
             lock.release()
             raise
         return run_dir
 
-    def _write_summary(self, evaluate: bool) -> dict[str, Any]:
+    def _write_summary(self, run: RunContext, evaluate: bool) -> dict[str, Any]:
         cfg = self.config
         summary: dict[str, Any] = {
             "env_id": cfg.env_id,
@@ -674,8 +590,7 @@ class PPO:
         if evaluate and cfg.eval_episodes > 0:
             ev = self.evaluate(cfg.eval_episodes)
             summary.update(eval_return_mean=ev["mean"], eval_return_std=ev["std"], eval_episodes=ev["episodes"])
-        if self.run_dir is not None and self.collective.is_main:
-            atomic_write_json(self.run_dir / "summary.json", summary)
+        run.write_summary(summary)
         return summary
 
     # ------------------------------------------------------------------ inference
@@ -796,8 +711,8 @@ class PPO:
         model._envs = None
         # the exact tensors the network will have, checked against the file before allocating them
         with torch.device("meta"):
-            probe = Agent(arch["obs_dim"], action_spec(action_space), config.hidden_sizes, config.activation,
-                          config.shared_trunk, config.init_log_std)
+            probe = Policy(observation_space, action_spec(action_space), config.hidden_sizes, config.activation,
+                           config.shared_trunk, config.init_log_std)
         expected = {f"agent.{k}": tuple(v.shape) for k, v in probe.state_dict().items()}
         if config.norm_obs:
             dim = arch["obs_dim"]
@@ -886,66 +801,6 @@ def _batch_of_one(obs, space):
     from ppox.rl.envs import _batch_of_one as b1
 
     return b1(obs, space)
-
-
-def rounding_note(total_timesteps: int, steps_per_iteration: int) -> str | None:
-    """The one-line note that training runs whole iterations, so not exactly `total_timesteps` steps
-    (None when it does): learn runs max(1, total // steps_per_iteration) iterations."""
-    iterations = max(1, total_timesteps // steps_per_iteration)
-    actual = iterations * steps_per_iteration
-    if actual == total_timesteps:
-        return None
-    direction = "down" if actual < total_timesteps else "up"
-    s = "" if iterations == 1 else "s"
-    return (f"note: total_timesteps {total_timesteps:,} is rounded {direction} to {actual:,} = {iterations:,} "
-            f"iteration{s} × {steps_per_iteration:,} steps per iteration")
-
-
-class _Progress:
-    """A rich progress bar with steps, SPS and recent mean return; silent when disabled.
-
-    The bar's SPS is the last iteration's (it follows speed changes); summary.json's sps is the mean
-    over the run, so the two are labelled differently.
-    """
-
-    def __init__(self, enabled: bool, total: int, env_id: str | None, note: str | None = None) -> None:
-        self.enabled = enabled
-        self._progress = None
-        self._note = note
-        if enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self._progress = Progress(
-                TextColumn(f"[bold]{env_id}"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
-                TextColumn("{task.fields[sps]} SPS (last iter)"), TextColumn("return {task.fields[ret]}"),
-                TimeRemainingColumn(), transient=False,
-            )
-            self._task = self._progress.add_task("train", total=total, sps="-", ret="-")
-
-    def __enter__(self):
-        if self._note:  # before the bar starts, so it is not redrawn over
-            print(self._note, file=sys.stderr)
-        if self._progress is not None:
-            self._progress.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        if self._progress is not None:
-            self._progress.__exit__(*exc)
-        return False
-
-    def print(self, line: str) -> None:
-        """A line above the bar (stderr when there is no bar)."""
-        if self._progress is not None:
-            self._progress.console.print(line, markup=False, highlight=False)
-        else:
-            print(line, file=sys.stderr)
-
-    def update(self, global_step: int, record: dict, recent_returns) -> None:
-        if self._progress is None:
-            return
-        ret = f"{np.mean(recent_returns):.1f}" if recent_returns else "-"
-        self._progress.update(self._task, completed=global_step, sps=f"{record['sps']:.0f}", ret=ret)
 
 
 def summary_table(summary: dict[str, Any]) -> str:

@@ -115,50 +115,107 @@ def action_spec(space: spaces.Space) -> ActionSpec:
     raise EnvError(f"action space {space} is not supported; ppox supports {SUPPORTED_ACTIONS}")
 
 
-# ---------------------------------------------------------------------------- distributions
-# Written out by hand: torch.distributions validates and allocates on every call, which costs
-# more than the tiny MLP forward pass at rollout batch sizes.
+# ---------------------------------------------------------------------------- action distributions
+# The action head of a policy is its `actor_head` Linear layer and one of these: how that layer's output
+# (batch, spec.head_size) becomes a distribution over actions. Stateless: the Linear layer and the
+# Gaussian log-std are the policy's parameters (ppox.rl.policy), so one is chosen per action space
+# (`action_distribution`) and holds no weights. Written out by hand:
+# torch.distributions validates and allocates on every call, which costs more than the tiny MLP
+# forward pass at rollout batch sizes.
+
+MASKED_LOGIT = -1e8  # a masked action's logit: probability 0, yet entropy terms p * log p stay finite (0)
 
 
-def _split_logits(logits: torch.Tensor, spec: ActionSpec) -> list[torch.Tensor]:
-    return list(torch.split(logits, list(spec.nvec), dim=-1)) if spec.kind == "multidiscrete" else [logits]
+class Categorical:
+    """One categorical over `n` actions per row: head output (batch, n) = logits; actions (batch,).
+
+    `mask` (batch, n) bool, True = allowed: masked actions get probability 0 (invalid-action masking).
+    """
+
+    def __init__(self, nvec: tuple[int, ...]) -> None:
+        self.nvec = nvec
+
+    def _logits(self, head: torch.Tensor, mask: torch.Tensor | None) -> list[torch.Tensor]:
+        if mask is not None:
+            head = torch.where(mask, head, MASKED_LOGIT)
+        return [head] if len(self.nvec) == 1 else list(torch.split(head, list(self.nvec), dim=-1))
+
+    def _stack(self, parts: list[torch.Tensor]) -> torch.Tensor:
+        return parts[0]
+
+    def sample(
+        self, head: torch.Tensor, log_std: torch.Tensor | None, deterministic: bool,
+        mask: torch.Tensor | None = None, noise: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Actions (batch,): the argmax when `deterministic`, else a draw by Gumbel-max from `noise`,
+        uniform in (0, 1] of the head's shape (default: fresh from torch's generator)."""
+        parts = []
+        uniform = None if noise is None else self._logits(noise, None)
+        for i, logits in enumerate(self._logits(head, mask)):
+            if deterministic:
+                parts.append(logits.argmax(dim=-1))
+            else:
+                # Gumbel-max: argmax(logits + Gumbel noise) is a sample from softmax(logits)
+                u = (torch.rand_like(logits) if uniform is None else uniform[i].clone()).clamp_(1e-20, 1.0)
+                parts.append((logits - torch.log(-torch.log(u))).argmax(dim=-1))
+        return self._stack(parts)
+
+    def log_prob_entropy(
+        self, head: torch.Tensor, log_std: torch.Tensor | None, actions: torch.Tensor,
+        mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-sample log pi(a|s) and entropy H[pi(.|s)], both (batch,)."""
+        if len(self.nvec) == 1:
+            actions = actions.unsqueeze(-1)
+        logp = torch.zeros(head.shape[0], device=head.device)
+        entropy = torch.zeros(head.shape[0], device=head.device)
+        for i, logits in enumerate(self._logits(head, mask)):
+            log_probs = torch.log_softmax(logits, dim=-1)
+            logp = logp + log_probs.gather(-1, actions[..., i : i + 1].long()).squeeze(-1)
+            entropy = entropy - (log_probs.exp() * log_probs).sum(-1)
+        return logp, entropy
 
 
-def sample(head: torch.Tensor, log_std: torch.Tensor | None, spec: ActionSpec, deterministic: bool) -> torch.Tensor:
-    """Draw actions (num_envs, *action_shape): Gaussian actions are returned unclipped."""
-    if spec.kind == "continuous":
+class MultiCategorical(Categorical):
+    """Independent categoricals, one per component: head output (batch, sum(nvec)); actions (batch, len(nvec))."""
+
+    def _stack(self, parts: list[torch.Tensor]) -> torch.Tensor:
+        return torch.stack(parts, dim=-1)
+
+
+class DiagGaussian:
+    """A diagonal Gaussian with a state-independent log-std: head output (batch, dim) = mean; actions
+    (batch, dim), unclipped (the env adapter clips them to the bounds). Action masks do not apply."""
+
+    def sample(
+        self, head: torch.Tensor, log_std: torch.Tensor | None, deterministic: bool,
+        mask: torch.Tensor | None = None, noise: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The mean when `deterministic`, else mean + std * `noise` (standard normal; default fresh)."""
         if deterministic:
             return head
-        return head + log_std.exp() * torch.randn_like(head)
-    parts = []
-    for logits in _split_logits(head, spec):
-        if deterministic:
-            parts.append(logits.argmax(dim=-1))
-        else:
-            # Gumbel-max: argmax(logits + Gumbel noise) is a sample from softmax(logits)
-            u = torch.rand_like(logits).clamp_(1e-20, 1.0)
-            parts.append((logits - torch.log(-torch.log(u))).argmax(dim=-1))
-    return parts[0] if spec.kind == "discrete" else torch.stack(parts, dim=-1)
+        return head + log_std.exp() * (torch.randn_like(head) if noise is None else noise)
 
-
-def log_prob_entropy(
-    head: torch.Tensor, log_std: torch.Tensor | None, actions: torch.Tensor, spec: ActionSpec
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-sample log pi(a|s) and entropy H[pi(.|s)], both (batch,)."""
-    if spec.kind == "continuous":
+    def log_prob_entropy(
+        self, head: torch.Tensor, log_std: torch.Tensor | None, actions: torch.Tensor,
+        mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-sample log pi(a|s) and entropy H[pi(.|s)], both (batch,)."""
         std = log_std.exp()
         logp = (-0.5 * ((actions - head) / std) ** 2 - log_std - LOG_SQRT_2PI).sum(-1)
         entropy = (0.5 + LOG_SQRT_2PI + log_std).sum(-1).expand(head.shape[0])
         return logp, entropy
-    if spec.kind == "discrete":
-        actions = actions.unsqueeze(-1)
-    logp = torch.zeros(head.shape[0], device=head.device)
-    entropy = torch.zeros(head.shape[0], device=head.device)
-    for i, logits in enumerate(_split_logits(head, spec)):
-        log_probs = torch.log_softmax(logits, dim=-1)
-        logp = logp + log_probs.gather(-1, actions[..., i : i + 1].long()).squeeze(-1)
-        entropy = entropy - (log_probs.exp() * log_probs).sum(-1)
-    return logp, entropy
+
+
+ActionDistribution = Categorical | DiagGaussian
+
+
+def action_distribution(spec: ActionSpec) -> ActionDistribution:
+    """The action distribution for an action space: categorical (Discrete), multi-categorical (MultiDiscrete),
+    diagonal Gaussian (Box)."""
+    if spec.kind == "continuous":
+        return DiagGaussian()
+    return (Categorical if spec.kind == "discrete" else MultiCategorical)(spec.nvec)
 
 
 def to_env_action(actions: torch.Tensor, spec: ActionSpec) -> np.ndarray:

@@ -2,7 +2,8 @@
 
 import torch
 
-from ppox.core.update import LossSettings, PolicyOutput, ppo_loss, ppo_update
+from ppox.core.objective import ObjectiveConfig
+from ppox.core.update import PolicyOutput, ppo_loss, ppo_update
 
 
 def make_problem(n: int = 64, seed: int = 0):
@@ -29,7 +30,7 @@ def make_problem(n: int = 64, seed: int = 0):
 
 def test_first_minibatch_has_ratio_one_and_zero_kl():
     batch, forward, _ = make_problem()
-    _, stats = ppo_loss(forward(batch), batch, LossSettings())
+    _, stats = ppo_loss(forward(batch), batch, ObjectiveConfig())
     assert float(stats["approx_kl"]) == 0.0 and float(stats["clipfrac"]) == 0.0
 
 
@@ -37,7 +38,7 @@ def test_update_changes_policy_and_reports_stats():
     batch, forward, params = make_problem()
     before = [p.detach().clone() for p in params]
     opt = torch.optim.Adam(params, lr=1e-2, eps=1e-5)
-    res = ppo_update(batch, forward, opt, params, LossSettings(), update_epochs=4, num_minibatches=4,
+    res = ppo_update(batch, forward, opt, params, ObjectiveConfig(), update_epochs=4, num_minibatches=4,
                      max_grad_norm=0.5, generator=torch.Generator().manual_seed(0))
     assert res.epochs_run == 4 and res.optimizer_steps == 16 and res.skipped_updates == 0
     assert any(not torch.equal(a, b) for a, b in zip(before, params, strict=True))
@@ -48,7 +49,7 @@ def test_update_changes_policy_and_reports_stats():
 def test_target_kl_stops_epochs_early():
     batch, forward, params = make_problem()
     opt = torch.optim.Adam(params, lr=0.1)
-    res = ppo_update(batch, forward, opt, params, LossSettings(), update_epochs=10, num_minibatches=2,
+    res = ppo_update(batch, forward, opt, params, ObjectiveConfig(), update_epochs=10, num_minibatches=2,
                      max_grad_norm=None, target_kl=1e-6)
     assert res.epochs_run == 1
 
@@ -57,8 +58,8 @@ def test_kl_penalty_term_is_added():
     batch, forward, params = make_problem()
     with torch.no_grad():
         params[0].add_(torch.randn(params[0].shape, generator=torch.Generator().manual_seed(1)))
-    s_plain = LossSettings()
-    s_pen = LossSettings(use_kl_penalty=True)
+    s_plain = ObjectiveConfig()
+    s_pen = ObjectiveConfig(kl_penalty="loss")
     loss_plain, stats = ppo_loss(forward(batch), batch, s_plain, kl_coef=2.0)
     loss_pen, _ = ppo_loss(forward(batch), batch, s_pen, kl_coef=2.0)
     assert abs(float(loss_pen - loss_plain) - float(2.0 * stats["kl_penalty"])) < 1e-6
@@ -75,7 +76,7 @@ def test_nonfinite_minibatch_is_skipped_and_weights_untouched():
 
     before = [p.detach().clone() for p in params]
     opt = torch.optim.Adam(params, lr=1e-2)
-    res = ppo_update(batch, bad_forward, opt, params, LossSettings(), update_epochs=2, num_minibatches=2,
+    res = ppo_update(batch, bad_forward, opt, params, ObjectiveConfig(), update_epochs=2, num_minibatches=2,
                      max_grad_norm=0.5, on_nonfinite=lambda: calls.append(1))
     assert res.skipped_updates == 4 and res.optimizer_steps == 0 and len(calls) == 4
     assert all(torch.equal(a, b) for a, b in zip(before, params, strict=True))
@@ -90,7 +91,7 @@ def test_grad_accumulation_matches_one_big_step():
             for p, s in zip(params, start, strict=True):
                 p.copy_(s)
         opt = torch.optim.SGD(params, lr=0.1)
-        ppo_update(batch, forward, opt, params, LossSettings(norm_adv=False), update_epochs=1,
+        ppo_update(batch, forward, opt, params, ObjectiveConfig(norm_adv=False), update_epochs=1,
                    num_minibatches=1, max_grad_norm=None, grad_accum_steps=accum,
                    generator=torch.Generator().manual_seed(0))
         results.append([p.detach().clone() for p in params])

@@ -186,4 +186,5 @@ def test_preset_runs_are_labelled_by_preset(tmp_path):
     for preset in (None, "cleanrl"):
         config = preset_config("CartPole-v1", preset, learning_rate=5e-4).to_dict()
         groups.append(RunGroup(key=str(preset), env_id="CartPole-v1", config=config, runs=[None]))
-    assert group_labels(groups) == ["preset CartPole-v1 (1 seed)", "preset cleanrl (1 seed)"]
+    labels = group_labels(groups, lambda env, p: preset_config(env, p).to_dict())
+    assert labels == ["preset CartPole-v1 (1 seed)", "preset cleanrl (1 seed)"]

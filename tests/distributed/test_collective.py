@@ -8,7 +8,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from ppox.core.update import LossSettings, PolicyOutput, ppo_update
+from ppox.core.objective import ObjectiveConfig
+from ppox.core.update import PolicyOutput, ppo_update
 from ppox.distributed import Collective, parameter_hash
 
 
@@ -51,7 +52,7 @@ def run_update(policy, critic, obs, actions, adv, returns, collective=None, pois
 
     opt = torch.optim.Adam(params, lr=1e-2, eps=1e-5)
     # one minibatch per epoch: the same samples on 1 or 2 processes, whatever the shuffle
-    return ppo_update(batch, forward, opt, params, LossSettings(), update_epochs=3, num_minibatches=1,
+    return ppo_update(batch, forward, opt, params, ObjectiveConfig(), update_epochs=3, num_minibatches=1,
                       max_grad_norm=0.5, collective=collective, gradients_synced=fsdp)
 
 

@@ -71,15 +71,15 @@ RESUME_UNSHARDED = """
 import sys
 
 from ppox.llm.checkpoint import read_state
-from ppox.rl.checkpoint import find_checkpoint
-from ppox.llm.cli import build_trainer
+from ppox.runs import find_checkpoint
+from ppox.cli.llm import build_trainer
 from ppox.llm.config import LLMPPOConfig
 
 run, total = sys.argv[1], int(sys.argv[2])
 cfg = LLMPPOConfig(**read_state(find_checkpoint(run))["config"]).replace(fsdp=False, run_dir=run, total_steps=total)
 trainer = build_trainer(cfg)
 trainer.resume(run)
-trainer.train(run)
+trainer.learn(run)
 """
 
 

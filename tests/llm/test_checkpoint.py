@@ -9,7 +9,7 @@ from ppox.errors import PPOXError
 from ppox.llm.config import LLMPPOConfig
 from ppox.llm.demo import tiny_gpt2
 from ppox.llm.trainer import LLMPPOTrainer
-from ppox.rl.checkpoint import checkpoint_dir, latest_checkpoint
+from ppox.runs import checkpoint_dir, latest_checkpoint
 
 from .conftest import PROMPTS
 
@@ -28,7 +28,7 @@ def fresh_model(tokenizer):
 def make(tokenizer, reward=sevens, **overrides) -> LLMPPOTrainer:
     cfg = LLMPPOConfig(
         batch_size=8, num_minibatches=2, max_new_tokens=5, learning_rate=3e-3, total_steps=4, checkpoint_every=2,
-        target_ref_kl=0.05, kl_horizon=64, tensorboard=False, torch_threads=2, seed=5,
+        kl_target=0.05, kl_horizon=64, tensorboard=False, torch_threads=2, seed=5,
     ).replace(**overrides)
     return LLMPPOTrainer(cfg, fresh_model(tokenizer), tokenizer, reward, PROMPTS * 2)
 
@@ -69,17 +69,17 @@ def test_resumed_run_equals_uninterrupted_run(tokenizer, tmp_path, lora):
     if lora:
         pytest.importorskip("peft")
     straight = make(tokenizer, lora_r=lora)
-    straight.train(tmp_path / "straight")
+    straight.learn(tmp_path / "straight")
 
     run = tmp_path / "run"
     with pytest.raises(Exception, match="killed"):  # dies in step 3, after the checkpoint of step 2
-        make(tokenizer, reward=crashing_after(2), lora_r=lora).train(run)
+        make(tokenizer, reward=crashing_after(2), lora_r=lora).learn(run)
     assert latest_checkpoint(run).name == "ckpt_2"
     assert len(metrics(run)) == 2
 
     resumed = make(tokenizer, lora_r=lora)  # a new process: fresh model, fresh RNGs
     assert resumed.resume(run).name == "ckpt_2" and resumed.step_count == 2
-    history = resumed.train(run)
+    history = resumed.learn(run)
     assert [r["iteration"] for r in history] == [1, 2, 3, 4]
 
     a, b = state(straight), state(resumed)
@@ -87,7 +87,8 @@ def test_resumed_run_equals_uninterrupted_run(tokenizer, tmp_path, lora):
     for key in a:
         assert torch.equal(a[key], b[key]), key
     assert metrics(run) == metrics(tmp_path / "straight")
-    assert resumed.kl_ctl.coef == straight.kl_ctl.coef != 0.05  # the adaptive controller moved and was restored
+    # the adaptive controller moved and was restored
+    assert resumed.kl_controller.coef == straight.kl_controller.coef != 0.05
 
     from safetensors.torch import load_file
 
@@ -100,7 +101,7 @@ def test_resumed_run_equals_uninterrupted_run(tokenizer, tmp_path, lora):
 
 def test_checkpoint_every_and_keep(tokenizer, tmp_path):
     trainer = make(tokenizer, total_steps=5, checkpoint_every=2, keep_checkpoints=2)
-    trainer.train(tmp_path)
+    trainer.learn(tmp_path)
     names = sorted(p.name for p in checkpoint_dir(tmp_path).iterdir())
     assert names == ["ckpt_4", "ckpt_5", "latest"]  # every 2 steps and at the end, the last 2 kept
     assert latest_checkpoint(tmp_path).name == "ckpt_5"
@@ -121,14 +122,14 @@ def test_kill_while_writing_keeps_the_previous_checkpoint(tokenizer, tmp_path, m
 
     monkeypatch.setattr(ckpt_module, "atomic_write_json", dying_write)
     with pytest.raises(KeyboardInterrupt):
-        make(tokenizer, checkpoint_every=1).train(tmp_path)
+        make(tokenizer, checkpoint_every=1).learn(tmp_path)
     monkeypatch.setattr(ckpt_module, "atomic_write_json", real)
     assert latest_checkpoint(tmp_path).name == "ckpt_1"
 
     resumed = make(tokenizer, checkpoint_every=1)
     resumed.resume(tmp_path)
     assert resumed.step_count == 1
-    resumed.train(tmp_path)
+    resumed.learn(tmp_path)
     assert [r["iteration"] for r in metrics(tmp_path)] == [1, 2, 3, 4]
     leftovers = [p.name for p in checkpoint_dir(tmp_path).iterdir() if ".tmp-" in p.name]
     assert not leftovers
@@ -136,7 +137,7 @@ def test_kill_while_writing_keeps_the_previous_checkpoint(tokenizer, tmp_path, m
 
 @pytest.mark.parametrize("damage", ["policy.safetensors", "trainer.safetensors", "state.json"])
 def test_damaged_checkpoint_is_a_clear_error(tokenizer, tmp_path, damage):
-    make(tokenizer, total_steps=1).train(tmp_path)
+    make(tokenizer, total_steps=1).learn(tmp_path)
     path = latest_checkpoint(tmp_path) / damage
     path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
     with pytest.raises(PPOXError, match=damage.replace(".", r"\.")):
@@ -149,13 +150,13 @@ def test_mismatched_or_missing_checkpoint_is_a_clear_error(tokenizer, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(PPOXError, match="no checkpoint"):
         make(tokenizer).resume(tmp_path / "empty")
-    make(tokenizer, total_steps=1).train(tmp_path / "run")
+    make(tokenizer, total_steps=1).learn(tmp_path / "run")
     with pytest.raises(PPOXError, match="does not match"):
         make(tokenizer, critic="shared").resume(tmp_path / "run")
 
 
 def test_cli_resume(tokenizer, tmp_path):
-    from ppox.llm.cli import main
+    from ppox.cli.llm import main
 
     fresh_model(tokenizer).save_pretrained(tmp_path / "model")
     tokenizer.save_pretrained(tmp_path / "model")
@@ -176,7 +177,7 @@ def test_sigint_stops_after_the_step_with_a_checkpoint_and_resume_finishes(token
     import subprocess
     import sys
 
-    from ppox.llm.cli import main
+    from ppox.cli.llm import main
     from tests.rl.test_checkpoint import REPO, _wait_for_lines
 
     fresh_model(tokenizer).save_pretrained(tmp_path / "model")
@@ -218,7 +219,7 @@ def test_sigterm_in_process_stops_with_a_checkpoint_and_restores_the_handler(tok
 
     before = signal.getsignal(signal.SIGTERM)
     trainer = make(tokenizer, reward=reward, checkpoint_every=0)
-    history = trainer.train(tmp_path)
+    history = trainer.learn(tmp_path)
     assert trainer.interrupted and [r["iteration"] for r in history] == [1, 2]
     assert latest_checkpoint(tmp_path).name == "ckpt_2"
     assert signal.getsignal(signal.SIGTERM) is before

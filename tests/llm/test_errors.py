@@ -5,8 +5,8 @@ import math
 import pytest
 from transformers import GPT2Config, GPT2ForSequenceClassification
 
+from ppox.cli.llm import main
 from ppox.errors import ConfigError, ModelFileError, PPOXError
-from ppox.llm.cli import main
 from ppox.llm.config import LLMPPOConfig
 from ppox.llm.data import load_prompts
 from ppox.llm.demo import tiny_gpt2

@@ -84,7 +84,7 @@ def test_lora_trains_only_adapters_and_critic(tiny_lm, tokenizer):
 
 def test_lora_policy_saves_merged_and_loads_with_plain_transformers(tiny_lm, tokenizer, tmp_path):
     trainer = lora_trainer(tiny_lm, tokenizer, total_steps=2)
-    trainer.train(tmp_path)
+    trainer.learn(tmp_path)
     saved = tmp_path / "policy"
     assert not (saved / "adapter_config.json").exists()  # an ordinary model directory, not an adapter
     loaded = AutoModelForCausalLM.from_pretrained(saved, local_files_only=True).eval()

@@ -67,7 +67,7 @@ def hand_loss(out, mb, cfg: LLMPPOConfig) -> float:
 def test_loss_aggregation_matches_hand_computation(mode):
     cfg = LLMPPOConfig(loss_agg_mode=mode, vf_coef=0.5, ent_coef=0.01, vf_clip_coef=0.2)
     out, mb = ragged_batch()
-    loss, _ = ppo_loss(out, mb, cfg.loss_settings())
+    loss, _ = ppo_loss(out, mb, cfg.update_objective())
     assert loss.item() == pytest.approx(hand_loss(out, mb, cfg), rel=1e-5)
 
 

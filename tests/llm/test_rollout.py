@@ -45,7 +45,7 @@ def test_first_minibatch_ratio_is_exactly_one(tiny_lm, tokenizer):
     assert not first_epoch.all() and first_epoch[:, 0].all()
     ratio = (out.logprobs - mb["logprobs"]).exp()
     assert torch.equal(ratio[mask], torch.ones_like(ratio[mask]))
-    _, stats = ppo_loss(out, mb, trainer.settings)
+    _, stats = ppo_loss(out, mb, trainer.objective)
     assert stats["approx_kl"].item() == 0.0
     assert stats["clipfrac"].item() == 0.0
     assert record["skipped_updates"] == 0 and record["epochs_run"] == 4
@@ -81,25 +81,25 @@ def test_masks_exclude_prompt_and_padding(tiny_lm, tokenizer):
     assert torch.all(batch["advantages"][~mask] == 0) and torch.all(batch["returns"][~mask] == 0)
 
     out = trainer.forward(batch)
-    loss, _ = ppo_loss(out, batch, trainer.settings)
+    loss, _ = ppo_loss(out, batch, trainer.objective)
     # 1. the trainer zeroes its outputs at padded positions, and changing them changes nothing
     assert torch.all(out.logprobs[~mask] == 0) and torch.all(out.values[~mask] == 0)
     junk = (~mask).float() * 5.0
     poisoned = PolicyOutput(out.logprobs + junk, out.entropy - junk, out.values + junk)
-    assert torch.equal(ppo_loss(poisoned, batch, trainer.settings)[0], loss)
+    assert torch.equal(ppo_loss(poisoned, batch, trainer.objective)[0], loss)
     # 2. changing a padded *input token* (left pad of a prompt, right pad after EOS) changes nothing
     ids = batch["input_ids"].clone()
     pads = batch["attention_mask"] == 0
     assert pads.any()
     ids[pads] = 7
-    loss2, _ = ppo_loss(trainer.forward({**batch, "input_ids": ids}), batch, trainer.settings)
+    loss2, _ = ppo_loss(trainer.forward({**batch, "input_ids": ids}), batch, trainer.objective)
     torch.testing.assert_close(loss2, loss, rtol=1e-6, atol=1e-7)
 
 
 def test_rewards_sit_on_the_last_response_token(tiny_lm, tokenizer):
     # No KL, no whitening, gamma = lambda = 1 and a zero-initialised critic: every valid token's
     # return is the completion's task reward.
-    trainer = make_trainer(tiny_lm, tokenizer, kl_penalty="none", whiten_advantages=False, gae_lambda=1.0)
+    trainer = make_trainer(tiny_lm, tokenizer, kl_penalty="none", norm_adv=False, gae_lambda=1.0)
     batch, _, completions = trainer.rollout(PROMPTS)
     expected = torch.tensor([float(len(c)) for c in completions]).unsqueeze(1).expand_as(batch["returns"])
     mask = batch["mask"]

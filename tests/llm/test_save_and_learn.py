@@ -23,7 +23,7 @@ def test_save_then_load_with_plain_transformers(tiny_lm, tokenizer, tmp_path):
     cfg = LLMPPOConfig(batch_size=8, num_minibatches=2, max_new_tokens=6, learning_rate=1e-2, total_steps=2,
                        tensorboard=False)
     trainer = LLMPPOTrainer(cfg, tiny_lm, tokenizer, length_reward, PROMPTS)
-    trainer.train(tmp_path)
+    trainer.learn(tmp_path)
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "policy", local_files_only=True)
     loaded_tok = AutoTokenizer.from_pretrained(tmp_path / "policy", local_files_only=True)
     assert loaded_tok("12+3=")["input_ids"] == tokenizer("12+3=")["input_ids"]
@@ -54,7 +54,7 @@ def test_toy_reward_rises(tiny_lm, tokenizer):
 
 @pytest.mark.slow
 def test_demo_end_to_end(tmp_path):
-    from ppox.llm.cli import main
+    from ppox.cli.llm import main
 
     run_dir = tmp_path / "demo"
     code = main(["demo", "--run-dir", str(run_dir), "--sft-steps", "30", "--num-test", "40", "--n-layer", "1",

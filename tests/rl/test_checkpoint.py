@@ -16,6 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from ppox import runs
 from ppox.cli import main
 from ppox.rl import checkpoint as ckpt
 from ppox.rl.envs import VecEnv
@@ -68,7 +69,7 @@ def kill_at_env_step(monkeypatch, n: int) -> None:
 # ---------------------------------------------------------------------------- contents and layout
 def test_checkpoint_holds_the_whole_trainer_state(tmp_path):
     run = tmp_path / "run"
-    PPO("Pendulum-v1", run_dir=run, norm_obs=True, norm_reward=True, kl_penalty=True, checkpoint_every=2,
+    PPO("Pendulum-v1", run_dir=run, norm_obs=True, norm_reward=True, kl_penalty="loss", checkpoint_every=2,
         keep_checkpoints=3, **{**TINY, "total_timesteps": 256}).learn()
     root = run / "checkpoints"
     assert (root / "latest").read_text().strip() == "ckpt_8"
@@ -114,11 +115,11 @@ def test_latest_pointer_is_written_last_and_a_torn_checkpoint_is_ignored(tmp_pat
     torn = root / "ckpt_5"
     torn.mkdir()
     (torn / "model.safetensors").write_bytes(b"partial")  # no state.json: incomplete
-    assert ckpt.latest_checkpoint(run).name == "ckpt_3"
+    assert runs.latest_checkpoint(run).name == "ckpt_3"
     (root / "latest").write_text("ckpt_77\n")  # pointing at nothing: fall back to the newest complete one
-    assert ckpt.latest_checkpoint(run).name == "ckpt_3"
+    assert runs.latest_checkpoint(run).name == "ckpt_3"
     (root / "latest").unlink()
-    assert ckpt.latest_checkpoint(run).name == "ckpt_3"
+    assert runs.latest_checkpoint(run).name == "ckpt_3"
 
 
 def test_kill_during_checkpoint_write_leaves_previous_loadable(tmp_path, monkeypatch):
@@ -159,7 +160,7 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path, monkeypatch, kill
 
 
 def test_resume_with_normalisation_and_adaptive_kl_is_exact(tmp_path, monkeypatch):
-    kw = dict(TINY, total_timesteps=320, norm_obs=True, norm_reward=True, kl_penalty=True, checkpoint_every=2)
+    kw = dict(TINY, total_timesteps=320, norm_obs=True, norm_reward=True, kl_penalty="loss", checkpoint_every=2)
     ref, run = tmp_path / "ref", tmp_path / "run"
     PPO("Pendulum-v1", run_dir=ref, **kw).learn()
     kill_at_env_step(monkeypatch, 16 * 5 + 7)
@@ -234,7 +235,7 @@ def test_sigterm_finishes_the_iteration_checkpoints_and_resumes_exactly(tmp_path
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err.decode()[-2000:]
-    latest = ckpt.latest_checkpoint(run)
+    latest = runs.latest_checkpoint(run)
     assert int(latest.name.removeprefix("ckpt_")) == len(metrics(run))  # the stopped iteration is complete
     PPO("CartPole-v1", run_dir=ref, **{**TINY, "total_timesteps": total}).learn()
     PPO.resume(run).learn()
@@ -257,7 +258,7 @@ def test_sigint_in_process_checkpoints_at_the_iteration_end(tmp_path, monkeypatc
     before = signal.getsignal(signal.SIGINT)
     model = PPO("CartPole-v1", run_dir=run, **TINY).learn()
     assert model.interrupted and model.iteration == 4
-    assert ckpt.latest_checkpoint(run).name == "ckpt_4"
+    assert runs.latest_checkpoint(run).name == "ckpt_4"
     assert signal.getsignal(signal.SIGINT) is before  # handler restored
 
 
@@ -270,7 +271,7 @@ def test_mujoco_env_state_is_captured(tmp_path, monkeypatch):
     kill_at_env_step(monkeypatch, 32 * 5 + 9)
     with pytest.raises(Killed):
         PPO("Hopper-v5", run_dir=run, **kw).learn()
-    state = json.loads((ckpt.latest_checkpoint(run) / "state.json").read_text())
+    state = json.loads((runs.latest_checkpoint(run) / "state.json").read_text())
     assert state["iteration"] == 4 and state["env_state"]["captured"]  # mid-episode MuJoCo state
     PPO.resume(run).learn()
     assert_same_run(ref, run)
@@ -279,7 +280,7 @@ def test_mujoco_env_state_is_captured(tmp_path, monkeypatch):
 def test_async_envs_cannot_be_captured_and_resume_says_so_in_one_line(tmp_path, capsys):
     run = tmp_path / "run"
     PPO("CartPole-v1", run_dir=run, vectorization="async", **{**TINY, "total_timesteps": 64}).learn()
-    state = json.loads((ckpt.latest_checkpoint(run) / "state.json").read_text())
+    state = json.loads((runs.latest_checkpoint(run) / "state.json").read_text())
     assert state["env_state"]["captured"] is False and "async" in state["env_state"]["reason"]
     capsys.readouterr()
     model = PPO.resume(run, total_timesteps=128)
@@ -298,14 +299,14 @@ def test_batched_backend_env_state_is_captured(tmp_path, monkeypatch, env_backen
     kill_at_env_step(monkeypatch, 16 * 5 + 3)
     with pytest.raises(Killed):
         PPO(env_id, run_dir=run, **kw).learn()
-    assert json.loads((ckpt.latest_checkpoint(run) / "state.json").read_text())["env_state"]["captured"]
+    assert json.loads((runs.latest_checkpoint(run) / "state.json").read_text())["env_state"]["captured"]
     PPO.resume(run).learn()
     assert_same_run(ref, run)
 
 
 def test_resume_arguments_are_parsed_alike_for_both_trainers():
+    from ppox.cli.resume import parse_resume_args
     from ppox.errors import PPOXError
-    from ppox.rl.checkpoint import parse_resume_args
 
     opts, flags = ("--resume", "--total-timesteps"), ("--no-progress",)
     assert parse_resume_args(["--resume", "r", "--total_timesteps=7", "--no-progress"], opts, flags) == {

@@ -11,6 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from ppox import runs
 from ppox.cli import main
 from ppox.diagnostics.metrics_io import read_metrics
 from ppox.errors import ModelFileError, TrainingHalted
@@ -87,7 +88,7 @@ def test_foreign_newest_checkpoint_falls_back_to_the_previous_good_one_with_a_li
     root = run / "checkpoints"
     assert (root / "rejected_ckpt_4" / "state.json").exists()  # kept for the user, not deleted
     assert json.loads((root / "rejected_ckpt_4" / "state.json").read_text())["config"]["env_id"] == "Pendulum-v1"
-    assert ckpt.latest_checkpoint(run).name == "ckpt_4"  # re-trained from ckpt_3
+    assert runs.latest_checkpoint(run).name == "ckpt_4"  # re-trained from ckpt_3
     assert [r["iteration"] for r in read_metrics(run)] == [1, 2, 3, 4]
 
 
@@ -132,7 +133,7 @@ def test_corrupt_newest_checkpoint_falls_back_with_a_line(run, capsys):
     assert resumed.iteration == 3
     assert (run / "checkpoints" / "latest").read_text().strip() == "ckpt_3"
     resumed.learn()
-    assert ckpt.latest_checkpoint(run).name == "ckpt_4"
+    assert runs.latest_checkpoint(run).name == "ckpt_4"
 
 
 @pytest.mark.parametrize(("key", "value"), [
@@ -234,7 +235,7 @@ def test_update_making_weights_nonfinite_halts_with_the_last_finite_weights(tmp_
     with pytest.raises(TrainingHalted, match="non-finite") as info:
         model.learn()
     assert "checkpoint of iteration 1" in str(info.value) and "last finite weights" in str(info.value)
-    halt = ckpt.latest_checkpoint(run)
+    halt = runs.latest_checkpoint(run)
     assert halt.name == "ckpt_1"
     for saved in (_weights(halt), _weights(run)):
         for key, value in seen["before"].items():
@@ -252,5 +253,5 @@ def test_nonfinite_weights_are_never_checkpointed(tmp_path):
         next(model.agent.parameters()).fill_(float("nan"))
     with pytest.raises(ModelFileError, match="non-finite"):
         ckpt.save_checkpoint(model)
-    assert ckpt.latest_checkpoint(model.run_dir).name == "ckpt_1"
+    assert runs.latest_checkpoint(model.run_dir).name == "ckpt_1"
     assert sorted(p.name for p in (model.run_dir / "checkpoints").iterdir()) == ["ckpt_1", "latest"]

@@ -36,7 +36,7 @@ def test_invalid_values_are_refused_with_the_field_name(changes, message):
 
 def test_gamma_one_is_valid_and_penalty_alone_is_valid():
     PPOConfig(gamma=1.0)
-    PPOConfig(clip_coef=None, kl_penalty=True)
+    PPOConfig(clip_coef=None, kl_penalty="loss")
 
 
 def test_presets_cover_the_required_envs_and_are_valid():

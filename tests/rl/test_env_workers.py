@@ -22,9 +22,9 @@ import torch
 import ppox.rl.envs as envs_module
 from ppox.cli import main
 from ppox.errors import ConfigError, TrainingHalted
-from ppox.rl.checkpoint import StopSignals
 from ppox.rl.envs import EnvStepTimeout, VecEnv
 from ppox.rl.ppo import PPO
+from ppox.runs import StopSignals
 
 CPU = torch.device("cpu")
 REPO = Path(__file__).resolve().parents[2]
@@ -159,7 +159,7 @@ import sys
 import numpy as np
 sys.path.insert(0, {tests!r})
 from test_env_workers import RaisingEnv
-from ppox.rl.checkpoint import StopSignals
+from ppox.runs import StopSignals
 from ppox.rl.envs import VecEnv
 import torch
 

@@ -1,7 +1,7 @@
 """What training prints about its numbers: which SPS is which, and the step budget it really runs."""
 
 from ppox import PPO
-from ppox.rl.ppo import _Progress, rounding_note
+from ppox.run_context import Progress, rounding_note
 
 
 def test_rounding_note_says_what_runs():
@@ -25,7 +25,7 @@ def test_learn_prints_the_rounding_note_once(tiny, capsys):
 
 
 def test_bar_sps_is_labelled_last_iteration_and_summary_sps_mean(tmp_path, capsys):
-    progress = _Progress(True, 100, "CartPole-v1")
+    progress = Progress(True, 100, "CartPole-v1")
     assert any("SPS (last iter)" in getattr(c, "text_format", "") for c in progress._progress.columns)
     from ppox.cli import main
 

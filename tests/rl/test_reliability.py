@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import torch
 
+from ppox import runs
 from ppox.cli import main
 from ppox.errors import ConfigError, EnvError, ModelFileError, TrainingHalted
-from ppox.rl import checkpoint as ckpt
 from ppox.rl.config import PPOConfig
 from ppox.rl.ppo import PPO
 
@@ -83,7 +83,7 @@ def test_pickle_payload_in_checkpoint_tensors_is_refused(trained, tmp_path, caps
     run = tmp_path / "run"
     shutil.copytree(trained, run)
     marker = tmp_path / "pwned"
-    last = ckpt.latest_checkpoint(run)
+    last = runs.latest_checkpoint(run)
     (last / "trainer.safetensors").write_bytes(pickle.dumps(_Payload(marker), protocol=2))
     assert main(["train", "--resume", str(run)]) == 2
     assert "trainer.safetensors" in one_line_error(capsys)
@@ -94,7 +94,7 @@ def test_replaced_env_state_pickle_is_refused_by_checksum(trained, tmp_path, cap
     run = tmp_path / "run"
     shutil.copytree(trained, run)
     marker = tmp_path / "pwned"
-    (ckpt.latest_checkpoint(run) / "env_state.pkl").write_bytes(pickle.dumps(_Payload(marker)))
+    (runs.latest_checkpoint(run) / "env_state.pkl").write_bytes(pickle.dumps(_Payload(marker)))
     assert main(["train", "--resume", str(run)]) == 2
     assert "SHA-256" in one_line_error(capsys)
     assert not marker.exists()
@@ -102,7 +102,7 @@ def test_replaced_env_state_pickle_is_refused_by_checksum(trained, tmp_path, cap
 
 def test_load_never_reads_env_state(trained, tmp_path, monkeypatch):
     model_dir = tmp_path / "model"
-    shutil.copytree(ckpt.latest_checkpoint(trained), model_dir)
+    shutil.copytree(runs.latest_checkpoint(trained), model_dir)
 
     def refuse(*args, **kwargs):
         raise AssertionError("PPO.load unpickled something")
@@ -193,7 +193,7 @@ def test_env_faults_past_the_limit_checkpoint_and_stop(tmp_path, mode, vectoriza
     assert "environment " in message and words in message, message
     assert "--max-env-restarts 2" in message and "checkpoint of iteration" in message
     assert "\n" not in message
-    state = json.loads((ckpt.latest_checkpoint(run) / "state.json").read_text())
+    state = json.loads((runs.latest_checkpoint(run) / "state.json").read_text())
     assert state["env_restarts"] == 2
     assert state["iteration"] == len(metrics(run))  # the last complete iteration
     resumed = PPO.resume(run, env_fn=_faulty(tmp_path, mode, once=True, fail_at=10), max_env_restarts=5)
@@ -228,7 +228,7 @@ def test_huge_learning_rate_stops_with_checkpoint_and_causes(tmp_path, capsys):
     assert "non-finite" in err and "learning rate too high" in err and "checkpoint of iteration" in err
     rows = metrics(run)
     assert rows[-1]["skipped_updates"] > 0
-    last = ckpt.latest_checkpoint(run)
+    last = runs.latest_checkpoint(run)
     assert int(last.name.removeprefix("ckpt_")) == rows[-1]["iteration"]
     PPO.load(last)
 
@@ -249,7 +249,7 @@ def test_nonfinite_forward_skips_updates_and_keeps_weights(tmp_path, monkeypatch
         model.learn()
     after = model.agent.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # every update was skipped
-    state = json.loads((ckpt.latest_checkpoint(run) / "state.json").read_text())
+    state = json.loads((runs.latest_checkpoint(run) / "state.json").read_text())
     assert state["skipped_updates"] >= 10 and state["iteration"] == 3  # 2 epochs x 2 minibatches per iteration
 
 
@@ -312,7 +312,7 @@ def test_existing_run_dir_is_refused_and_untouched(tmp_path, capsys):
     assert (run / "metrics.jsonl").read_text() == "precious\n"
     assert sorted(p.name for p in run.iterdir()) == ["metrics.jsonl"]
     assert main(["train", "CartPole-v1", *CLI_TINY, "--run-dir", str(run), "--overwrite"]) == 0
-    assert ckpt.latest_checkpoint(run).name == "ckpt_2"
+    assert runs.latest_checkpoint(run).name == "ckpt_2"
 
 
 def _model_copy(trained: Path, tmp_path: Path) -> Path:
@@ -365,7 +365,7 @@ def test_model_for_another_env_is_refused_in_python(trained):
 def test_newer_checkpoint_format_is_refused(trained, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(trained, run)
-    state_path = ckpt.latest_checkpoint(run) / "state.json"
+    state_path = runs.latest_checkpoint(run) / "state.json"
     state_path.write_text(json.dumps({**json.loads(state_path.read_text()), "format_version": 7}))
     assert main(["train", "--resume", str(run)]) == 2
     assert "newer ppox" in one_line_error(capsys)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from ppox import runs
 from ppox.cli import main
 from ppox.io import LOCK_FILE, RunDirBusyError, RunDirError, RunDirLock, atomic_write_json
 from ppox.logger import MetricsLogger
@@ -203,7 +204,7 @@ def test_overwrite_removes_only_what_ppox_wrote(finished_run, tmp_path):
     assert (root / "mydata" / "x.bin").read_bytes() == b"x"
     assert (root / "ckpt_77" / "dataset.csv").read_text() == "a,b\n"
     assert (root / "ckpt_2" / "extra.bin").exists() and not (root / "ckpt_2" / "state.json").exists()
-    assert ckpt.latest_checkpoint(finished_run).name == "ckpt_1"
+    assert runs.latest_checkpoint(finished_run).name == "ckpt_1"
 
 
 # ---------------------------------------------------------------------------- item 17: unusable run directories
@@ -255,7 +256,7 @@ def test_disk_full_during_a_checkpoint_is_one_line_and_loses_nothing(tmp_path, c
     assert not [p for p in run.rglob("*.tmp*")]
     monkeypatch.setattr(os, "fsync", real_fsync)  # space freed: the run continues
     assert main(["train", "--resume", str(run)]) == 0
-    assert ckpt.latest_checkpoint(run).name == "ckpt_3"
+    assert runs.latest_checkpoint(run).name == "ckpt_3"
 
 
 def test_disk_full_while_logging_metrics_is_one_line(tmp_path, capsys, monkeypatch):
@@ -271,6 +272,6 @@ def test_disk_full_while_logging_metrics_is_one_line(tmp_path, capsys, monkeypat
     assert train(run, "--checkpoint-every", "1", total=96) == 2
     err = one_line_error(capsys)
     assert "metrics.jsonl" in err and "No space left on device" in err
-    assert ckpt.latest_checkpoint(run).name == "ckpt_1"
+    assert runs.latest_checkpoint(run).name == "ckpt_1"
     assert (run / "metrics.jsonl").read_text().count("\n") == 1
 

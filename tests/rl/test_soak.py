@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ppox.rl import checkpoint as ckpt
+from ppox import runs
 from ppox.rl.ppo import PPO, TIMING_KEYS
 
 REPO = Path(__file__).resolve().parents[2]
@@ -60,8 +60,8 @@ def test_random_sigkills_and_resumes_lose_nothing(tmp_path):
             if proc.returncode == 0:
                 break
             assert proc.returncode == -signal.SIGKILL, err.decode()[-2000:]
-        if ckpt.list_checkpoints(run):
-            resumed_from.append(ckpt.latest_checkpoint(run).name)
+        if runs.list_checkpoints(run):
+            resumed_from.append(runs.latest_checkpoint(run).name)
             cmd = again
         else:  # killed before the first checkpoint was complete: start over
             cmd = [*first, "--overwrite"]
@@ -72,7 +72,7 @@ def test_random_sigkills_and_resumes_lose_nothing(tmp_path):
     assert iterations == list(range(1, TOTAL // 32 + 1))  # every iteration exactly once, in order
     steps = [r["global_step"] for r in records]
     assert steps == sorted(steps) and len(set(steps)) == len(steps) and steps[-1] == TOTAL
-    final = ckpt.latest_checkpoint(run)
+    final = runs.latest_checkpoint(run)
     assert final.name == f"ckpt_{TOTAL // 32}"
     model = PPO.load(final)
     assert model.global_step == TOTAL

@@ -8,7 +8,7 @@ from gymnasium import spaces
 
 from ppox import PPO
 from ppox.errors import EnvError
-from ppox.rl.spaces import action_spec, encode_obs, log_prob_entropy, obs_dim, sample
+from ppox.rl.spaces import action_distribution, action_spec, encode_obs, obs_dim
 
 
 class ToyEnv(gym.Env):
@@ -84,23 +84,23 @@ def test_distributions_match_torch_distributions():
     torch.manual_seed(0)
     logits = torch.randn(5, 4)
     spec = action_spec(spaces.Discrete(4))
-    a = sample(logits, None, spec, deterministic=False)
-    logp, ent = log_prob_entropy(logits, None, a, spec)
+    a = action_distribution(spec).sample(logits, None, deterministic=False)
+    logp, ent = action_distribution(spec).log_prob_entropy(logits, None, a)
     ref = torch.distributions.Categorical(logits=logits)
     assert torch.allclose(logp, ref.log_prob(a)) and torch.allclose(ent, ref.entropy())
 
     mean, log_std = torch.randn(5, 2), torch.tensor([0.3, -0.5])
     spec = action_spec(ACTION_SPACES["box"])
-    a = sample(mean, log_std, spec, deterministic=False)
-    logp, ent = log_prob_entropy(mean, log_std, a, spec)
+    a = action_distribution(spec).sample(mean, log_std, deterministic=False)
+    logp, ent = action_distribution(spec).log_prob_entropy(mean, log_std, a)
     ref = torch.distributions.Normal(mean, log_std.exp())
     assert torch.allclose(logp, ref.log_prob(a).sum(-1), atol=1e-5)
     assert torch.allclose(ent, ref.entropy().sum(-1), atol=1e-5)
 
     spec = action_spec(ACTION_SPACES["multidiscrete"])
     logits = torch.randn(5, 5)
-    a = sample(logits, None, spec, deterministic=False)
-    logp, _ = log_prob_entropy(logits, None, a, spec)
+    a = action_distribution(spec).sample(logits, None, deterministic=False)
+    logp, _ = action_distribution(spec).log_prob_entropy(logits, None, a)
     ref = (torch.distributions.Categorical(logits=logits[:, :2]).log_prob(a[:, 0])
            + torch.distributions.Categorical(logits=logits[:, 2:]).log_prob(a[:, 1]))
     assert torch.allclose(logp, ref)
@@ -109,6 +109,6 @@ def test_distributions_match_torch_distributions():
 def test_gumbel_sampling_has_the_right_frequencies():
     torch.manual_seed(0)
     logits = torch.log(torch.tensor([[0.7, 0.2, 0.1]])).expand(200_000, 3)
-    a = sample(logits, None, action_spec(spaces.Discrete(3)), deterministic=False)
+    a = action_distribution(action_spec(spaces.Discrete(3))).sample(logits, None, deterministic=False)
     freq = torch.bincount(a, minlength=3).float() / a.numel()
     assert torch.allclose(freq, torch.tensor([0.7, 0.2, 0.1]), atol=0.005)

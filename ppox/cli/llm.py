@@ -1,6 +1,6 @@
 """`ppox llm train | eval | demo`: flags generated from the config dataclasses with tyro.
 
-The top-level `ppox` command dispatches `ppox llm <rest>` to `main(rest)`.
+The top-level `ppox` command (ppox.cli.main) dispatches `ppox llm <rest>` to `main(rest)`.
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ import os
 import sys
 from dataclasses import dataclass
 
+from ppox.cli.common import elastic_restart_run_dir, parse_args
+from ppox.cli.resume import parse_resume_args
 from ppox.errors import ConfigError, PPOXError
 from ppox.llm.config import LLMPPOConfig
 
@@ -53,8 +55,9 @@ class EvalConfig:
 
 def build_trainer(cfg: LLMPPOConfig):
     """The trainer a `train` command describes: model, prompts, reward and evaluation from the flags."""
+    from ppox.distributed import resolve_device
     from ppox.llm.data import load_prompts, max_prompt_bytes
-    from ppox.llm.models import check_device, context_length, load_policy
+    from ppox.llm.models import context_length, load_policy
     from ppox.llm.reward import RewardModel
     from ppox.llm.tasks import REWARDS, arithmetic_splits, exact_match_reward, greedy_accuracy
     from ppox.llm.trainer import LLMPPOTrainer
@@ -68,7 +71,7 @@ def build_trainer(cfg: LLMPPOConfig):
         raise ConfigError("with --task none a prompt dataset is needed: set --prompts-file")
     if cfg.task == "none" and cfg.reward_model_path is None:
         raise ConfigError("with --task none a reward is needed: set --reward-model-path")
-    check_device(cfg.device)  # before minutes of loading
+    resolve_device(cfg.device)  # before minutes of loading
     model, tokenizer = load_policy(cfg.model_path)
     train = test = None
     if cfg.task == "arithmetic":
@@ -100,7 +103,7 @@ def _resume(argv: list[str], usage: str = RESUME_USAGE,
     its latest checkpoint. --model-path replaces the saved one (a model directory that moved)."""
     from ppox.errors import ModelFileError
     from ppox.llm.checkpoint import read_state
-    from ppox.rl.checkpoint import find_checkpoint, parse_resume_args
+    from ppox.runs import find_checkpoint
 
     values = parse_resume_args(argv, options, usage=usage)
     run_dir = str(values["--resume"])
@@ -127,9 +130,10 @@ def _resume(argv: list[str], usage: str = RESUME_USAGE,
 
 
 def _train(argv: list[str]) -> int:
-    from ppox.cli import _elastic_restart_run_dir, parse_args
+    from ppox.core.objective import deprecated_flags
 
-    restarted_run = _elastic_restart_run_dir(argv)
+    argv = deprecated_flags(argv)
+    restarted_run = elastic_restart_run_dir(argv)
     if restarted_run is not None:  # torchrun --max-restarts relaunched us: continue from the checkpoint
         argv = ["--resume", restarted_run]
     if _wants_resume(argv):
@@ -145,7 +149,7 @@ def _train(argv: list[str]) -> int:
         print(f"step {r['iteration']}: reward={r['reward_mean']:.3f}{acc} kl_ref={r['kl_ref']:.3f} "
               f"approx_kl={r['approx_kl']:.4f} clipfrac={r['clipfrac']:.3f}{test}", flush=True)
 
-    trainer.train(cfg.run_dir, log=show)
+    trainer.learn(cfg.run_dir, log=show)
     if not trainer.collective.is_main:  # torchrun: rank 0 reports for the group
         return 130 if trainer.interrupted else 0
     print(f"policy saved to {cfg.run_dir}/policy")
@@ -157,7 +161,6 @@ def _train(argv: list[str]) -> int:
 def _eval(argv: list[str]) -> int:
     import torch
 
-    from ppox.cli import parse_args
     from ppox.llm.models import load_policy
     from ppox.llm.tasks import arithmetic_splits, greedy_accuracy
 
@@ -174,10 +177,7 @@ def _eval(argv: list[str]) -> int:
 
 
 def _demo(argv: list[str]) -> int:
-    from ppox.cli import parse_args
     from ppox.llm.demo import DemoConfig, finish_demo, read_demo_record, run_demo
-    from ppox.rl.checkpoint import parse_resume_args
-
     if _wants_resume(argv):  # a demo stopped during PPO: its checkpoint, then the demo's summary
         run_dir = str(parse_resume_args(argv, ("--resume", "--total-steps"), usage=DEMO_RESUME_USAGE)["--resume"])
         record = read_demo_record(run_dir)  # before loading anything: is this a demo's run directory?

@@ -1,0 +1,345 @@
+"""The rollout: num_steps steps of every env with the current policy, into a preallocated buffer.
+
+Two backends, one chosen per run by `make_collector` (the only place that decides):
+
+* `TorchCollector`: tensors on the trainer's device; any env backend, any policy. Its policy step is
+  `FusedTorchStep` where the policy fuses (ppox.rl.policy.Policy.fused_mlp), else the module's own
+  `act` (compiled with `compile`).
+* `NumpyCollector`: CPU with envs that step in numpy (ppox's numpy twins, gymnasium vector envs):
+  numpy policy step (`NumpyPolicy`), numpy env steps and normalisation, written into numpy views of
+  the buffer's CPU tensors, so no tensor op runs per step (~2x faster at a few envs).
+
+Both sample the policy's distribution; each draws its own random stream (torch's generator; the
+trainer's numpy Generator, saved in checkpoints). Neither re-implements the network: the fast steps
+run the matrices the policy exports, and a policy they cannot run goes to the module's `act`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+import torch
+
+from ppox.rl.fast import CompileTimer, compile_fn
+from ppox.rl.normalize import ObsNormalizer, RewardScaler
+from ppox.rl.policy import Policy
+from ppox.rl.spaces import LOG_SQRT_2PI, ActionSpec
+
+if TYPE_CHECKING:
+    from ppox.rl.config import PPOConfig
+    from ppox.rl.envs import VecEnv
+
+Finished = list[tuple[float, int]]  # (return, length) of every episode that ended
+
+
+@dataclass
+class Rollout:
+    """Preallocated rollout storage, time first: every tensor is (num_steps, num_envs, ...)."""
+
+    obs: torch.Tensor
+    actions: torch.Tensor
+    logprobs: torch.Tensor
+    rewards: torch.Tensor
+    values: torch.Tensor
+    terminated: torch.Tensor
+    episode_end: torch.Tensor
+    final_values: torch.Tensor  # V(final obs) at truncations, 0 elsewhere
+
+    @classmethod
+    def allocate(cls, num_steps: int, num_envs: int, obs_dim: int, spec: ActionSpec, device) -> Rollout:
+        action_dtype = torch.float32 if spec.kind == "continuous" else torch.long
+
+        def zeros(*shape, dtype=torch.float32):
+            return torch.zeros(shape, dtype=dtype, device=device)
+
+        return cls(
+            obs=zeros(num_steps, num_envs, obs_dim),
+            actions=zeros(num_steps, num_envs, *spec.action_shape, dtype=action_dtype),
+            logprobs=zeros(num_steps, num_envs),
+            rewards=zeros(num_steps, num_envs),
+            values=zeros(num_steps, num_envs),
+            terminated=zeros(num_steps, num_envs, dtype=torch.bool),
+            episode_end=zeros(num_steps, num_envs, dtype=torch.bool),
+            final_values=zeros(num_steps, num_envs),
+        )
+
+
+class Collector(Protocol):
+    def collect(self, buf: Rollout, obs: torch.Tensor, finished: Finished) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fill `buf` starting from `obs` (the current normalised observations, (num_envs, obs_dim)) and
+        append finished episodes to `finished`; return (next observations, V(s_T) for bootstrapping)."""
+        ...
+
+
+def make_collector(
+    config: PPOConfig, envs: VecEnv, policy: Policy, obs_norm: ObsNormalizer | None,
+    reward_scaler: RewardScaler | None, rng: np.random.Generator, timer: CompileTimer | None = None,
+) -> TorchCollector | NumpyCollector:
+    """The rollout backend of a run: `config.rollout_backend`, where "auto" (and "numpy") mean numpy
+    when the policy runs on the CPU, the envs step in numpy and `NumpyPolicy` runs this policy, else
+    torch. The torch path is the fallback for any policy, never an error."""
+    on_cpu = next(policy.parameters()).device.type == "cpu"
+    if config.rollout_backend != "torch" and on_cpu and envs.numpy_backend and NumpyPolicy.supported(policy):
+        return NumpyCollector(envs, NumpyPolicy(policy, rng), config.num_steps, obs_norm, reward_scaler)
+    return TorchCollector(envs, policy, config.num_steps, obs_norm, reward_scaler, config.compile, timer)
+
+
+# ---------------------------------------------------------------------------- torch
+class FusedTorchStep:
+    """The rollout's policy step on the policy's fused matrices (`Policy.fused_mlp`).
+
+    At rollout batch sizes (a few envs) a step costs per-op overhead, not FLOPs: the separate actor and
+    critic MLPs are ~20 small ops through nn.Module calls. Fused, layer 1 is one `addmm` with the two
+    weight matrices stacked, deeper layers one `addmm` with a block-diagonal matrix, the heads one
+    `addmm`: 3 matmuls + 2 activations for both networks. `refresh()` re-reads the weights (once per
+    rollout: the update changes them in between). Sampling: an exponential race (categorical), mean +
+    std * noise (Gaussian); the same distribution as `Policy.act`, a different random stream.
+
+    Measured on 2 shared cores, batch 4, 64x64 tanh: Policy.act 150-210 us, this 48-64 us.
+    """
+
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+        self.spec = policy.spec
+        self.refresh()
+
+    @staticmethod
+    def supported(policy: Policy) -> bool:
+        return policy.fusable and policy.spec.kind in ("discrete", "continuous")
+
+    @torch.no_grad()
+    def refresh(self) -> None:
+        fused = self.policy.fused_mlp()
+        self.layers, self.head = fused.layers, fused.head_size
+        self.activation = torch.tanh if fused.activation == "tanh" else torch.relu
+        log_std = self.policy.log_std
+        self.std = log_std.exp() if log_std is not None else None
+        self.log_std_sum = float(log_std.sum()) if log_std is not None else 0.0
+
+    @torch.no_grad()
+    def __call__(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        h = obs
+        last = len(self.layers) - 1
+        for i, (b, w) in enumerate(self.layers):
+            h = torch.addmm(b, h, w)
+            if i < last:
+                h = self.activation(h)
+        head, value = h[:, : self.head], h[:, self.head]
+        if self.spec.kind == "discrete":
+            logp_all = torch.log_softmax(head, -1)
+            # exponential race: argmax_i p_i / E_i with E_i ~ Exp(1) samples i with probability p_i
+            # (3 small ops; torch.multinomial costs ~4x more at this size)
+            actions = logp_all.exp().div_(torch.empty_like(head).exponential_()).argmax(-1, keepdim=True)
+            return actions.squeeze(1), logp_all.gather(1, actions).squeeze(1), value
+        noise = torch.randn_like(head)
+        actions = torch.addcmul(head, self.std, noise)
+        logp = noise.square().sum(-1).mul_(-0.5).sub_(self.log_std_sum + LOG_SQRT_2PI * self.spec.dim)
+        return actions, logp, value
+
+
+def torch_policy_step(policy: Policy, compile: bool = False, timer: CompileTimer | None = None) -> Callable:
+    """`step(obs) -> (actions, logprobs, values)`, the torch rollout's sampling step, with `.refresh()`
+    to call after the weights change: `FusedTorchStep` where the policy fuses, else `Policy.act`
+    (compiled when `compile`; its refresh is a no-op, as it reads the parameters directly)."""
+    if FusedTorchStep.supported(policy):
+        return FusedTorchStep(policy)
+
+    def step(obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return policy.act(obs)
+
+    compiled = compile_fn(step, compile)
+    if compile and timer is not None:
+        compiled = timer.wrap(compiled)
+
+    def run(obs: torch.Tensor):
+        with torch.no_grad():
+            return compiled(obs)
+
+    run.refresh = lambda: None
+    return run
+
+
+def _normalize(obs_norm: ObsNormalizer | None, obs: torch.Tensor, update: bool) -> torch.Tensor:
+    return obs_norm(obs, update) if obs_norm is not None else obs
+
+
+class TorchCollector:
+    """The rollout in torch, on the trainer's device (see the module docstring)."""
+
+    def __init__(self, envs: VecEnv, policy: Policy, num_steps: int, obs_norm: ObsNormalizer | None,
+                 reward_scaler: RewardScaler | None, compile: bool = False, timer: CompileTimer | None = None) -> None:
+        self.envs, self.policy, self.num_steps = envs, policy, num_steps
+        self.obs_norm, self.reward_scaler = obs_norm, reward_scaler
+        self.step = torch_policy_step(policy, compile, timer)
+
+    def collect(self, buf: Rollout, obs: torch.Tensor, finished: Finished) -> tuple[torch.Tensor, torch.Tensor]:
+        envs, policy, obs_norm = self.envs, self.policy, self.obs_norm
+        self.step.refresh()  # the fused rollout weights follow the last update
+        buf.final_values.zero_()
+        for step in range(self.num_steps):
+            buf.obs[step] = obs
+            actions, logprobs, values = self.step(obs)
+            buf.actions[step] = actions
+            buf.logprobs[step] = logprobs
+            buf.values[step] = values
+
+            result = envs.step(actions)
+            episode_end = result.terminated | result.truncated
+            reward = result.reward
+            if self.reward_scaler is not None:
+                reward = self.reward_scaler(reward, episode_end)
+            buf.rewards[step] = reward
+            buf.terminated[step] = result.terminated
+            buf.episode_end[step] = episode_end
+            if result.truncated.any():
+                # bootstrap from the true last state of a truncated episode, not the reset state
+                idx = torch.nonzero(result.truncated).squeeze(-1)
+                final = _normalize(obs_norm, result.final_obs[idx], update=False)
+                with torch.no_grad():
+                    buf.final_values[step, idx] = policy.value(final)
+            obs = _normalize(obs_norm, result.obs, update=True)
+            finished.extend(zip(result.finished_returns, result.finished_lengths, strict=True))
+        with torch.no_grad():
+            return obs, policy.value(obs)
+
+
+# ---------------------------------------------------------------------------- numpy
+_TINY32 = np.finfo(np.float32).tiny
+
+
+def _log_softmax_at(logits: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """log softmax(logits)[row, index[row]] in float32."""
+    # logaddexp.reduce: one stable call for log-sum-exp (~1.7 us at batch 4, against ~4.7 us for
+    # max / subtract / exp / sum / log); fancy indexing is ~5x faster than take_along_axis
+    return logits[np.arange(len(index)), index] - np.logaddexp.reduce(logits, axis=-1)
+
+
+class NumpyPolicy:
+    """The rollout's policy step in numpy (CPU, float32) on the policy's fused matrices, sampling from a
+    numpy Generator.
+
+    At rollout batch sizes a numpy op costs ~1 us against torch's several us of per-op dispatch, so
+    the whole step (3 matmuls, 2 activations, sampling, log-probs) costs ~10-15 us. Categorical and
+    multi-categorical actions: Gumbel-max (argmax of logits - log E, E ~ Exp(1)); Gaussian: mean +
+    std * N(0, 1). The same distributions as `Policy.act` (tests/rl/test_rollout.py pins equal
+    actions, log-probs and values for equal noise), a different random stream: the Generator (`rng`)
+    belongs to the trainer, which seeds it and saves its state in checkpoints. `refresh()` copies the
+    weights after each update.
+    """
+
+    def __init__(self, policy: Policy, rng: np.random.Generator) -> None:
+        self.policy = policy
+        self.spec = spec = policy.spec
+        self.rng = rng
+        self.splits = np.cumsum(spec.nvec)[:-1].tolist() if spec.kind == "multidiscrete" else []
+        self.refresh()
+
+    @staticmethod
+    def supported(policy: Policy) -> bool:
+        """The policies it runs: fusable ones (ppox.rl.policy.Policy.fusable) on the CPU."""
+        return policy.fusable and next(policy.parameters()).device.type == "cpu"
+
+    @torch.no_grad()
+    def refresh(self) -> None:
+        fused = self.policy.fused_mlp()
+        self.layers = [(b.numpy().astype(np.float32), w.numpy().astype(np.float32)) for b, w in fused.layers]
+        self.tanh, self.head = fused.activation == "tanh", fused.head_size
+        log_std = self.policy.log_std
+        if log_std is not None:
+            self.std = log_std.exp().numpy().astype(np.float32)
+            self.logp_const = np.float32(float(log_std.sum()) + LOG_SQRT_2PI * self.spec.dim)
+
+    def _forward(self, obs: np.ndarray) -> np.ndarray:
+        h = obs
+        last = len(self.layers) - 1
+        for i, (b, w) in enumerate(self.layers):
+            h = h @ w
+            h += b
+            if i < last:
+                if self.tanh:
+                    np.tanh(h, out=h)
+                else:
+                    np.maximum(h, 0, out=h)
+        return h
+
+    def value(self, obs: np.ndarray) -> np.ndarray:
+        """V(s) for float32 observations (batch, obs_dim)."""
+        return self._forward(obs)[:, self.head].copy()
+
+    def __call__(self, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(actions, log pi(a|s), V(s)) for float32 observations (batch, obs_dim)."""
+        h = self._forward(obs)
+        head, value = h[:, : self.head], h[:, self.head].copy()
+        if self.spec.kind == "continuous":
+            noise = self.rng.standard_normal(head.shape, dtype=np.float32)
+            actions = head + self.std * noise
+            logp = np.square(noise).sum(-1, dtype=np.float32) * np.float32(-0.5) - self.logp_const
+            return actions, logp, value
+        gumbel = self.rng.standard_exponential(head.shape, dtype=np.float32)
+        # float32 draws are exactly 0 about once in 2^24 (numpy warns "divide by zero in log" then):
+        # the smallest normal float32 keeps log finite and still wins the argmin, as E = 0 would
+        np.maximum(gumbel, _TINY32, out=gumbel)
+        np.log(gumbel, out=gumbel)
+        gumbel -= head  # argmax(logits - log E) = argmin(log E - logits)
+        if self.spec.kind == "discrete":
+            actions = gumbel.argmin(-1)
+            return actions, _log_softmax_at(head, actions), value
+        parts = np.split(head, self.splits, axis=1)
+        actions = np.stack([g.argmin(-1) for g in np.split(gumbel, self.splits, axis=1)], axis=1)
+        logp = sum(_log_softmax_at(part, actions[:, i]) for i, part in enumerate(parts))
+        return actions, logp.astype(np.float32), value
+
+
+class NumpyCollector:
+    """The rollout in numpy (see the module docstring): numpy policy step, numpy env steps, numpy
+    normalisation, written into numpy views of the buffer's (CPU) tensors."""
+
+    def __init__(self, envs: VecEnv, policy: NumpyPolicy, num_steps: int, obs_norm: ObsNormalizer | None,
+                 reward_scaler: RewardScaler | None) -> None:
+        self.envs, self.policy, self.num_steps = envs, policy, num_steps
+        self.obs_norm, self.reward_scaler = obs_norm, reward_scaler
+
+    def collect(self, buf: Rollout, obs: torch.Tensor, finished: Finished) -> tuple[torch.Tensor, torch.Tensor]:
+        envs, policy = self.envs, self.policy
+        obs_norm, reward_scaler = self.obs_norm, self.reward_scaler
+        policy.refresh()  # the rollout weights follow the last update
+        b_obs, b_actions, b_logprobs, b_values = (buf.obs.numpy(), buf.actions.numpy(), buf.logprobs.numpy(),
+                                                  buf.values.numpy())
+        b_rewards, b_terminated, b_end, b_final = (buf.rewards.numpy(), buf.terminated.numpy(),
+                                                   buf.episode_end.numpy(), buf.final_values.numpy())
+        b_final.fill(0.0)
+        obs = obs.numpy()
+        for step in range(self.num_steps):
+            b_obs[step] = obs
+            actions, logprobs, values = policy(obs)
+            b_actions[step] = actions
+            b_logprobs[step] = logprobs
+            b_values[step] = values
+
+            result = envs.step(actions)
+            terminated, truncated = result.terminated, result.truncated
+            episode_end = terminated | truncated
+            reward = result.reward
+            if reward_scaler is not None:
+                reward = reward_scaler.scale_np(reward, episode_end)
+            b_rewards[step] = reward
+            b_terminated[step] = terminated
+            b_end[step] = episode_end
+            if truncated.any():
+                # bootstrap from the true last state of a truncated episode, not the reset state
+                idx = np.flatnonzero(truncated)
+                final = result.final_obs[idx]
+                if obs_norm is not None:
+                    final = obs_norm.normalize_np(final, update=False)
+                b_final[step, idx] = policy.value(final)
+            obs = result.obs if obs_norm is None else obs_norm.normalize_np(result.obs, update=True)
+            if result.finished_returns:
+                finished.extend(zip(result.finished_returns, result.finished_lengths, strict=True))
+        return torch.from_numpy(obs), torch.from_numpy(policy.value(obs))
+
+
+__all__ = ["Collector", "FusedTorchStep", "NumpyCollector", "NumpyPolicy", "Rollout", "TorchCollector",
+           "make_collector", "torch_policy_step"]

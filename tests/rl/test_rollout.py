@@ -1,0 +1,196 @@
+"""The rollout backends (ppox.rl.rollout): the fast policy steps are the policy module, the backend choice
+is made in one place from the config, and both collectors store the torch network's log-probs."""
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from gymnasium import spaces
+
+from ppox.rl.policy import Policy
+from ppox.rl.rollout import (
+    FusedTorchStep,
+    NumpyCollector,
+    NumpyPolicy,
+    Rollout,
+    TorchCollector,
+    torch_policy_step,
+)
+from ppox.rl.spaces import ActionSpec
+
+OBS = spaces.Box(-10.0, 10.0, (5,))
+DISCRETE = ActionSpec("discrete", nvec=(3,), start=(0,))
+CONTINUOUS = ActionSpec("continuous", dim=2, low=(-1.0, -1.0), high=(1.0, 1.0))
+MULTI = ActionSpec("multidiscrete", nvec=(3, 2), start=(0, 0))
+SPECS = {"discrete": DISCRETE, "continuous": CONTINUOUS, "multidiscrete": MULTI}
+
+
+class RecordingRng:
+    """A numpy Generator that remembers the noise it hands out."""
+
+    def __init__(self, seed: int = 0) -> None:
+        self.rng = np.random.default_rng(seed)
+        self.draws: list[np.ndarray] = []
+
+    def standard_exponential(self, shape, dtype):
+        self.draws.append(self.rng.standard_exponential(shape, dtype=dtype))
+        return self.draws[-1].copy()
+
+    def standard_normal(self, shape, dtype):
+        self.draws.append(self.rng.standard_normal(shape, dtype=dtype))
+        return self.draws[-1].copy()
+
+
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
+@pytest.mark.parametrize("kind", list(SPECS))
+def test_numpy_policy_equals_the_module_given_the_same_noise(kind, activation):
+    """NumpyPolicy is derived from the module: with the module's sampler fed the same noise, the same
+    actions, and the same log-probs and values up to float32 rounding."""
+    spec = SPECS[kind]
+    torch.manual_seed(0)
+    policy = Policy(OBS, spec, hidden_sizes=(16, 16), activation=activation, init_log_std=-0.3)
+    assert NumpyPolicy.supported(policy)
+    rng = RecordingRng()
+    numpy_policy = NumpyPolicy(policy, rng)
+    obs = torch.randn(4000, 5)
+    actions, logprobs, values = numpy_policy(obs.numpy())
+    assert logprobs.dtype == np.float32 and values.dtype == np.float32
+    assert actions.shape == (4000, *spec.action_shape)
+    noise = torch.from_numpy(rng.draws[-1])
+    # the numpy step draws E ~ Exp(1) (Gumbel-max as argmax(logits - log E)); the module draws u ~ U(0, 1]
+    # (argmax(logits - log(-log u))): E = -log u
+    ref_actions, ref_logprobs, ref_values = policy.act(
+        obs, noise=noise if kind == "continuous" else torch.exp(-noise.double()).float())
+    if kind == "continuous":
+        assert np.allclose(actions, ref_actions.numpy(), atol=1e-6)
+    else:
+        assert (actions == ref_actions.numpy()).mean() > 0.999  # exp/log rounding may flip a near-tie
+    same = torch.from_numpy(actions)
+    ref_logprobs, _, ref_values = policy(obs, same)
+    assert np.allclose(logprobs, ref_logprobs.detach().numpy(), atol=1e-5)
+    assert np.allclose(values, ref_values.detach().numpy(), atol=1e-5)
+    assert np.allclose(numpy_policy.value(obs.numpy()[:8]), policy.value(obs[:8]).detach().numpy(), atol=1e-5)
+    with torch.no_grad():  # refresh() follows weight changes
+        for p in policy.parameters():
+            p.add_(0.1)
+    numpy_policy.refresh()
+    assert np.allclose(numpy_policy(obs.numpy()[:8])[2], policy.value(obs[:8]).detach().numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", list(SPECS))
+def test_numpy_policy_samples_the_policy_distribution(kind):
+    spec = SPECS[kind]
+    torch.manual_seed(0)
+    policy = Policy(OBS, spec, hidden_sizes=(16, 16), init_log_std=-0.3)
+    numpy_policy = NumpyPolicy(policy, np.random.default_rng(0))
+    obs = torch.randn(1, 5)
+    sampled = numpy_policy(np.repeat(obs.numpy(), 20000, axis=0))[0]
+    head = policy.head_and_value(obs)[0].detach()[0]
+    if kind == "continuous":
+        assert np.allclose(sampled.mean(0), head.numpy(), atol=0.02)
+        assert np.allclose(sampled.std(0), policy.log_std.exp().detach().numpy(), rtol=0.03)
+    else:
+        for i, part in enumerate(torch.split(head, list(spec.nvec))):
+            column = sampled if kind == "discrete" else sampled[:, i]
+            freq = np.bincount(column, minlength=len(part)) / len(column)
+            assert np.allclose(freq, torch.softmax(part, -1).numpy(), atol=0.015)
+
+
+def test_numpy_policy_zero_exponential_draw_warns_nothing():
+    """A float32 Exp(1) draw of exactly 0 (about 1 in 2^24) made numpy warn "divide by zero in log"."""
+
+    class ZeroDraws:
+        def __init__(self, rng):
+            self.rng = rng
+
+        def standard_exponential(self, shape, dtype):
+            out = self.rng.standard_exponential(shape, dtype=dtype)
+            out[:, 0] = 0.0  # E = 0 for action 0 of every row: action 0 must win
+            return out
+
+    torch.manual_seed(0)
+    policy = NumpyPolicy(Policy(OBS, DISCRETE, hidden_sizes=(16, 16)), ZeroDraws(np.random.default_rng(0)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        actions, logprobs, _ = policy(np.random.default_rng(1).standard_normal((64, 5), dtype=np.float32))
+    assert (actions == 0).all() and np.isfinite(logprobs).all()
+
+
+@pytest.mark.parametrize("kind", ["discrete", "continuous"])
+def test_fused_torch_step_matches_the_module(kind):
+    spec = SPECS[kind]
+    torch.manual_seed(0)
+    policy = Policy(OBS, spec, hidden_sizes=(16, 16), init_log_std=-0.3)
+    step = FusedTorchStep(policy)
+    obs = torch.randn(4000, 5)
+    actions, logprobs, values = step(obs)
+    ref_logprobs, _, ref_values = policy(obs, actions)
+    assert torch.allclose(logprobs, ref_logprobs, atol=1e-5)
+    assert torch.allclose(values, ref_values.detach(), atol=1e-5)
+    if kind == "discrete":  # sampled frequencies follow the policy's probabilities
+        freq = torch.bincount(step(obs[:1].expand(4000, 5))[0], minlength=3).float() / 4000
+        assert torch.allclose(freq, torch.softmax(policy.head_and_value(obs[:1])[0], -1)[0].detach(), atol=0.03)
+    with torch.no_grad():  # refresh() follows weight changes
+        for p in policy.parameters():
+            p.add_(0.1)
+    step.refresh()
+    assert torch.allclose(step(obs[:8])[2], policy.value(obs[:8]).detach(), atol=1e-5)
+
+
+def test_unfusable_policies_run_the_module():
+    """A shared trunk (or, later, a CNN encoder or a memory core) falls back to Policy.act, not to an error."""
+    for policy in (Policy(OBS, DISCRETE, shared_trunk=True), Policy(OBS, MULTI)):
+        step = torch_policy_step(policy)
+        assert not isinstance(step, FusedTorchStep)
+        step.refresh()
+        _, logprobs, values = step(torch.randn(4, 5))
+        assert logprobs.shape == values.shape == (4,)
+    assert not NumpyPolicy.supported(Policy(OBS, DISCRETE, shared_trunk=True))
+
+
+def _model(tmp_path, **overrides):
+    from ppox.rl.ppo import PPO
+
+    return PPO("CartPole-v1", run_dir=tmp_path, num_envs=4, num_steps=32, progress=False, tensorboard=False,
+               eval_episodes=0, **overrides)
+
+
+@pytest.mark.parametrize(("overrides", "collector", "fused"), [
+    ({}, NumpyCollector, None),  # CPU + gymnasium envs: numpy
+    ({"env_backend": "numpy"}, NumpyCollector, None),
+    ({"rollout_backend": "torch"}, TorchCollector, True),  # asked for
+    ({"env_backend": "torch"}, TorchCollector, True),  # torch envs step tensors
+    ({"shared_trunk": True}, TorchCollector, False),  # numpy cannot run it: torch, the module's act
+    ({"shared_trunk": True, "rollout_backend": "numpy"}, TorchCollector, False),  # the same, never an error
+], ids=["auto", "numpy-envs", "torch-asked", "torch-envs", "shared-trunk", "numpy-asked-unsupported"])
+def test_the_rollout_backend_is_chosen_from_the_config(tmp_path, overrides, collector, fused):
+    model = _model(tmp_path, **overrides)
+    assert type(model.collector) is collector
+    if fused is not None:
+        assert isinstance(model.collector.step, FusedTorchStep) is fused
+    model.close()
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+@pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
+def test_rollout_logprobs_give_ratio_one(env_id, backend, tmp_path):
+    """The stored rollout log-probs are the torch network's: at the first minibatch ratio = 1, KL = 0."""
+    from ppox.rl.ppo import PPO
+
+    model = PPO(env_id, run_dir=tmp_path, num_envs=4, num_steps=32, progress=False, tensorboard=False,
+                eval_episodes=0, norm_obs=True, norm_reward=True, rollout_backend=backend)
+    assert type(model.collector) is {"numpy": NumpyCollector, "torch": TorchCollector}[backend]
+    buf = Rollout.allocate(32, 4, model.envs.obs_dim, model.spec, model.device)
+    obs = model._normalize(model.envs.reset(), update=True)
+    next_obs, last_value = model.collector.collect(buf, obs, finished := [])
+    flat_obs = buf.obs.reshape(-1, model.envs.obs_dim)
+    with torch.no_grad():
+        logprobs, _, values = model.agent(flat_obs, buf.actions.reshape(-1, *model.spec.action_shape))
+    ratio = (logprobs - buf.logprobs.reshape(-1)).exp()
+    assert torch.allclose(ratio, torch.ones_like(ratio), atol=1e-5)
+    assert float((ratio - 1 - ratio.log()).mean()) < 1e-9  # approx_kl
+    assert torch.allclose(values, buf.values.reshape(-1), atol=1e-5)
+    assert torch.allclose(last_value, model.agent.value(next_obs).detach(), atol=1e-5)
+    assert np.isfinite(buf.rewards.numpy()).all() and isinstance(finished, list)
+    model.close()
