@@ -12,7 +12,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[mujoco,llm,lora,plot,video,bench,dev]"
+	$(PY) -m pip install -q -e ".[mujoco,llm,lora,plot,video,bench,dev,atari,export,tune,wandb]"
 	touch $@
 
 setup: $(VENV)/.installed

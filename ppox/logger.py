@@ -1,4 +1,4 @@
-"""Per-iteration metrics to metrics.jsonl and TensorBoard (one write per iteration, no per-step sync)."""
+"""Per-iteration metrics to metrics.jsonl, TensorBoard and (--wandb) W&B: one write per iteration, no per-step sync."""
 
 from __future__ import annotations
 
@@ -19,27 +19,41 @@ class MetricsLogger:
     whatever it points to. Each line goes out in one write() call, so a kill cannot interleave lines.
     """
 
-    def __init__(self, run_dir: str | Path, tensorboard: bool = True, append: bool = False) -> None:
+    def __init__(self, run_dir: str | Path, tensorboard: bool = True, append: bool = False,
+                 wandb: dict[str, Any] | None = None, config: dict[str, Any] | None = None) -> None:
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / "metrics.jsonl"
         self._fd: int | None = open_append(self.path, fresh=not append)
         self._tb = None
+        self._wandb = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
             self._tb = SummaryWriter(str(self.run_dir / "tb"))
+        if wandb is not None:  # ppox.tracking imports wandb: only when asked for
+            from ppox.tracking import WandbRun
+
+            try:
+                self._wandb = WandbRun(self.run_dir, wandb, config, resume=append)
+            except BaseException:
+                self.close()
+                raise
 
     def log(self, record: dict[str, Any]) -> None:
         if self._fd is None:
             raise ValueError(f"{self.path}: the logger is closed")
         write_all(self._fd, (json.dumps(record) + "\n").encode(), self.path)
+        if self._tb is None and self._wandb is None:
+            return
+        step = int(record["global_step"])
+        scalars = {_tb_tag(key): value for key, value in record.items()
+                   if key not in ("global_step", "iteration") and value is not None
+                   and isinstance(value, (int, float)) and not (isinstance(value, float) and math.isnan(value))}
         if self._tb is not None:
-            step = int(record["global_step"])
-            for key, value in record.items():
-                if key in ("global_step", "iteration") or value is None:
-                    continue
-                if isinstance(value, (int, float)) and not (isinstance(value, float) and math.isnan(value)):
-                    self._tb.add_scalar(_tb_tag(key), value, step)
+            for tag, value in scalars.items():
+                self._tb.add_scalar(tag, value, step)
+        if self._wandb is not None:
+            self._wandb.log(scalars, step)
 
     def close(self) -> None:
         fd, self._fd = self._fd, None
@@ -49,8 +63,15 @@ class MetricsLogger:
             self._tb.flush()
             self._tb.close()
 
+    def finish(self, summary: dict[str, Any] | None = None) -> None:
+        """After close(): hand the run's summary to W&B and close its run (idempotent; nothing without W&B)."""
+        if self._wandb is not None:
+            self._wandb.finish(summary)
+
 
 def _tb_tag(key: str) -> str:
+    if key.startswith("eval_"):
+        return f"eval/{key}"
     if key.startswith("episodic_"):
         return f"charts/{key}"
     if key in ("learning_rate", "sps", "kl_coef", "wall_time", "env_restarts", "skipped_updates"):

@@ -171,7 +171,7 @@ class RunContext:
                  config: dict[str, Any], tensorboard: bool, checkpoint_every: int = 0,
                  resume_command: str = "ppox train --resume", progress: Progress | None = None,
                  doctor: Any = None, doctor_every: int = 1, on_exit: Callable[[], None] | None = None,
-                 catch_interrupt: bool = True) -> None:
+                 catch_interrupt: bool = True, wandb: dict[str, Any] | None = None) -> None:
         self.run_dir = run_dir
         self.collective = collective
         self.is_main = collective.is_main
@@ -192,7 +192,7 @@ class RunContext:
                     clear_checkpoints(run_dir)
                 clean_stale(run_dir)
                 atomic_write_json(run_dir / "config.json", config)
-                self.logger = MetricsLogger(run_dir, tensorboard, append=not fresh)
+                self.logger = MetricsLogger(run_dir, tensorboard, append=not fresh, wandb=wandb, config=config)
         except BaseException:
             self.release()
             raise
@@ -245,6 +245,12 @@ class RunContext:
         """SIGINT/SIGTERM seen here or on any rank (see stop_requested)."""
         return stop_requested(self.stop, self.collective)
 
+    def any_rank(self, flag: bool) -> bool:
+        """`flag` true here or (torchrun) on any rank: one all-reduced flag, so all ranks act alike."""
+        if not self.collective.enabled:
+            return flag
+        return bool(self.collective.sum_(torch.tensor([float(flag)]))[0] > 0)
+
     def checkpoint_due(self, iteration: int, last: int) -> bool:
         """A checkpoint after the last iteration and every checkpoint_every-th one."""
         return iteration == last or bool(self.checkpoint_every and iteration % self.checkpoint_every == 0)
@@ -252,9 +258,13 @@ class RunContext:
     def write_summary(self, summary: dict[str, Any]) -> None:
         if self.is_main:
             atomic_write_json(self.run_dir / "summary.json", summary)
+        if self.logger is not None:
+            self.logger.finish(summary)
 
     def release(self) -> None:
-        """Free the run directory's lock (idempotent)."""
+        """Close the W&B run if one is open and free the run directory's lock (idempotent)."""
+        if self.logger is not None:
+            self.logger.finish()
         lock, self.lock = self.lock, None
         if lock is not None:
             lock.release()

@@ -21,10 +21,13 @@ USAGE = """usage: ppox <command> [args]
 
 commands:
   train ENV_ID [--preset NAME] [--FIELD VALUE ...]   train PPO on a gymnasium environment
+  train ENV_ID --preset-file FILE [--preset NAME]    ... with a preset from a TOML file (e.g. ppox tune's)
   train --resume RUN_DIR [--total-timesteps N]       continue a run from its latest checkpoint
   eval RUN_DIR ... [--episodes N] [--json] [--video DIR]   evaluate trained policies (one line each)
   plot RUN_DIR_OR_GLOB ... -o curves.png             learning curves (mean and 95% band over seeds)
   doctor RUN_DIR ...                                 diagnose runs: KL, clipping, entropy, value fit
+  export RUN_DIR -o policy.onnx [--format torchscript]   the deterministic policy for deployment
+  tune ENV_ID --trials N [--study-dir DIR] [--jobs K]  tune hyperparameters with Optuna
   llm {train,eval,demo} ...                          PPO for causal language models
   presets                                            list the shipped presets
 
@@ -41,6 +44,10 @@ def _preparse_train(argv: list[str]) -> tuple[str | None, str | None, list[str]]
     i = 0
     while i < len(argv):
         arg = argv[i]
+        if arg in ("--preset-file", "--preset_file") and i + 1 < len(argv):
+            rest += [arg, argv[i + 1]]  # taken out by _preset_file
+            i += 2
+            continue
         if arg == "--preset" and i + 1 < len(argv):
             preset = argv[i + 1]
             i += 2
@@ -82,7 +89,8 @@ def train_main(argv: list[str]) -> int:
         from ppox.cli.resume import resume_main
 
         return resume_main(rest)
-    default = preset_config(env_id or DEFAULT_ENV_ID, preset)
+    preset, extra_presets, rest = _preset_file(preset, rest)
+    default = preset_config(env_id or DEFAULT_ENV_ID, preset, extra_presets)
     with deferred_validation():
         config = parse_args(PPOConfig, rest, "ppox train ENV_ID", default=default, description=TRAIN_DESCRIPTION)
     config.validate()
@@ -91,12 +99,30 @@ def train_main(argv: list[str]) -> int:
     return run_training(config)
 
 
+def _preset_file(preset: str | None, argv: list[str]) -> tuple[str | None, dict | None, list[str]]:
+    """--preset-file FILE: its presets join the shipped ones; a file of one preset needs no --preset."""
+    for i, arg in enumerate(argv):
+        if arg.split("=", 1)[0] in ("--preset-file", "--preset_file"):
+            path = arg.split("=", 1)[1] if "=" in arg else (argv[i + 1] if i + 1 < len(argv) else None)
+            if path is None:
+                raise PPOXError("--preset-file needs a TOML file")
+            from ppox.rl.config import load_preset_file
+
+            presets = load_preset_file(path)
+            if preset is None and len(presets) > 1:
+                raise PPOXError(f"{path} holds several presets ({', '.join(presets)}): choose one with --preset")
+            rest = argv[:i] + argv[i + (1 if "=" in arg else 2):]
+            return preset if preset is not None else next(iter(presets)), presets, rest
+    return preset, None, argv
+
+
 DEFAULT_ENV_ID = "CartPole-v1"
 TRAIN_DESCRIPTION = (
     f"Train PPO on a gymnasium environment. ENV_ID is positional (default {DEFAULT_ENV_ID}); "
     "--preset NAME loads a shipped preset (`ppox presets`) before the other flags. "
     "`ppox train --resume RUN_DIR [--total-timesteps N] [--no-progress]` continues RUN_DIR's run from its "
-    "latest checkpoint with the config saved in it (Ctrl-C and --checkpoint-every write checkpoints)."
+    "latest checkpoint with the config saved in it (Ctrl-C and --checkpoint-every write checkpoints). "
+    "--preset-file FILE [--preset NAME] takes the preset from a TOML file (e.g. `ppox tune`'s best_preset.toml)."
 )
 
 
@@ -174,6 +200,11 @@ def _evaluate_run(run_dir: str, args: EvalArgs, video_dir: Path | None) -> dict[
            **{k: result[k] for k in ("mean", "std", "episodes", "returns")}}
     if video_dir is not None:
         out["videos"] = [str(p) for p in videos]
+        settings = model.config.wandb_settings()
+        if settings is not None and videos and (Path(run_dir) / "wandb.json").is_file():  # the run's W&B run
+            from ppox.tracking import log_videos
+
+            log_videos(run_dir, settings, videos)
     return out
 
 
@@ -181,10 +212,17 @@ def _record(model, video_dir: Path, args: EvalArgs) -> tuple[list[float], list[P
     """Record the episodes and return their returns too: a video without its score says little."""
     import gymnasium as gym
 
+    from ppox.rl.atari import is_atari
+    from ppox.rl.envs import check_env_id
     from ppox.rl.video import record_video
 
     stats: list[gym.wrappers.RecordEpisodeStatistics] = []
     user_env_fn = model.env_fn
+    if user_env_fn is None and is_atari(check_env_id(model.config.env_id)):  # whole games, raw scores
+        returns: list[float] = []
+        videos = record_video(model, video_dir, episodes=args.episodes, deterministic=args.deterministic,
+                              seed=args.seed, returns=returns)
+        return returns, videos
 
     def env_fn():
         env = user_env_fn() if user_env_fn is not None else gym.make(model.config.env_id, render_mode="rgb_array")
@@ -275,7 +313,15 @@ COMMANDS = {
     "plot": plot_main,
     "doctor": doctor_main,
     "presets": presets_main,
+    "export": lambda argv: _tools().export_main(argv),
+    "tune": lambda argv: _tools().tune_main(argv),
 }
+
+
+def _tools():
+    import ppox.cli.tools as tools  # optuna / onnx stay unimported until these commands run
+
+    return tools
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -190,6 +190,10 @@ def _write_checkpoint(trainer: Checkpointable, s: dict[str, Any], capture_envs_n
         tensors[f"rng.cuda.{i}"] = cuda_state
     if s["next_obs"] is not None:
         tensors["next_obs"] = s["next_obs"]
+    if s.get("memory") is not None:  # a recurrent policy's carried state
+        tensors.update({f"memory.{k}": v for k, v in s["memory"].items()})
+    if envs.get("action_mask") is not None:  # the masks of the envs' current observations
+        tensors["envs.action_mask"] = torch.from_numpy(np.ascontiguousarray(envs["action_mask"]))
     if s["obs_norm"] is not None:
         tensors.update({f"obs_rms.{k}": v for k, v in s["obs_norm"].items()})
     if s["reward_scaler"] is not None:
@@ -217,6 +221,7 @@ def _write_checkpoint(trainer: Checkpointable, s: dict[str, Any], capture_envs_n
         "skipped_updates": int(s["skipped_updates"]),
         "consecutive_skips": int(s["consecutive_skips"]),
         "env_restarts": trainer.envs.restarts,  # restarts used so far, also mid-iteration
+        "action_mask_source": envs.get("action_mask_source"),
         "recent_returns": [float(x) for x in s["recent_returns"]],
         "kl_controller": s["kl_controller"],
         "optimizer": optim_json,
@@ -491,8 +496,13 @@ def _restore_fields(trainer: Checkpointable, ckpt: Path, state: dict[str, Any]) 
         "wall_seconds": state.get("wall_seconds", 0.0),
         "envs": {"restarts": state.get("env_restarts", 0),
                  "episode_return": t("episode.return").numpy() if restored_envs else None,
-                 "episode_length": t("episode.length").numpy() if restored_envs else None},
+                 "episode_length": t("episode.length").numpy() if restored_envs else None,
+                 "action_mask": t("envs.action_mask").numpy() if restored_envs and "envs.action_mask" in tensors
+                 else None,
+                 "action_mask_source": state.get("action_mask_source")},
         "next_obs": t("next_obs") if restored_envs else None,
+        "memory": {k: t(f"memory.{k}") for k in ("state", "episode_starts")}
+        if restored_envs and "memory.state" in tensors else None,
         "rng": rng,
     }
     try:

@@ -25,6 +25,7 @@ import numpy as np
 
 from ppox.core.objective import ObjectiveConfig, accepts_deprecated_names, rename_deprecated
 from ppox.errors import ConfigError
+from ppox.rl.atari import suite_preset
 
 # The CLI turns validation off while tyro builds the config, then validates once itself, so a bad
 # value is reported as one plain line rather than inside tyro's parse-error box.
@@ -87,8 +88,26 @@ class PPOConfig(ObjectiveConfig):
     """Hidden activation."""
     shared_trunk: bool = False
     """Share one MLP trunk between actor and critic (default: separate networks)."""
+    encoder: Literal["auto", "mlp", "cnn"] = "auto"
+    """Observation encoder: 'auto' = a CNN for images (rank-3 uint8/bool Box: the Nature CNN, or MinAtar's
+    for images under 36 pixels; a CNN per image of a Dict plus an MLP for its other keys), else an MLP;
+    'mlp' flattens images (scaled to [0, 1]); 'cnn' requires an image. hidden_sizes are the MLP's widths."""
     init_log_std: float = 0.0
     """Initial log standard deviation of the Gaussian policy (continuous actions)."""
+    memory: Literal["none", "lstm", "gru"] = "none"
+    """Memory core between the encoder and the heads: 'lstm' or 'gru' (recurrent PPO: the hidden state is carried
+    across steps and reset where an episode starts; minibatches are whole env sequences), 'none' = feed-forward."""
+    memory_size: int = 128
+    """Hidden size of the LSTM/GRU memory core."""
+    bptt_length: int | None = None
+    """Recurrent PPO: replay each env's rollout in chunks of this many steps (must divide num_steps), each from
+    the state stored when it was collected; None = the whole rollout as one sequence (CleanRL's ppo_atari_lstm)."""
+    action_masks: bool = True
+    """Use the env's action masks where it gives them (its action_masks() method, info['action_mask'] or a Dict
+    observation key 'action_mask'): masked actions get no probability and no gradient."""
+    mask_velocity: bool = False
+    """Zero the velocity entries of the observations (rl-zoo's MaskVelocityWrapper: CartPole, Acrobot,
+    MountainCar, Pendulum, LunarLander): a partially observable task for recurrent policies."""
 
     # continuous-control wrappers
     norm_obs: bool = False
@@ -108,7 +127,12 @@ class PPOConfig(ObjectiveConfig):
     compile: bool = False
     """Compile the policy step and the minibatch update with torch.compile."""
     eval_episodes: int = 20
-    """Episodes of the final deterministic evaluation (0 to skip)."""
+    """Episodes of the final deterministic evaluation (0 to skip) and of each periodic one (--eval-every)."""
+    eval_every: int = 0
+    """Evaluate the deterministic policy every N env steps on separate envs, keep the best model in RUN_DIR/best
+    and log eval_return_mean (ppox.rl.callbacks.EvalCallback; 0 = off)."""
+    stop_at_return: float | None = None
+    """Stop training once a periodic evaluation's mean return reaches this value (needs --eval-every)."""
     run_dir: str | None = None
     """Run directory; default runs/<env>__<seed>__<timestamp>."""
     overwrite: bool = False
@@ -129,6 +153,17 @@ class PPOConfig(ObjectiveConfig):
     """Show a progress bar."""
     live_doctor: bool = True
     """Warn (once per kind of problem) when the metrics look unhealthy during training (`ppox doctor`)."""
+    wandb: bool = False
+    """Also log metrics, config, summary and `ppox eval --video` videos to Weights & Biases (pip install
+    'ppox[wandb]'; WANDB_MODE=offline logs without network)."""
+    wandb_project: str = "ppox"
+    """W&B project."""
+    wandb_entity: str | None = None
+    """W&B entity (user or team; default: the logged-in user's)."""
+    wandb_run_name: str | None = None
+    """W&B run name (default: the run directory's name)."""
+    wandb_tags: tuple[str, ...] = ()
+    """W&B tags."""
 
     def __post_init__(self) -> None:
         if isinstance(self.hidden_sizes, list):
@@ -169,6 +204,18 @@ class PPOConfig(ObjectiveConfig):
                 f"num_envs * num_steps = {self.batch_size} is not divisible by num_minibatches = "
                 f"{self.num_minibatches}"
             )
+        if self.memory_size <= 0:
+            raise ConfigError(f"memory_size must be > 0, got {self.memory_size}")
+        if self.memory != "none":
+            length = self.num_steps if self.bptt_length is None else self.bptt_length
+            if length <= 0 or self.num_steps % length:
+                raise ConfigError(f"bptt_length must divide num_steps = {self.num_steps}, got {self.bptt_length}")
+            sequences = self.num_envs * (self.num_steps // length)
+            if sequences % self.num_minibatches:
+                raise ConfigError(
+                    f"with memory {self.memory!r} a minibatch is a set of whole sequences: num_envs * num_steps / "
+                    f"bptt_length = {sequences} sequences are not divisible by num_minibatches = {self.num_minibatches}"
+                )
         if not self.hidden_sizes or any(h <= 0 for h in self.hidden_sizes):
             raise ConfigError(f"hidden_sizes must be positive widths, got {self.hidden_sizes}")
         if self.activation not in ("tanh", "relu"):
@@ -179,9 +226,11 @@ class PPOConfig(ObjectiveConfig):
             raise ConfigError(f"unknown vectorization {self.vectorization!r}")
         if self.rollout_backend not in ("auto", "numpy", "torch"):
             raise ConfigError(f"rollout_backend must be auto, numpy or torch, got {self.rollout_backend!r}")
-        for name in ("eval_episodes", "checkpoint_every", "torch_threads", "max_env_restarts"):
+        for name in ("eval_episodes", "eval_every", "checkpoint_every", "torch_threads", "max_env_restarts"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.stop_at_return is not None and self.eval_every == 0:
+            raise ConfigError("stop_at_return needs periodic evaluation: set eval_every (e.g. --eval-every 10000)")
         if self.keep_checkpoints < 1:
             raise ConfigError(f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
         if not 0 <= self.seed <= MAX_SEED:
@@ -190,6 +239,13 @@ class PPOConfig(ObjectiveConfig):
             raise ConfigError(f"unknown device {self.device!r}; use cpu, cuda, cuda:N, mps or auto")
         if self.torch_threads > MAX_TORCH_THREADS:
             raise ConfigError(f"torch_threads must be <= {MAX_TORCH_THREADS}, got {self.torch_threads}")
+
+    def wandb_settings(self) -> dict[str, Any] | None:
+        """What ppox.tracking needs to open the run's W&B run (None without --wandb)."""
+        if not self.wandb:
+            return None
+        return {"project": self.wandb_project, "entity": self.wandb_entity, "name": self.wandb_run_name,
+                "tags": list(self.wandb_tags)}
 
     # ------------------------------------------------------------------ (de)serialisation
     def to_dict(self) -> dict[str, Any]:
@@ -229,7 +285,7 @@ def _type_name(tp: Any) -> str:
     if typing.get_origin(tp) in (typing.Union, types.UnionType):
         return " or ".join(_type_name(a) for a in typing.get_args(tp))
     if typing.get_origin(tp) is tuple:
-        return "a list of integers"
+        return "a list of strings" if typing.get_args(tp)[0] is str else "a list of integers"
     return {bool: "true/false", int: "an integer", float: "a number", str: "a string"}.get(tp, str(tp))
 
 
@@ -246,10 +302,10 @@ def _coerce(value: Any, tp: Any) -> tuple[bool, Any]:
         return value is None, value
     if origin is Literal:
         return (isinstance(value, str) and value in typing.get_args(tp)), value
-    if origin is tuple:  # only tuple[int, ...] is used
+    if origin is tuple:  # tuple[int, ...] or tuple[str, ...]
         if not isinstance(value, (list, tuple)):
             return False, value
-        items = [_coerce(v, int) for v in value]
+        items = [_coerce(v, typing.get_args(tp)[0]) for v in value]
         return all(ok for ok, _ in items), tuple(v for _, v in items)
     # bool is an int subclass in Python: True is not accepted as a number, nor 1 as a flag
     if tp is bool:
@@ -298,13 +354,27 @@ def load_presets() -> dict[str, dict[str, Any]]:
     return tomllib.loads(text)
 
 
-def preset_config(env_id: str, preset: str | None = None, **overrides: Any) -> PPOConfig:
+def load_preset_file(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
+    """Presets from a TOML file of tables like presets.toml's (`ppox train --preset-file`, `ppox tune`'s output)."""
+    try:
+        with open(path, "rb") as f:
+            presets = tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read preset file {path}: {exc}") from None
+    if not presets or not all(isinstance(v, dict) for v in presets.values()):
+        raise ConfigError(f"preset file {path} must hold one or more [name] tables of PPOConfig fields")
+    return presets
+
+
+def preset_config(env_id: str, preset: str | None = None, extra_presets: dict[str, dict[str, Any]] | None = None,
+                  **overrides: Any) -> PPOConfig:
     """The config for `env_id`: the named preset, else the env's own preset, else CleanRL's defaults.
 
     Without a preset, continuous-action envs get CleanRL's continuous defaults (1 env x 2048 steps,
-    32 minibatches, 10 epochs, lr 3e-4, observation and reward normalisation).
+    32 minibatches, 10 epochs, lr 3e-4, observation and reward normalisation). `extra_presets`
+    (load_preset_file) are chosen by name like the shipped ones.
     """
-    presets = load_presets()
+    presets = {**load_presets(), **(extra_presets or {})}
     values: dict[str, Any] = {}
     if preset is not None:
         if preset not in presets:
@@ -314,6 +384,9 @@ def preset_config(env_id: str, preset: str | None = None, **overrides: Any) -> P
         values.update(presets[preset])
     elif env_id in presets:
         values.update(presets[env_id])
+    elif suite_preset(env_id) is not None:  # ALE ids: the atari preset; MinAtar ids: minatar
+        preset = suite_preset(env_id)
+        values.update(presets[preset])
     values = {k: v for k, v in values.items() if k != "description"}
     values["env_id"] = env_id
     values["preset"] = preset if preset is not None else (env_id if env_id in presets else None)

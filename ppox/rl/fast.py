@@ -16,7 +16,7 @@ the host inside an epoch: statistics are summed as tensors and read once at the 
 tests/rl/test_fast.py checks that both paths give the same weights and statistics.
 
 Where this is not applicable (grad accumulation, distributed all-reduce, an optimizer other than
-plain Adam) `CompiledUpdate.supported` is False and the trainer uses the eager loop.
+plain Adam, a policy with memory) `CompiledUpdate.supported` is False and the trainer uses the eager loop.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import contextlib
 import json
 import os
 import platform
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -35,6 +36,7 @@ from torch.func import functional_call, grad
 from ppox.core.objective import ObjectiveConfig
 from ppox.core.update import PolicyOutput, UpdateResult, ppo_loss
 from ppox.io import atomic_write_json
+from ppox.rl.policy import forward_inputs
 
 STAT_KEYS = ("policy_loss", "value_loss", "entropy", "kl_penalty", "approx_kl", "old_approx_kl", "clipfrac")
 
@@ -162,7 +164,11 @@ class CompiledUpdate:
         self.optimizer = optimizer
         self.objective = objective
         self.max_grad_norm = max_grad_norm
-        self.supported = adam_supported(optimizer)
+        # a recurrent policy's update replays sequences step by step: unrolled into one graph it would compile
+        # for minutes, so it runs the eager loop (said once when the run starts)
+        self.supported = adam_supported(optimizer) and not getattr(policy, "recurrent", False)
+        if compile and getattr(policy, "recurrent", False):
+            print("note: --compile: the update of a policy with memory runs eagerly", file=sys.stderr, flush=True)
         self.names = [n for n, p in policy.named_parameters() if p.requires_grad]
         self._params = dict(policy.named_parameters())
         self._sizes = [self._params[n].numel() for n in self.names]  # the parameters' slices of a flat buffer
@@ -184,7 +190,7 @@ class CompiledUpdate:
 
         def loss_fn(params: dict[str, torch.Tensor], mb: dict[str, torch.Tensor], kl_coef: torch.Tensor):
             # the policy module itself, run on `params` (the eager update's forward, not a mirror of it)
-            logprobs, entropy, values = functional_call(policy, params, (mb["obs"], mb["actions"]))
+            logprobs, entropy, values = functional_call(policy, params, (mb["obs"], mb["actions"]), forward_inputs(mb))
             loss, stats = ppo_loss(PolicyOutput(logprobs, entropy, values), mb, objective, kl_coef)
             return loss, (loss.detach(), stats)
 

@@ -4,11 +4,13 @@
                                                                 --critic_head--> V(s)
 
 * encoder: turns an (encoded, ppox.rl.spaces.encode_obs) observation into features. Chosen by
-  `make_encoder` from the observation space and the config; an MLP for the flat vectors of today.
+  `make_encoder` from the observation space and the config (`encoder`): an MLP for flat vectors, a CNN
+  for images (the Nature CNN, or MinAtar's for small ones), a CNN per image + an MLP for a Dict.
   The actor and the critic have separate encoders (`actor_body`, `critic_body`) unless
   `shared_trunk`, when the critic reads the actor's features.
 * memory core: `core(features, state, episode_starts) -> (features, state)`; `NoMemory` passes the
-  features through (a recurrent core slots in here).
+  features through, `RecurrentCore` is an LSTM or GRU (config `memory`) whose state is reset where an
+  episode starts (docs/memory.md).
 * action head: the `actor_head` Linear layer makes the distribution's parameters; `distribution`, the
   stateless action distribution of ppox.rl.spaces (categorical with an optional action mask,
   multi-categorical, diagonal Gaussian with the state-independent `log_std`), turns them into
@@ -26,18 +28,28 @@ The rollout's fast steps (ppox.rl.rollout) do not re-implement this network: the
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 
 import torch
 from gymnasium import spaces
 from torch import nn
 
-from ppox.rl.spaces import ActionSpec, action_distribution, obs_dim
+from ppox.errors import ConfigError
+from ppox.rl.spaces import (
+    ActionSpec,
+    action_distribution,
+    has_image,
+    image_layout,
+    image_scale,
+    image_shape,
+    obs_dim,
+)
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU}
 
 
-def layer_init(layer: nn.Linear, gain: float = math.sqrt(2), bias: float = 0.0) -> nn.Linear:
+def layer_init(layer: nn.Linear | nn.Conv2d, gain: float = math.sqrt(2), bias: float = 0.0) -> nn.Linear:
     """Orthogonal weights, constant bias (detail 2)."""
     nn.init.orthogonal_(layer.weight, gain)
     nn.init.constant_(layer.bias, bias)
@@ -62,35 +74,217 @@ class MLPEncoder(nn.Sequential):
         return [m for m in self if isinstance(m, nn.Linear)]
 
 
+class ImageMLPEncoder(MLPEncoder):
+    """`--encoder mlp` on an image: uint8 (batch, C, H, W) flattened and scaled to [0, 1], then the MLP.
+    Only on request: an image gets a CNN by default."""
+
+    def __init__(self, space: spaces.Box, hidden_sizes: tuple[int, ...], activation: str) -> None:
+        super().__init__(obs_dim(space), hidden_sizes, activation)
+        self.scale = image_scale(space)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return super().forward(obs.flatten(1).float() * self.scale)
+
+
+class CNNEncoder(nn.Module):
+    """Images uint8 (batch, C, H, W) -> features (batch, out_features), scaled to [0, 1] inside (detail:
+    observations are stored as uint8 and divided by 255 in the network).
+
+    H and W >= 36: the Nature CNN (Mnih et al. 2015; the 37 details' Atari network): 32 8x8/4, 64 4x4/2,
+    64 3x3/1, then Linear 512, ReLU after each. Smaller images (MinAtar's 10x10) cannot pass its strides:
+    MinAtar's own network (Young & Tian 2019): 16 3x3/1, then Linear 128. Orthogonal init, gain sqrt(2).
+    """
+
+    def __init__(self, channels: int, height: int, width: int, scale: float) -> None:
+        super().__init__()
+        if min(height, width) >= 36:
+            convs, hidden = [(32, 8, 4), (64, 4, 2), (64, 3, 1)], 512
+        elif min(height, width) >= 3:
+            convs, hidden = [(16, 3, 1)], 128
+        else:
+            raise ConfigError(f"a CNN needs images of at least 3x3 pixels, got {height}x{width}")
+        layers: list[nn.Module] = []
+        for out, kernel, stride in convs:
+            layers += [layer_init(nn.Conv2d(channels, out, kernel, stride)), nn.ReLU()]
+            channels, height, width = out, (height - kernel) // stride + 1, (width - kernel) // stride + 1
+        self.convs = nn.Sequential(*layers)
+        self.fc = layer_init(nn.Linear(channels * height * width, hidden))
+        self.out_features = hidden
+        self.scale = scale
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        x = self.convs(obs.float() * self.scale)
+        return torch.relu(self.fc(x.flatten(1)))
+
+
+class DictEncoder(nn.Module):
+    """A Dict observation holding images: one CNN per image key, one MLP over the other keys together,
+    features concatenated (batch, out_features). Its input is the Dict's flat encoding (ppox.rl.spaces:
+    keys in order, each image flattened in its own layout); the slices are unpacked here."""
+
+    def __init__(self, space: spaces.Dict, hidden_sizes: tuple[int, ...], activation: str) -> None:
+        super().__init__()
+        self.image_parts: list[tuple[int, int, tuple[int, ...], bool]] = []  # (start, end, shape, hwc)
+        self.vector_parts: list[tuple[int, int]] = []
+        cnns = []
+        start = 0
+        for sub in space.spaces.values():
+            end = start + obs_dim(sub)
+            layout = image_layout(sub)
+            if layout is None:
+                self.vector_parts.append((start, end))
+            else:
+                self.image_parts.append((start, end, tuple(sub.shape), layout == "HWC"))
+                cnns.append(CNNEncoder(*image_shape(sub), image_scale(sub)))
+            start = end
+        self.cnns = nn.ModuleList(cnns)
+        width = sum(end - start for start, end in self.vector_parts)
+        self.mlp = MLPEncoder(width, hidden_sizes, activation) if width else None
+        self.out_features = sum(c.out_features for c in cnns) + (self.mlp.out_features if self.mlp else 0)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        features = []
+        for (start, end, shape, hwc), cnn in zip(self.image_parts, self.cnns, strict=True):
+            image = obs[:, start:end].reshape(obs.shape[0], *shape)
+            features.append(cnn(image.permute(0, 3, 1, 2) if hwc else image))
+        if self.mlp is not None:
+            features.append(self.mlp(torch.cat([obs[:, a:b] for a, b in self.vector_parts], dim=1)))
+        return torch.cat(features, dim=1)
+
+
+def _cnn(space: spaces.Space, hidden_sizes: tuple[int, ...], activation: str) -> nn.Module:
+    if isinstance(space, spaces.Dict):
+        return DictEncoder(space, hidden_sizes, activation)
+    return CNNEncoder(*image_shape(space), image_scale(space))
+
+
+def _mlp(space: spaces.Space, hidden_sizes: tuple[int, ...], activation: str) -> nn.Module:
+    if image_layout(space) is not None:
+        return ImageMLPEncoder(space, hidden_sizes, activation)
+    return MLPEncoder(obs_dim(space), hidden_sizes, activation)
+
+
 # name -> factory(observation_space, hidden_sizes, activation); `make_encoder` picks one per space
-ENCODERS = {
-    "mlp": lambda space, hidden_sizes, activation: MLPEncoder(obs_dim(space), hidden_sizes, activation),
-}
+ENCODERS = {"mlp": _mlp, "cnn": _cnn}
+ENCODER_CHOICES = ("auto", *ENCODERS)
+_WARNED_FLAT: set[str] = set()
 
 
-def encoder_name(observation_space: spaces.Space) -> str:
-    """The encoder for an observation space. Every space ppox accepts today is encoded to one flat
-    vector (ppox.rl.spaces.encode_obs), so an MLP; image and Dict encoders are chosen here."""
-    return "mlp"
+def encoder_name(observation_space: spaces.Space, requested: str = "auto") -> str:
+    """The encoder for an observation space: "cnn" for an image (rank-3 uint8/bool Box) or a Dict holding
+    one (a CNN per image, ppox.rl.spaces.image_layout), else "mlp"; `requested` ("mlp", "cnn") overrides."""
+    if requested not in ENCODER_CHOICES:
+        raise ConfigError(f"encoder must be one of {', '.join(ENCODER_CHOICES)}, got {requested!r}")
+    image = has_image(observation_space)
+    if requested == "cnn" and not image:
+        raise ConfigError(f"encoder cnn needs image observations (a rank-3 Box of uint8 or bool, or a Dict "
+                          f"holding one); this observation space is {observation_space}")
+    if requested != "auto":
+        return requested
+    if not image and isinstance(observation_space, spaces.Box) and len(observation_space.shape) == 3:
+        key = str(observation_space)
+        if key not in _WARNED_FLAT:  # a float image: say once that it is flattened, and how to get a CNN
+            _WARNED_FLAT.add(key)
+            print(f"warning: observation space {observation_space} is a rank-3 Box of "
+                  f"{observation_space.dtype}, not uint8 or bool: it is flattened into an MLP; for a CNN, "
+                  "make the env return uint8 images", file=sys.stderr)
+    return "cnn" if image else "mlp"
 
 
-def make_encoder(observation_space: spaces.Space, hidden_sizes: tuple[int, ...], activation: str) -> nn.Module:
+def make_encoder(observation_space: spaces.Space, hidden_sizes: tuple[int, ...], activation: str,
+                 encoder: str = "auto") -> nn.Module:
     """A new observation encoder for `observation_space`; it has an `out_features` attribute."""
-    return ENCODERS[encoder_name(observation_space)](observation_space, hidden_sizes, activation)
+    return ENCODERS[encoder_name(observation_space, encoder)](observation_space, hidden_sizes, activation)
 
 
 # ---------------------------------------------------------------------------- memory cores
 class NoMemory(nn.Module):
     """The memory core of a policy without memory: the features pass through, the state stays None.
 
-    A memory core maps (features (batch, n), state, episode_starts (batch,) bool) to (features (batch, m),
-    new state), resetting the state of the rows whose episode starts.
+    A memory core maps (features (batch, n) or sequences (T, batch, n), state, episode_starts (batch,) or
+    (T, batch) bool) to (features (batch, m) or (T, batch, m), new state), resetting the state of the rows
+    whose episode starts before it reads their features.
     """
 
     def forward(
         self, features: torch.Tensor, state: torch.Tensor | None = None, episode_starts: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         return features, state
+
+
+class RecurrentCore(nn.Module):
+    """An LSTM or GRU memory core (CleanRL's ppo_atari_lstm.py, sb3-contrib's RecurrentPPO).
+
+    The state is one tensor (batch, state_size): [h, c] for an LSTM, h for a GRU; zeros where an episode
+    starts (`episode_starts`), then one cell step per time step. The cell's input projection is one matmul
+    over the whole sequence; only the recurrent part loops over time. The gates are torch's nn.LSTMCell /
+    nn.GRUCell formulas on that cell's parameters (tests/rl/test_memory.py pins them against nn.LSTM/nn.GRU).
+    Initialisation as CleanRL's: orthogonal weights (gain 1), zero biases.
+    """
+
+    def __init__(self, kind: str, in_features: int, size: int) -> None:
+        super().__init__()
+        if kind not in ("lstm", "gru"):
+            raise ValueError(f"unknown memory core {kind!r}")
+        self.kind, self.out_features = kind, size
+        self.cell = (nn.LSTMCell if kind == "lstm" else nn.GRUCell)(in_features, size)
+        for name, param in self.cell.named_parameters():
+            if name.startswith("weight"):
+                nn.init.orthogonal_(param, 1.0)
+            else:
+                nn.init.zeros_(param)
+        self.state_size = 2 * size if kind == "lstm" else size
+
+    def forward(
+        self, features: torch.Tensor, state: torch.Tensor | None = None, episode_starts: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        sequence = features.dim() == 3
+        if not sequence:
+            features = features.unsqueeze(0)
+            episode_starts = None if episode_starts is None else episode_starts.unsqueeze(0)
+        steps, batch = features.shape[:2]
+        if state is None:
+            state = features.new_zeros(batch, self.state_size)
+        x = nn.functional.linear(features, self.cell.weight_ih, self.cell.bias_ih)  # (T, batch, gates * size)
+        keep = None if episode_starts is None else (~episode_starts).unsqueeze(-1).to(x.dtype)  # (T, batch, 1)
+        outputs = []
+        for t in range(steps):
+            if keep is not None:
+                state = state * keep[t]
+            state = self._step(x[t], state)
+            outputs.append(state[:, : self.out_features])
+        out = torch.stack(outputs)
+        return (out if sequence else out[0]), state
+
+    def _step(self, x: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        """One cell step: x = W_ih input + b_ih (batch, gates * size), state (batch, state_size)."""
+        size, cell = self.out_features, self.cell
+        h = state[:, :size]
+        hidden = nn.functional.linear(h, cell.weight_hh, cell.bias_hh)
+        if self.kind == "lstm":
+            i, f, g, o = (x + hidden).chunk(4, dim=-1)
+            c = torch.sigmoid(f) * state[:, size:] + torch.sigmoid(i) * torch.tanh(g)
+            return torch.cat([torch.sigmoid(o) * torch.tanh(c), c], dim=-1)
+        x_r, x_z, x_n = x.chunk(3, dim=-1)
+        h_r, h_z, h_n = hidden.chunk(3, dim=-1)
+        r, z = torch.sigmoid(x_r + h_r), torch.sigmoid(x_z + h_z)
+        n = torch.tanh(x_n + r * h_n)
+        return n + z * (h - n)  # (1 - z) * n + z * h
+
+
+def make_core(memory: str, in_features: int, memory_size: int) -> nn.Module:
+    """The memory core: `NoMemory` for "none", else a `RecurrentCore` ("lstm", "gru")."""
+    return NoMemory() if memory == "none" else RecurrentCore(memory, in_features, memory_size)
+
+
+# names of a minibatch's entries that `Policy.forward` takes besides obs and actions (the update's forward and
+# the compiled update pass exactly these)
+FORWARD_INPUTS = ("action_mask", "state", "episode_starts")
+
+
+def forward_inputs(mb: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The keyword arguments of `Policy.forward` that a minibatch holds."""
+    return {k: mb[k] for k in FORWARD_INPUTS if k in mb}
 
 
 # ---------------------------------------------------------------------------- the policy
@@ -105,7 +299,15 @@ class FusedMLP:
 
 
 class Policy(nn.Module):
-    """Actor-critic: encoder(s), memory core, action head and value head (see the module docstring)."""
+    """Actor-critic: encoder(s), memory core, action head and value head (see the module docstring).
+
+    With memory (`memory` "lstm" / "gru") the actor's features go through `core` and, with separate
+    trunks, the critic's through its own `critic_core` (sb3-contrib RecurrentPPO's default); with a shared
+    trunk both heads read the one core (CleanRL's ppo_atari_lstm.py). The recurrent state is one tensor
+    (batch, state_size): the actor core's state, then the critic core's. `act`, `policy_action` and
+    `head_and_value` then take `state` and `episode_starts` and also return the new state; `forward`
+    takes whole sequences (see there).
+    """
 
     def __init__(
         self,
@@ -115,32 +317,105 @@ class Policy(nn.Module):
         activation: str = "tanh",
         shared_trunk: bool = False,
         init_log_std: float = 0.0,
+        memory: str = "none",
+        memory_size: int = 128,
+        encoder: str = "auto",
     ) -> None:
         super().__init__()
         self.spec = spec
         self.shared_trunk = shared_trunk
         self.distribution = action_distribution(spec)
         # construction order = parameter order = the initialisation's random draws: keep it
-        self.actor_body = make_encoder(observation_space, hidden_sizes, activation)
-        self.critic_body = None if shared_trunk else make_encoder(observation_space, hidden_sizes, activation)
-        self.core = NoMemory()
-        self.actor_head = layer_init(nn.Linear(self.actor_body.out_features, spec.head_size), gain=0.01)
-        self.critic_head = layer_init(nn.Linear(self.actor_body.out_features, 1), gain=1.0)
+        self.actor_body = make_encoder(observation_space, hidden_sizes, activation, encoder)
+        self.critic_body = (
+            None if shared_trunk else make_encoder(observation_space, hidden_sizes, activation, encoder)
+        )
+        self.core = make_core(memory, self.actor_body.out_features, memory_size)
+        self.critic_core = (
+            None if shared_trunk or memory == "none" else make_core(memory, self.critic_body.out_features, memory_size)
+        )
+        features = self.actor_body.out_features if memory == "none" else memory_size
+        self.actor_head = layer_init(nn.Linear(features, spec.head_size), gain=0.01)
+        self.critic_head = layer_init(nn.Linear(features, 1), gain=1.0)
         if spec.kind == "continuous":
             self.log_std = nn.Parameter(torch.full((spec.dim,), float(init_log_std)))
         else:
             self.register_parameter("log_std", None)
 
-    def head_and_value(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(action head output (batch, head_size): logits or the Gaussian mean, V(s) (batch,))."""
+    # ------------------------------------------------------------------ memory
+    @property
+    def recurrent(self) -> bool:
+        """Whether the policy has a memory core (then it carries a state from step to step)."""
+        return not isinstance(self.core, NoMemory)
+
+    @property
+    def state_size(self) -> int:
+        """Width of the recurrent state (0 without memory)."""
+        return sum(c.state_size for c in (self.core, self.critic_core) if isinstance(c, RecurrentCore))
+
+    def initial_state(self, batch: int, device: torch.device | str | None = None) -> torch.Tensor | None:
+        """The state at an episode's start, (batch, state_size) zeros; None without memory."""
+        if not self.recurrent:
+            return None
+        device = device if device is not None else self.actor_head.weight.device
+        return torch.zeros(batch, self.state_size, device=device)
+
+    def _trunk(
+        self, obs: torch.Tensor, state: torch.Tensor | None, episode_starts: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(actor features, critic features, new state) of a recurrent policy.
+
+        One step: obs (batch, *obs_shape), state (batch, state_size), episode_starts (batch,) -> features
+        (batch, m). Sequences: obs (n, L, *obs_shape), state (n, state_size) at each sequence's start,
+        episode_starts (n, L) -> features (n * L, m), sequence-major.
+        """
+        sequence = episode_starts is not None and episode_starts.dim() == 2
+        if sequence:
+            n, length = episode_starts.shape
+            obs = obs.reshape(n * length, *obs.shape[2:])
+            episode_starts = episode_starts.T  # the cores run time-major: (L, n)
+        if state is None:
+            state = self.initial_state(episode_starts.shape[-1] if episode_starts is not None else obs.shape[0],
+                                       obs.device)
+
+        def run(body: nn.Module, core: RecurrentCore, core_state: torch.Tensor):
+            features = body(obs)
+            if sequence:
+                features = features.reshape(n, length, -1).transpose(0, 1)
+            features, core_state = core(features, core_state, episode_starts)
+            if sequence:
+                features = features.transpose(0, 1).reshape(n * length, -1)
+            return features, core_state
+
+        split = self.core.state_size
+        actor, actor_state = run(self.actor_body, self.core, state[:, :split])
+        if self.critic_core is None:
+            return actor, actor, actor_state
+        critic, critic_state = run(self.critic_body, self.critic_core, state[:, split:])
+        return actor, critic, torch.cat([actor_state, critic_state], dim=-1)
+
+    # ------------------------------------------------------------------ heads
+    def head_and_value(
+        self, obs: torch.Tensor, state: torch.Tensor | None = None, episode_starts: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, ...]:
+        """(action head output (batch, head_size): logits or the Gaussian mean, V(s) (batch,)); a recurrent
+        policy also returns the new state (see `_trunk` for the shapes)."""
+        if self.recurrent:
+            actor, critic, state = self._trunk(obs, state, episode_starts)
+            return self.actor_head(actor), self.critic_head(critic).squeeze(-1), state
         features, _ = self.core(self.actor_body(obs))
         head = self.actor_head(features)
         if self.critic_body is not None:
             features = self.critic_body(obs)
         return head, self.critic_head(features).squeeze(-1)
 
-    def value(self, obs: torch.Tensor) -> torch.Tensor:
-        """V(s): (batch, obs_dim) -> (batch,)."""
+    def value(
+        self, obs: torch.Tensor, state: torch.Tensor | None = None, episode_starts: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """V(s): (batch, *obs_shape) -> (batch,); a recurrent policy reads `state` (the state is not returned:
+        the rollout bootstraps from the carried state without moving it)."""
+        if self.recurrent:
+            return self.critic_head(self._trunk(obs, state, episode_starts)[1]).squeeze(-1)
         if self.critic_body is None:
             features, _ = self.core(self.actor_body(obs))
         else:
@@ -148,39 +423,59 @@ class Policy(nn.Module):
         return self.critic_head(features).squeeze(-1)
 
     def forward(
-        self, obs: torch.Tensor, actions: torch.Tensor, action_mask: torch.Tensor | None = None
+        self, obs: torch.Tensor, actions: torch.Tensor, action_mask: torch.Tensor | None = None,
+        state: torch.Tensor | None = None, episode_starts: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The update's forward, with gradients: (log pi(a|s), entropy, V(s)), each (batch,)."""
-        head, value = self.head_and_value(obs)
-        logprob, entropy = self.distribution.log_prob_entropy(head, self.log_std, actions, action_mask)
-        return logprob, entropy, value
+        """The update's forward, with gradients: (log pi(a|s), entropy, V(s)), each (batch,).
+
+        A recurrent policy replays sequences: obs (n, L, *obs_shape), actions (n, L, *action_shape),
+        action_mask (n, L, head_size), state (n, state_size) at each sequence's start, episode_starts
+        (n, L); each output is then (n, L).
+        """
+        if not self.recurrent:
+            head, value = self.head_and_value(obs)
+            logprob, entropy = self.distribution.log_prob_entropy(head, self.log_std, actions, action_mask)
+            return logprob, entropy, value
+        shape = episode_starts.shape
+        head, value, _ = self.head_and_value(obs, state, episode_starts)
+        flat_actions = actions.reshape(head.shape[0], *actions.shape[2:])
+        flat_mask = None if action_mask is None else action_mask.reshape(head.shape[0], -1)
+        logprob, entropy = self.distribution.log_prob_entropy(head, self.log_std, flat_actions, flat_mask)
+        return logprob.reshape(shape), entropy.reshape(shape), value.reshape(shape)
 
     @torch.no_grad()
     def act(
         self, obs: torch.Tensor, deterministic: bool = False, action_mask: torch.Tensor | None = None,
-        noise: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Rollout step: (actions (batch, *action_shape), log pi(a|s) (batch,), V(s) (batch,)).
+        noise: torch.Tensor | None = None, state: torch.Tensor | None = None,
+        episode_starts: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, ...]:
+        """Rollout step: (actions (batch, *action_shape), log pi(a|s) (batch,), V(s) (batch,)), and the new
+        state (batch, state_size) for a recurrent policy.
 
         `noise`: the draw to sample with (see the distribution's `sample`); default fresh from torch's generator.
         """
-        head, value = self.head_and_value(obs)
+        head, value, *new_state = self.head_and_value(obs, state, episode_starts)
         actions = self.distribution.sample(head, self.log_std, deterministic, action_mask, noise)
         logprob, _ = self.distribution.log_prob_entropy(head, self.log_std, actions, action_mask)
-        return actions, logprob, value
+        return actions, logprob, value, *new_state
 
     @torch.no_grad()
     def policy_action(
-        self, obs: torch.Tensor, deterministic: bool = True, action_mask: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """Actions only (predict, evaluation): the critic is not run."""
+        self, obs: torch.Tensor, deterministic: bool = True, action_mask: torch.Tensor | None = None,
+        state: torch.Tensor | None = None, episode_starts: torch.Tensor | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Actions only (predict, evaluation): the critic is not run. A recurrent policy returns
+        (actions, new state); its critic core still steps, so the state stays the rollout's."""
+        if self.recurrent:
+            actor, _, state = self._trunk(obs, state, episode_starts)
+            return self.distribution.sample(self.actor_head(actor), self.log_std, deterministic, action_mask), state
         features, _ = self.core(self.actor_body(obs))
         return self.distribution.sample(self.actor_head(features), self.log_std, deterministic, action_mask)
 
     @property
     def fusable(self) -> bool:
         """Whether `fused_mlp()` can express this network: separate MLP encoders, no memory."""
-        return (isinstance(self.actor_body, MLPEncoder) and isinstance(self.critic_body, MLPEncoder)
+        return (type(self.actor_body) is MLPEncoder and type(self.critic_body) is MLPEncoder  # not images
                 and isinstance(self.core, NoMemory))
 
     @torch.no_grad()
@@ -198,4 +493,6 @@ class Policy(nn.Module):
         return FusedMLP(layers, self.actor_body.activation, self.actor_head.out_features)
 
 
-__all__ = ["ENCODERS", "FusedMLP", "MLPEncoder", "NoMemory", "Policy", "encoder_name", "layer_init", "make_encoder"]
+__all__ = ["ENCODERS", "FORWARD_INPUTS", "CNNEncoder", "DictEncoder", "FusedMLP", "ImageMLPEncoder",
+           "MLPEncoder", "NoMemory", "Policy", "RecurrentCore",
+           "encoder_name", "forward_inputs", "layer_init", "make_core", "make_encoder"]

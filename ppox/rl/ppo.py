@@ -42,18 +42,21 @@ from ppox.io import (
     save_tensors,
 )
 from ppox.rl import checkpoint as ckpt
+from ppox.rl.callbacks import CallbackLike, CallbackList, make_callbacks, start_callbacks
 from ppox.rl.config import PPOConfig, preset_config
-from ppox.rl.envs import EnvFn, VecEnv
+from ppox.rl.envs import ACTION_MASK_KEY, EnvFn, VecEnv
 from ppox.rl.fast import CompiledUpdate, CompileTimer, compile_torch_env
 from ppox.rl.normalize import ObsNormalizer, RewardScaler
-from ppox.rl.policy import Policy
-from ppox.rl.rollout import Rollout, make_collector
+from ppox.rl.policy import Policy, forward_inputs
+from ppox.rl.rollout import Carry, Rollout, make_collector
 from ppox.rl.spaces import (
     SpaceDecodeError,
     action_spec,
     check_observation_space,
     encode_obs,
+    has_image,
     obs_dim,
+    obs_storage,
     space_from_json,
     space_to_json,
     to_env_action,
@@ -127,6 +130,7 @@ class PPO:
             config.env_id, config.num_envs, env_seed, self.device,
             backend=config.env_backend, vectorization=config.vectorization, env_fn=self.env_fn,
             max_restarts=config.max_env_restarts, step_timeout=config.env_step_timeout,
+            action_masks=config.action_masks, mask_velocity=config.mask_velocity,
         )
 
     def _build(self, observation_space: Any, action_space: Any, uninitialised: bool = False) -> None:
@@ -141,8 +145,11 @@ class PPO:
         with torch.device("meta") if uninitialised else contextlib.nullcontext():
             agent = Policy(
                 observation_space, self.spec, config.hidden_sizes, config.activation, config.shared_trunk,
-                config.init_log_std,
+                config.init_log_std, encoder=config.encoder, memory=config.memory, memory_size=config.memory_size,
             )
+        if config.norm_obs and has_image(observation_space):
+            raise ConfigError("norm_obs does not apply to image observations: the CNN scales pixels to [0, 1] "
+                              "itself (drop --norm-obs)")
         self.agent = agent.to_empty(device=self.device) if uninitialised else agent.to(self.device)
         if self.collective.enabled:
             self.collective.broadcast_module(self.agent)  # one set of initial weights everywhere
@@ -159,6 +166,8 @@ class PPO:
         # the numpy rollout's action noise (ppox.rl.rollout.NumpyPolicy): seeded here, saved in checkpoints
         self._policy_rng = np.random.default_rng([config.seed % 2**63, self.collective.rank])
         self.collector = None  # the rollout backend, made with the envs (_attach_envs)
+        # a recurrent policy's state, carried across rollouts (ppox.rl.rollout.Carry); part of a checkpoint
+        self._carry = Carry.fresh(self.agent, config.num_envs) if self.agent.recurrent else None
         self._compiled_update = CompiledUpdate(
             self.agent, self.optimizer, self.objective, config.max_grad_norm,
             compile=config.compile, timer=self.compile_timer,
@@ -176,12 +185,13 @@ class PPO:
         self._shuffle_gen: torch.Generator | None = None  # minibatch shuffling; part of a checkpoint
         self._consecutive_skips = 0
         self.interrupted = False
+        self.stopped_by: str | None = None
 
     def _attach_envs(self, envs: VecEnv) -> None:
         """The rollout backend for these envs (numpy or torch: ppox.rl.rollout.make_collector decides)."""
         config = self.config
         self.collector = make_collector(config, envs, self.agent, self.obs_norm, self.reward_scaler,
-                                        self._policy_rng, self.compile_timer)
+                                        self._policy_rng, self.compile_timer, self._carry)
         if config.compile and config.env_backend == "torch" and self.env_fn is None:
             compile_torch_env(envs.envs, self.compile_timer)
 
@@ -213,7 +223,8 @@ class PPO:
             )
 
     def _check_env_fits(self, envs: VecEnv) -> None:
-        if envs.obs_dim != self.obs_dim or envs.spec != self.spec:
+        if (envs.obs_dim != self.obs_dim or envs.spec != self.spec
+                or obs_storage(envs.single_observation_space) != obs_storage(self.observation_space)):
             raise ModelFileError(
                 f"the model was trained on {self.config.env_id} with observation space {self.observation_space} "
                 f"and actions {self.action_space}; this environment has {envs.single_observation_space} and "
@@ -255,23 +266,26 @@ class PPO:
                    self.config.gamma, self.config.gae_lambda)
 
     # ------------------------------------------------------------------ training
-    def learn(self, total_timesteps: int | None = None, run_dir: str | Path | None = None) -> PPO:
-        """Train until `total_timesteps` env steps (default: the config's), logging to the run directory.
-
-        Each iteration: collect num_steps steps of every env -> GAE advantages -> PPO epochs -> log. The run's
-        bookkeeping (run directory, signals, checkpoints, progress, summary) is ppox.run_context's.
-        """
+    def learn(self, total_timesteps: int | None = None, run_dir: str | Path | None = None,
+              callback: CallbackLike = None) -> PPO:
+        """Train until `total_timesteps` env steps (default: the config's), logging to the run directory; `callback`:
+        SB3-style hooks, one or a list (ppox.rl.callbacks). Each iteration: collect num_steps steps of every env ->
+        GAE advantages -> PPO epochs -> log. The run's bookkeeping (run directory, signals, checkpoints, progress,
+        summary) is ppox.run_context's."""
         if total_timesteps is not None:
             if total_timesteps <= 0:
                 raise ConfigError(f"total_timesteps must be > 0, got {total_timesteps}")
             self.config = self.config.replace(total_timesteps=int(total_timesteps))
         cfg, world = self.config, self.collective.world_size
         num_iterations = max(1, cfg.total_timesteps // (cfg.batch_size * world))  # all ranks' steps count
-        run = self._open_run(run_dir, num_iterations)
+        run, callbacks = self._open_run(run_dir, num_iterations, callback)
         with run:
-            buf = Rollout.allocate(cfg.num_steps, cfg.num_envs, self.envs.obs_dim, self.spec, self.device)
             if self._next_obs is None:
                 self._next_obs = self._normalize(self.envs.reset(), update=True)
+            obs_shape, obs_dtype = obs_storage(self.observation_space)  # images: uint8 (C, H, W)
+            buf = Rollout.allocate(cfg.num_steps, cfg.num_envs, obs_shape, self.spec, self.device, obs_dtype=obs_dtype,
+                                   mask=self.envs.action_mask is not None, state_size=self.agent.state_size)
+            start_callbacks(callbacks, self.collector)
             while self.iteration < num_iterations:
                 boundary = self.state_dict(rollout_only=True)  # what a stop mid-iteration checkpoints
                 self._guard.save()
@@ -286,48 +300,62 @@ class PPO:
                 except EnvError as exc:  # past --max-env-restarts: keep the last iteration boundary
                     self._halt(str(exc), boundary)
                 self.global_step += cfg.batch_size * world
+                callbacks.on_rollout_end()
                 batch = self._batch(buf, *self._advantages(buf, last_value))
                 result = self._update(batch, self._shuffle_generator())
                 self._check_update(result, boundary)
                 kl_coef_used = self.kl_controller.coef
                 if cfg.kl_penalty == "loss":  # the adaptive beta rule needs the measured KL
                     self.kl_controller.update(self._measure_kl(batch))
-
                 if self.collective.enabled:
                     finished = self._sync_ranks(result.stats, finished)
                 record = self._record(result.stats, finished, batch, kl_coef_used, iter_start)
+                callbacks.on_update({"record": record})  # may add keys (evaluations) to the record
                 self._wall_seconds = time.perf_counter() - self._start_time
                 run.log(record, final=self.iteration == num_iterations, recent_returns=self.recent_returns)
                 if self._consecutive_skips >= MAX_CONSECUTIVE_SKIPS:
                     self._halt(SKIPPED_UPDATES_HALT.format(iteration=self.iteration, skipped=self.skipped_updates))
-                run.interrupted = run.stop_requested() is not None  # SIGINT/SIGTERM here or on any rank
-                if run.interrupted or run.checkpoint_due(self.iteration, num_iterations):
-                    if run.is_main:
-                        ckpt.save_checkpoint(self)
-                    if run.interrupted:
-                        break
+                if self._end_iteration(run, callbacks, num_iterations):
+                    break
         self.interrupted = run.interrupted
         try:  # every rank must end with bit-identical weights: compare hashes of all ranks' parameters
             self.weight_hashes = weight_hashes(self.collective, self.agent)
             self.summary = self._write_summary(run, evaluate=not run.interrupted and run.is_main)
+            callbacks.on_training_end()
         finally:
             run.release()
         self.collective.barrier()
         return self
 
     def _batch(self, buf: Rollout, advantages: torch.Tensor, returns: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The rollout flattened for the update: (num_steps * num_envs, ...) each."""
-        return {
-            "obs": buf.obs.reshape(-1, self.envs.obs_dim),
-            "actions": buf.actions.reshape(-1, *self.spec.action_shape),
-            "logprobs": buf.logprobs.reshape(-1),
-            "advantages": advantages.reshape(-1),
-            "returns": returns.reshape(-1),
-            "values": buf.values.reshape(-1),
-        }
+        """The rollout flattened for the update: (num_steps * num_envs, ...) each, and the action masks where
+        the env gives them. A recurrent policy's batch is whole sequences instead, so that a minibatch is a set
+        of them: (num_sequences, L, ...) each, L = bptt_length (default num_steps), with every sequence's
+        `state` at its start (num_sequences, state_size) and its `episode_starts` (num_sequences, L)."""
+        steps = {"obs": buf.obs, "actions": buf.actions, "logprobs": buf.logprobs, "advantages": advantages,
+                 "returns": returns, "values": buf.values}  # (num_steps, num_envs, ...) each
+        if buf.action_masks is not None:
+            steps["action_mask"] = buf.action_masks
+        if not self.agent.recurrent:
+            return {k: v.flatten(0, 1) for k, v in steps.items()}  # obs: (batch, obs_dim) or (batch, C, H, W)
+        num_steps, num_envs = buf.rewards.shape
+        length = self.config.bptt_length or num_steps
+        chunks = num_steps // length
 
-    def _open_run(self, run_dir: str | Path | None, num_iterations: int) -> RunContext:
-        """The run context of one learn() call: run directory (rank 0), progress bar, live doctor, weight guard."""
+        def sequences(x: torch.Tensor) -> torch.Tensor:  # (num_steps, num_envs, ...) -> (chunks * num_envs, L, ...)
+            x = x.reshape(chunks, length, num_envs, *x.shape[2:]).transpose(1, 2)
+            return x.reshape(chunks * num_envs, length, *x.shape[3:])
+
+        batch = {k: sequences(v) for k, v in steps.items()}
+        batch["episode_starts"] = sequences(buf.episode_starts)
+        batch["state"] = buf.states[::length].reshape(chunks * num_envs, -1)  # the state at each chunk's start
+        return batch
+
+    def _open_run(self, run_dir: str | Path | None, num_iterations: int,
+                  callback: CallbackLike = None) -> tuple[RunContext, CallbackList]:
+        """The run context of one learn() call: run directory (rank 0), progress bar, live doctor, weight guard;
+        and the run's callbacks (rank 0 runs them), checked before the run directory is touched."""
+        callbacks = make_callbacks(callback if self.collective.is_main else None, self)
         cfg, world = self.config, self.collective.world_size
         continuing = self.iteration > 0 and (run_dir is None or Path(run_dir) == self.run_dir)
         is_main = self.collective.is_main  # with torchrun, rank 0 alone writes the run directory
@@ -343,8 +371,18 @@ class PPO:
             tensorboard=cfg.tensorboard, checkpoint_every=cfg.checkpoint_every, progress=progress,
             doctor=LiveDoctor(cfg.to_dict()) if cfg.live_doctor and is_main else None,
             doctor_every=max(1, num_iterations // 100),  # bounded cost: at most ~100 checks per run
-            on_exit=self._end_run,
-        )
+            on_exit=self._end_run, wandb=cfg.wandb_settings(),
+        ), callbacks
+
+    def _end_iteration(self, run: RunContext, callbacks: CallbackList, last: int) -> bool:
+        """Checkpoint when due; True when training stops here: SIGINT/SIGTERM or a callback, on any rank."""
+        run.interrupted = run.stop_requested() is not None
+        stop = run.interrupted or run.any_rank(callbacks.stopped_by is not None)
+        if stop and not run.interrupted:
+            self.stopped_by = callbacks.stopped_by or "a callback on another rank"
+        if (stop or run.checkpoint_due(self.iteration, last)) and run.is_main:
+            ckpt.save_checkpoint(self)
+        return stop
 
     def _check_update(self, result: Any, boundary: dict[str, Any]) -> None:
         """After an update: halt on non-finite weights (restoring the last finite ones); count skipped minibatches."""
@@ -435,6 +473,9 @@ class PPO:
             "rng": rng,
             "envs": self.envs.state_dict(),
             "next_obs": None if self._next_obs is None else self._next_obs.detach().clone(),
+            # a recurrent policy's carried state and episode starts (None without memory)
+            "memory": None if self._carry is None else {"state": self._carry.state.clone(),
+                                                        "episode_starts": self._carry.episode_starts.clone()},
             "obs_norm": None if self.obs_norm is None else self.obs_norm.state_dict(),
             "reward_scaler": None if self.reward_scaler is None else self.reward_scaler.state_dict(),
         }
@@ -465,6 +506,12 @@ class PPO:
         self._start_time -= self._wall_seconds  # wall_time keeps counting from where the run stopped
         self.envs.load_state_dict(state["envs"])
         self._next_obs = None if state["next_obs"] is None else state["next_obs"].to(self.device)
+        if self._carry is not None:  # the envs' episodes go on with the state they carried; new episodes start fresh
+            memory = state.get("memory") if self._next_obs is not None else None
+            fresh = Carry.fresh(self.agent, self.config.num_envs)
+            self._carry.state = fresh.state if memory is None else memory["state"].to(self.device)
+            self._carry.episode_starts = (fresh.episode_starts if memory is None
+                                          else memory["episode_starts"].to(self.device, torch.bool))
 
         # RNG states last: building the trainer consumed random numbers
         rng = state["rng"]
@@ -504,12 +551,12 @@ class PPO:
         raise TrainingHalted(f"{message}; checkpoint of iteration {self.iteration} saved in {path}")
 
     def _forward(self, mb: dict[str, torch.Tensor]) -> PolicyOutput:
-        return PolicyOutput(*self.agent(mb["obs"], mb["actions"]))
+        return PolicyOutput(*self.agent(mb["obs"], mb["actions"], **forward_inputs(mb)))
 
     @torch.no_grad()
     def _measure_kl(self, batch: dict[str, torch.Tensor]) -> float:
         """KL(pi_old || pi_new) over the whole rollout, for the adaptive penalty rule."""
-        logprobs, _, _ = self.agent(batch["obs"], batch["actions"])
+        logprobs = self._forward(batch).logprobs
         kl = kl_estimate(logprobs - batch["logprobs"], self.config.kl_estimator).mean().reshape(1)
         return float(self.collective.mean_(kl)[0])  # one beta for all ranks
 
@@ -579,6 +626,7 @@ class PPO:
             "compile": cfg.compile,
             "compile_seconds": round(self.compile_timer.seconds, 3),
             "interrupted": bool(getattr(self, "interrupted", False)),
+            "stopped_by": self.stopped_by,  # the callback that stopped training early, if one did
             "eval_return_mean": None,
             "eval_return_std": None,
             "eval_episodes": 0,
@@ -594,18 +642,46 @@ class PPO:
         return summary
 
     # ------------------------------------------------------------------ inference
-    def predict(self, obs, deterministic: bool = True) -> np.ndarray:
+    def predict(self, obs, state: np.ndarray | None = None, episode_start: np.ndarray | None = None,
+                deterministic: bool = True, action_masks: np.ndarray | None = None) -> Any:
         """Action(s) for one observation or a batch of them, in the env's format (clipped to bounds).
 
-        An observation that fits neither one observation of the space nor a batch of them is refused
-        (ObservationError) rather than silently reshaped.
+        A recurrent model (config memory "lstm"/"gru") returns `(actions, state)` (SB3's convention): pass the
+        state back with the next observation, and `episode_start` (bool, one per observation) True where a new
+        episode begins (state None: every episode starts now). `action_masks`: valid actions, (head_size,) or
+        (batch, head_size) bool (MultiDiscrete: the sub-spaces' masks concatenated); a Dict observation's
+        "action_mask" entry is used when none is given. An observation that fits neither one observation of
+        the space nor a batch of them is refused (ObservationError) rather than silently reshaped.
         """
+        if isinstance(state, bool):
+            raise TypeError("predict(obs, state, episode_start, deterministic): pass deterministic= by keyword")
         self._check_finite_weights()
+        if isinstance(obs, dict) and ACTION_MASK_KEY in obs and ACTION_MASK_KEY not in getattr(
+                self.observation_space, "spaces", {}):
+            obs = dict(obs)
+            mask_in_obs = obs.pop(ACTION_MASK_KEY)
+            action_masks = mask_in_obs if action_masks is None else action_masks
         single = _batch_size(obs, self.observation_space, "observation") is None
         batch_obs = _batch_of_one(obs, self.observation_space) if single else obs
         x = self._normalize(encode_obs(batch_obs, self.observation_space, self.device), update=False)
-        actions = to_env_action(self.agent.policy_action(x, deterministic), self.spec)
-        return actions[0] if single else actions
+        n = x.shape[0]
+        mask = None
+        if action_masks is not None:
+            mask = torch.as_tensor(np.asarray(action_masks, dtype=bool), device=self.device).reshape(n, -1)
+            if mask.shape[1] != self.spec.head_size:
+                raise ObservationError(f"action_masks has {mask.shape[1]} entries per observation; this model's "
+                                       f"actions need {self.spec.head_size} (one per choice)")
+        if not self.agent.recurrent:
+            actions = to_env_action(self.agent.policy_action(x, deterministic, mask), self.spec)
+            return actions[0] if single else actions
+        starts = None
+        if state is not None:
+            state = torch.as_tensor(np.asarray(state, dtype=np.float32), device=self.device).reshape(n, -1)
+            if episode_start is not None:
+                starts = torch.as_tensor(np.asarray(episode_start, dtype=bool), device=self.device).reshape(n)
+        actions, new_state = self.agent.policy_action(x, deterministic, mask, state, starts)
+        actions = to_env_action(actions, self.spec)
+        return (actions[0] if single else actions), new_state.cpu().numpy()
 
     def evaluate(self, episodes: int = 20, deterministic: bool = True, seed: int | None = None,
                  num_envs: int | None = None) -> dict[str, Any]:
@@ -621,18 +697,28 @@ class PPO:
         num_envs = num_envs or min(episodes, 8)
         quota = np.array([episodes // num_envs + (i < episodes % num_envs) for i in range(num_envs)])
         envs = VecEnv(self.config.env_id, num_envs, (self.config.seed if seed is None else seed) + 100_000,
-                      self.device, backend="gymnasium", vectorization="sync", env_fn=self.env_fn)
+                      self.device, backend="gymnasium", vectorization="sync", env_fn=self.env_fn,
+                      action_masks=self.config.action_masks, mask_velocity=self.config.mask_velocity)
         returns: list[float] = []
         lengths: list[int] = []
         done_count = np.zeros(num_envs, dtype=np.int64)
         try:
             self._check_env_fits(envs)
             obs = envs.reset()
+            carry = Carry.fresh(self.agent, num_envs) if self.agent.recurrent else None  # state per episode
             while (done_count < quota).any():
-                actions = self.agent.policy_action(self._normalize(obs, update=False), deterministic)
+                mask = None if envs.action_mask is None else torch.from_numpy(envs.action_mask).to(self.device)
+                x = self._normalize(obs, update=False)
+                if carry is None:
+                    actions = self.agent.policy_action(x, deterministic, mask)
+                else:
+                    actions, carry.state = self.agent.policy_action(x, deterministic, mask, carry.state,
+                                                                    carry.episode_starts)
                 result = envs.step(actions)
-                ended = (result.terminated | result.truncated).cpu().numpy()
-                for i, ret, length in zip(np.flatnonzero(ended), result.finished_returns,
+                if carry is not None:
+                    carry.episode_starts = result.terminated | result.truncated
+                # finished_envs: whole games for Atari (a lost life ends an episode, not a game)
+                for i, ret, length in zip(result.finished_envs, result.finished_returns,
                                           result.finished_lengths, strict=True):
                     if done_count[i] < quota[i]:
                         returns.append(ret)
@@ -698,7 +784,9 @@ class PPO:
             raise ModelFileError(f"{json_path}: global_step must be a non-negative integer, got {global_step!r}")
         header = _read_safetensors_header(weights_path)
         arch = _architecture(header, weights_path)
-        if tuple(config.hidden_sizes) != arch["hidden_sizes"] or config.shared_trunk != arch["shared_trunk"]:
+        if (arch["hidden_sizes"] is not None and tuple(config.hidden_sizes) != arch["hidden_sizes"]) or (
+            config.shared_trunk != arch["shared_trunk"]
+        ):
             raise ModelFileError(
                 f"{weights_path} does not match the network in {json_path}: it says hidden_sizes "
                 f"{list(config.hidden_sizes)}, shared_trunk {config.shared_trunk}; the weights have hidden_sizes "
@@ -712,7 +800,8 @@ class PPO:
         # the exact tensors the network will have, checked against the file before allocating them
         with torch.device("meta"):
             probe = Policy(observation_space, action_spec(action_space), config.hidden_sizes, config.activation,
-                           config.shared_trunk, config.init_log_std)
+                           config.shared_trunk, config.init_log_std, encoder=config.encoder, memory=config.memory,
+                           memory_size=config.memory_size)
         expected = {f"agent.{k}": tuple(v.shape) for k, v in probe.state_dict().items()}
         if config.norm_obs:
             dim = arch["obs_dim"]
@@ -726,7 +815,9 @@ class PPO:
             )
         if env_fn is not None:  # an env given now is checked now, not at the first evaluate()
             env_obs, env_act = _env_spaces(env_fn, None)
-            if obs_dim(env_obs) != arch["obs_dim"] or action_spec(env_act) != action_spec(action_space):
+            if obs_storage(env_obs) != obs_storage(observation_space) or action_spec(env_act) != action_spec(
+                action_space
+            ):
                 raise ModelFileError(
                     f"the model in {path} was trained on {config.env_id} with observation space {observation_space} "
                     f"and actions {action_space}; this environment has {env_obs} and actions {env_act}"
@@ -919,6 +1010,16 @@ def _architecture(header: dict[str, tuple[str, tuple[int, ...]]], path: Path) ->
     def shape(name: str) -> tuple[int, ...] | None:
         return header[name][1] if name in header else None
 
+    if shape("agent.actor_body.0.weight") is None and any(k.startswith("agent.actor_body.") for k in header):
+        # a CNN or Dict encoder: its exact shapes are checked against the network the spaces describe
+        # (PPO.load); here only a bound on the observation's size, from the weights' size
+        head = shape("agent.actor_head.weight")
+        if head is None or len(head) != 2:
+            raise ModelFileError(f"{path} holds no ppox actor network (actor_body / actor_head weights)")
+        weights = sum(math.prod(s) for name, (_, s) in header.items() if name.startswith("agent."))
+        return {"obs_dim": None, "obs_bound": 16 * weights, "hidden_sizes": None, "head_size": head[0],
+                "shared_trunk": not any(k.startswith("agent.critic_body.") for k in header)}
+
     layers = []
     while (w := shape(f"agent.actor_body.{2 * len(layers)}.weight")) is not None:
         if len(w) != 2 or 0 in w or (layers and w[1] != layers[-1][0]):
@@ -926,7 +1027,8 @@ def _architecture(header: dict[str, tuple[str, tuple[int, ...]]], path: Path) ->
         layers.append(w)
     hidden = [w[0] for w in layers]
     head = shape("agent.actor_head.weight")
-    if not hidden or head is None or len(head) != 2 or head[1] != hidden[-1]:
+    core = shape("agent.core.cell.weight_hh")  # a memory core sits between the encoder and the heads
+    if not hidden or head is None or len(head) != 2 or head[1] != (hidden[-1] if core is None else core[-1]):
         raise ModelFileError(f"{path} holds no ppox actor network (actor_body / actor_head weights)")
     return {"obs_dim": layers[0][1], "hidden_sizes": tuple(hidden), "head_size": head[0],
             "shared_trunk": "agent.critic_body.0.weight" not in header}
@@ -946,7 +1048,7 @@ def _load_spaces(meta: dict[str, Any], json_path: Path, arch: dict[str, Any], co
             raise ModelFileError(f"{json_path}: spaces must be an object")
         try:
             # a space's elements are bounded by the weights: a Box obs of n elements feeds n inputs
-            observation_space = space_from_json(saved.get("observation"), arch["obs_dim"] + 1024)
+            observation_space = space_from_json(saved.get("observation"), arch.get("obs_bound", arch["obs_dim"]) + 1024)
             action_space = space_from_json(saved.get("action"), arch["head_size"] + 16)
         except SpaceDecodeError as exc:
             raise ModelFileError(f"{json_path} holds an invalid space: {exc}") from None
@@ -954,7 +1056,7 @@ def _load_spaces(meta: dict[str, Any], json_path: Path, arch: dict[str, Any], co
         dim, spec = obs_dim(observation_space), action_spec(action_space)
     except EnvError as exc:
         raise ModelFileError(f"{json_path}: {exc}") from None
-    if dim != arch["obs_dim"] or spec.head_size != arch["head_size"] or (
+    if (arch["obs_dim"] is not None and dim != arch["obs_dim"]) or spec.head_size != arch["head_size"] or (
         "action_spec" in meta and meta["action_spec"] != spec.to_dict()
     ):
         raise ModelFileError(

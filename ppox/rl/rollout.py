@@ -16,9 +16,10 @@ run the matrices the policy exports, and a policy they cannot run goes to the mo
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -26,7 +27,7 @@ import torch
 from ppox.rl.fast import CompileTimer, compile_fn
 from ppox.rl.normalize import ObsNormalizer, RewardScaler
 from ppox.rl.policy import Policy
-from ppox.rl.spaces import LOG_SQRT_2PI, ActionSpec
+from ppox.rl.spaces import LOG_SQRT_2PI, MASKED_LOGIT, ActionSpec
 
 if TYPE_CHECKING:
     from ppox.rl.config import PPOConfig
@@ -37,7 +38,13 @@ Finished = list[tuple[float, int]]  # (return, length) of every episode that end
 
 @dataclass
 class Rollout:
-    """Preallocated rollout storage, time first: every tensor is (num_steps, num_envs, ...)."""
+    """Preallocated rollout storage, time first: every tensor is (num_steps, num_envs, ...).
+
+    `action_masks` (num_steps, num_envs, head_size) bool: the env's valid actions, where it gives masks.
+    `episode_starts` (num_steps, num_envs) bool and `states` (num_steps, num_envs, state_size): a recurrent
+    policy's input at each step (obs[t] starts an episode; the state before step t), so the update replays
+    every sequence from the state it started with. None where they do not apply.
+    """
 
     obs: torch.Tensor
     actions: torch.Tensor
@@ -47,16 +54,23 @@ class Rollout:
     terminated: torch.Tensor
     episode_end: torch.Tensor
     final_values: torch.Tensor  # V(final obs) at truncations, 0 elsewhere
+    action_masks: torch.Tensor | None = None
+    episode_starts: torch.Tensor | None = None
+    states: torch.Tensor | None = None
 
     @classmethod
-    def allocate(cls, num_steps: int, num_envs: int, obs_dim: int, spec: ActionSpec, device) -> Rollout:
+    def allocate(cls, num_steps: int, num_envs: int, obs_dim: int | tuple[int, ...], spec: ActionSpec, device,
+                 mask: bool = False, state_size: int = 0, obs_dtype: torch.dtype = torch.float32) -> Rollout:
+        """`obs_dim`: the length of a flat observation, or the shape of one (images: (C, H, W), stored
+        as `obs_dtype` uint8: ppox.rl.spaces.obs_storage)."""
+        obs_shape = (obs_dim,) if isinstance(obs_dim, int) else tuple(obs_dim)
         action_dtype = torch.float32 if spec.kind == "continuous" else torch.long
 
         def zeros(*shape, dtype=torch.float32):
             return torch.zeros(shape, dtype=dtype, device=device)
 
         return cls(
-            obs=zeros(num_steps, num_envs, obs_dim),
+            obs=zeros(num_steps, num_envs, *obs_shape, dtype=obs_dtype),
             actions=zeros(num_steps, num_envs, *spec.action_shape, dtype=action_dtype),
             logprobs=zeros(num_steps, num_envs),
             rewards=zeros(num_steps, num_envs),
@@ -64,7 +78,25 @@ class Rollout:
             terminated=zeros(num_steps, num_envs, dtype=torch.bool),
             episode_end=zeros(num_steps, num_envs, dtype=torch.bool),
             final_values=zeros(num_steps, num_envs),
+            action_masks=zeros(num_steps, num_envs, spec.head_size, dtype=torch.bool) if mask else None,
+            episode_starts=zeros(num_steps, num_envs, dtype=torch.bool) if state_size else None,
+            states=zeros(num_steps, num_envs, state_size) if state_size else None,
         )
+
+
+@dataclass
+class Carry:
+    """What a recurrent rollout carries from one rollout to the next (and a checkpoint saves): the policy's
+    state (num_envs, state_size) and whether each env's current observation starts an episode (num_envs,)."""
+
+    state: torch.Tensor
+    episode_starts: torch.Tensor
+
+    @classmethod
+    def fresh(cls, policy: Policy, num_envs: int) -> Carry:
+        """Every env at an episode's start (zero state)."""
+        state = policy.initial_state(num_envs)
+        return cls(state, torch.ones(num_envs, dtype=torch.bool, device=state.device))
 
 
 class Collector(Protocol):
@@ -77,14 +109,37 @@ class Collector(Protocol):
 def make_collector(
     config: PPOConfig, envs: VecEnv, policy: Policy, obs_norm: ObsNormalizer | None,
     reward_scaler: RewardScaler | None, rng: np.random.Generator, timer: CompileTimer | None = None,
+    carry: Carry | None = None,
 ) -> TorchCollector | NumpyCollector:
     """The rollout backend of a run: `config.rollout_backend`, where "auto" (and "numpy") mean numpy
     when the policy runs on the CPU, the envs step in numpy and `NumpyPolicy` runs this policy, else
-    torch. The torch path is the fallback for any policy, never an error."""
+    torch. The torch path is the fallback for any policy (memory, any encoder), never an error; `carry`:
+    a recurrent policy's state (required then)."""
     on_cpu = next(policy.parameters()).device.type == "cpu"
     if config.rollout_backend != "torch" and on_cpu and envs.numpy_backend and NumpyPolicy.supported(policy):
         return NumpyCollector(envs, NumpyPolicy(policy, rng), config.num_steps, obs_norm, reward_scaler)
-    return TorchCollector(envs, policy, config.num_steps, obs_norm, reward_scaler, config.compile, timer)
+    if config.rollout_backend == "numpy":
+        _note_once(f"rollout_backend numpy cannot run this policy ({_why_not_numpy(policy, on_cpu, envs)}): "
+                   "the torch rollout runs it")
+    return TorchCollector(envs, policy, config.num_steps, obs_norm, reward_scaler, config.compile, timer, carry)
+
+
+def _why_not_numpy(policy: Policy, on_cpu: bool, envs: VecEnv) -> str:
+    if policy.recurrent:
+        return "a memory core"
+    if not on_cpu:
+        return "not on the CPU"
+    return "its envs do not step in numpy" if not envs.numpy_backend else "not a pair of MLPs"
+
+
+_NOTED: set[str] = set()
+
+
+def _note_once(text: str) -> None:
+    """A fallback is said once per process, never silently taken."""
+    if text not in _NOTED:
+        _NOTED.add(text)
+        print(f"note: {text}", file=sys.stderr, flush=True)
 
 
 # ---------------------------------------------------------------------------- torch
@@ -169,19 +224,39 @@ def _normalize(obs_norm: ObsNormalizer | None, obs: torch.Tensor, update: bool) 
 class TorchCollector:
     """The rollout in torch, on the trainer's device (see the module docstring)."""
 
+    step_hook: Callable[[int, Any], Any] | None = None  # after each env step (ppox.rl.callbacks' on_step)
+
     def __init__(self, envs: VecEnv, policy: Policy, num_steps: int, obs_norm: ObsNormalizer | None,
-                 reward_scaler: RewardScaler | None, compile: bool = False, timer: CompileTimer | None = None) -> None:
+                 reward_scaler: RewardScaler | None, compile: bool = False, timer: CompileTimer | None = None,
+                 carry: Carry | None = None) -> None:
         self.envs, self.policy, self.num_steps = envs, policy, num_steps
         self.obs_norm, self.reward_scaler = obs_norm, reward_scaler
-        self.step = torch_policy_step(policy, compile, timer)
+        if policy.recurrent and carry is None:
+            raise ValueError("a recurrent policy's rollout needs its Carry")
+        self.carry = carry  # the recurrent state, carried across rollouts (the trainer's, saved in checkpoints)
+        if compile and policy.recurrent:
+            _note_once("--compile: the rollout step of a policy with memory runs eagerly")
+        # steps without masks; with masks (known once the envs reset) the module's own `act` takes them
+        self.step = torch_policy_step(policy, compile and not policy.recurrent, timer)
 
     def collect(self, buf: Rollout, obs: torch.Tensor, finished: Finished) -> tuple[torch.Tensor, torch.Tensor]:
-        envs, policy, obs_norm = self.envs, self.policy, self.obs_norm
+        envs, policy, obs_norm, carry = self.envs, self.policy, self.obs_norm, self.carry
         self.step.refresh()  # the fused rollout weights follow the last update
         buf.final_values.zero_()
+        mask = None if envs.action_mask is None else torch.as_tensor(envs.action_mask, device=buf.obs.device)
         for step in range(self.num_steps):
             buf.obs[step] = obs
-            actions, logprobs, values = self.step(obs)
+            if carry is not None:
+                buf.episode_starts[step] = carry.episode_starts
+                buf.states[step] = carry.state
+                actions, logprobs, values, carry.state = policy.act(
+                    obs, action_mask=mask, state=carry.state, episode_starts=carry.episode_starts)
+            elif mask is not None:
+                actions, logprobs, values = policy.act(obs, action_mask=mask)
+            else:
+                actions, logprobs, values = self.step(obs)
+            if mask is not None:
+                buf.action_masks[step] = mask
             buf.actions[step] = actions
             buf.logprobs[step] = logprobs
             buf.values[step] = values
@@ -195,19 +270,30 @@ class TorchCollector:
             buf.terminated[step] = result.terminated
             buf.episode_end[step] = episode_end
             if result.truncated.any():
-                # bootstrap from the true last state of a truncated episode, not the reset state
+                # bootstrap from the true last state of a truncated episode, not the reset state; a recurrent
+                # policy reads it with the state it carried into that last step
                 idx = torch.nonzero(result.truncated).squeeze(-1)
                 final = _normalize(obs_norm, result.final_obs[idx], update=False)
                 with torch.no_grad():
-                    buf.final_values[step, idx] = policy.value(final)
+                    buf.final_values[step, idx] = (policy.value(final) if carry is None
+                                                   else policy.value(final, carry.state[idx]))
             obs = _normalize(obs_norm, result.obs, update=True)
+            if mask is not None:
+                mask = result.action_mask
+            if carry is not None:
+                carry.episode_starts = episode_end
             finished.extend(zip(result.finished_returns, result.finished_lengths, strict=True))
+            if self.step_hook is not None:
+                self.step_hook(step, result)
         with torch.no_grad():
+            if carry is not None:
+                return obs, policy.value(obs, carry.state, carry.episode_starts)
             return obs, policy.value(obs)
 
 
 # ---------------------------------------------------------------------------- numpy
 _TINY32 = np.finfo(np.float32).tiny
+_MASKED_LOGIT32 = np.float32(MASKED_LOGIT)
 
 
 def _log_softmax_at(logits: np.ndarray, index: np.ndarray) -> np.ndarray:
@@ -269,10 +355,13 @@ class NumpyPolicy:
         """V(s) for float32 observations (batch, obs_dim)."""
         return self._forward(obs)[:, self.head].copy()
 
-    def __call__(self, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(actions, log pi(a|s), V(s)) for float32 observations (batch, obs_dim)."""
+    def __call__(self, obs: np.ndarray, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(actions, log pi(a|s), V(s)) for float32 observations (batch, obs_dim); `mask` (batch, head_size)
+        bool, True = allowed: masked logits become MASKED_LOGIT, as in the torch distributions."""
         h = self._forward(obs)
         head, value = h[:, : self.head], h[:, self.head].copy()
+        if mask is not None:
+            head = np.where(mask, head, _MASKED_LOGIT32)
         if self.spec.kind == "continuous":
             noise = self.rng.standard_normal(head.shape, dtype=np.float32)
             actions = head + self.std * noise
@@ -297,6 +386,8 @@ class NumpyCollector:
     """The rollout in numpy (see the module docstring): numpy policy step, numpy env steps, numpy
     normalisation, written into numpy views of the buffer's (CPU) tensors."""
 
+    step_hook: Callable[[int, Any], Any] | None = None  # after each env step (ppox.rl.callbacks' on_step)
+
     def __init__(self, envs: VecEnv, policy: NumpyPolicy, num_steps: int, obs_norm: ObsNormalizer | None,
                  reward_scaler: RewardScaler | None) -> None:
         self.envs, self.policy, self.num_steps = envs, policy, num_steps
@@ -312,9 +403,12 @@ class NumpyCollector:
                                                    buf.episode_end.numpy(), buf.final_values.numpy())
         b_final.fill(0.0)
         obs = obs.numpy()
+        mask = envs.action_mask  # (num_envs, head_size) bool where the env gives masks, else None
         for step in range(self.num_steps):
             b_obs[step] = obs
-            actions, logprobs, values = policy(obs)
+            if mask is not None:
+                buf.action_masks[step] = torch.from_numpy(mask)
+            actions, logprobs, values = policy(obs, mask)
             b_actions[step] = actions
             b_logprobs[step] = logprobs
             b_values[step] = values
@@ -336,10 +430,13 @@ class NumpyCollector:
                     final = obs_norm.normalize_np(final, update=False)
                 b_final[step, idx] = policy.value(final)
             obs = result.obs if obs_norm is None else obs_norm.normalize_np(result.obs, update=True)
+            mask = result.action_mask
             if result.finished_returns:
                 finished.extend(zip(result.finished_returns, result.finished_lengths, strict=True))
+            if self.step_hook is not None:
+                self.step_hook(step, result)
         return torch.from_numpy(obs), torch.from_numpy(policy.value(obs))
 
 
-__all__ = ["Collector", "FusedTorchStep", "NumpyCollector", "NumpyPolicy", "Rollout", "TorchCollector",
+__all__ = ["Carry", "Collector", "FusedTorchStep", "NumpyCollector", "NumpyPolicy", "Rollout", "TorchCollector",
            "make_collector", "torch_policy_step"]

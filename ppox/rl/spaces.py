@@ -1,7 +1,8 @@
 """Observation encoding and action distributions for gymnasium spaces.
 
-Observations: Box (flattened), Discrete (one-hot), Dict/Tuple of those (flattened, concatenated
-in the space's key order). Actions: Discrete (categorical), Box (diagonal Gaussian),
+Observations: images (rank-3 uint8/bool Box: kept uint8 (C, H, W), see `obs_storage`), Box (flattened),
+Discrete (one-hot), Dict/Tuple of those (flattened, concatenated in the space's key order; a Dict's
+images are unpacked again by its encoder). Actions: Discrete (categorical), Box (diagonal Gaussian),
 MultiDiscrete (independent categoricals). Anything else is refused with a clear error.
 """
 
@@ -47,8 +48,72 @@ def obs_dim(space: spaces.Space) -> int:
     return sum(obs_dim(s) for s in space.spaces)
 
 
+# ---------------------------------------------------------------------------- images
+# An image observation is a rank-3 Box of uint8 (pixels 0..255) or bool (binary planes, MinAtar). It is
+# never flattened: the rollout stores it as uint8 (num_envs, C, H, W), a quarter of float32's memory, and
+# the policy's CNN encoder scales it to [0, 1] (ppox.rl.policy). Layout: gymnasium's images are HWC
+# (render frames, MinAtar) unless the first axis is the short one (frame stacks: (4, 84, 84)).
+IMAGE_DTYPES = (np.uint8, np.bool_)
+
+
+def image_layout(space: spaces.Space) -> str | None:
+    """"CHW" or "HWC" for an image observation space (rank-3 Box of uint8 or bool), else None.
+
+    CHW where the first axis is shorter than the last ((4, 84, 84) frame stacks), else HWC ((210, 160, 3)
+    frames, (10, 10, n) MinAtar planes; a cube is taken as HWC, gymnasium's convention)."""
+    if not isinstance(space, spaces.Box) or len(space.shape) != 3 or space.dtype not in IMAGE_DTYPES:
+        return None
+    return "CHW" if space.shape[0] < space.shape[-1] else "HWC"
+
+
+def image_shape(space: spaces.Space) -> tuple[int, int, int]:
+    """(C, H, W) of an image observation space."""
+    shape = tuple(int(n) for n in space.shape)
+    return shape if image_layout(space) == "CHW" else (shape[2], shape[0], shape[1])
+
+
+def image_scale(space: spaces.Box) -> float:
+    """The factor mapping an image space's values to [0, 1]: 1/255 for pixels, 1 for binary planes."""
+    high = float(np.max(space.high))
+    return 1.0 / high if high > 0 else 1.0
+
+
+def has_image(space: spaces.Space) -> bool:
+    """Whether the space is an image or a Dict holding one (directly)."""
+    if isinstance(space, spaces.Dict):
+        return any(image_layout(s) is not None for s in space.spaces.values())
+    return image_layout(space) is not None
+
+
+def obs_storage(space: spaces.Space) -> tuple[tuple[int, ...], torch.dtype]:
+    """The shape of one encoded observation and its dtype: (C, H, W) uint8 for an image, else (obs_dim,)
+    float32 (a Dict holding images included: its encoder unpacks them, ppox.rl.policy.DictEncoder)."""
+    if image_layout(space) is not None:
+        return image_shape(space), torch.uint8
+    return (obs_dim(space),), torch.float32
+
+
+def encode_image_np(obs: np.ndarray, space: spaces.Box) -> np.ndarray:
+    """A batch of raw images (num_envs, *space.shape) -> a new uint8 array (num_envs, C, H, W)."""
+    obs = np.asarray(obs)
+    if image_layout(space) == "HWC":
+        obs = obs.transpose(0, 3, 1, 2)
+    return np.ascontiguousarray(obs, dtype=np.uint8)
+
+
 def encode_obs(obs, space: spaces.Space, device: torch.device | str = "cpu") -> torch.Tensor:
-    """Batched raw observations (leading dim = num_envs) -> float32 tensor (num_envs, obs_dim)."""
+    """Batched raw observations (leading dim = num_envs) -> float32 tensor (num_envs, obs_dim), or for an
+    image space uint8 (num_envs, C, H, W) (see `obs_storage`)."""
+    if image_layout(space) is not None:
+        if isinstance(obs, torch.Tensor):
+            t = obs.permute(0, 3, 1, 2) if image_layout(space) == "HWC" else obs
+            return t.to(device=device, dtype=torch.uint8).contiguous()
+        return torch.from_numpy(encode_image_np(obs, space)).to(device)
+    return _encode_flat(obs, space, device)
+
+
+def _encode_flat(obs, space: spaces.Space, device: torch.device | str) -> torch.Tensor:
+    """(num_envs, obs_dim) float32; the images of a Dict flattened in their own layout."""
     if isinstance(space, spaces.Box):
         t = obs if isinstance(obs, torch.Tensor) else torch.from_numpy(np.asarray(obs))
         return t.reshape(t.shape[0], -1).to(device=device, dtype=torch.float32)
@@ -57,9 +122,9 @@ def encode_obs(obs, space: spaces.Space, device: torch.device | str = "cpu") -> 
         idx = (t.to(device=device, dtype=torch.long) - int(space.start)).reshape(-1)
         return torch.nn.functional.one_hot(idx, int(space.n)).to(torch.float32)
     if isinstance(space, spaces.Dict):
-        return torch.cat([encode_obs(obs[k], s, device) for k, s in space.spaces.items()], dim=-1)
+        return torch.cat([_encode_flat(obs[k], s, device) for k, s in space.spaces.items()], dim=-1)
     if isinstance(space, spaces.Tuple):
-        return torch.cat([encode_obs(o, s, device) for o, s in zip(obs, space.spaces, strict=True)], dim=-1)
+        return torch.cat([_encode_flat(o, s, device) for o, s in zip(obs, space.spaces, strict=True)], dim=-1)
     raise EnvError(f"observation space {space} is not supported; ppox supports {SUPPORTED_OBS}")
 
 
