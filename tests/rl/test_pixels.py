@@ -218,3 +218,28 @@ def test_minatar_breakout_is_learned(tmp_path):
                 tensorboard=False, eval_episodes=10, seed=1, live_doctor=False)
     model.learn()
     assert model.summary["eval_return_mean"] >= 2.5
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(200)
+def test_torchrun_cnn_run_has_identical_weights(tmp_path):
+    """Two torchrun processes train one CNN policy (MinAtar's images): gradients averaged every minibatch, so
+    both ranks end with bit-identical weights, and rank 0's model file loads and predicts."""
+    import os
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "ppox",
+           "train", "MinAtar/Breakout-v1", "--num-envs", "2", "--num-steps", "32", "--num-minibatches", "2",
+           "--total-timesteps", str(2 * 2 * 32 * 3), "--run-dir", str(run), "--no-progress", "--no-tensorboard",
+           "--eval-episodes", "1"]
+    proc = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                          timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["weights_identical_across_ranks"]
+    model = PPO.load(run)
+    assert type(model.agent.actor_body) is not MLPEncoder  # a CNN encoder was trained and saved
+    obs = np.zeros(model.observation_space.shape, dtype=model.observation_space.dtype)
+    assert model.predict(obs) in range(model.spec.head_size)
