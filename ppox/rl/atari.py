@@ -152,6 +152,81 @@ def make_atari_env(env_id: str, render_mode: str | None = None,
     return gym.wrappers.FrameStackObservation(env, 4)
 
 
+class AleVectorEnv(gym.vector.VectorEnv):
+    """`num_envs` games of one ALE id in ALE's C++ vector env (`ale_py.vector_env.AtariVectorEnv`, threads,
+    preprocessing in C++): env_backend "ale", opt-in (docs/pixels.md says what differs from the wrappers).
+
+    ALE does no-op reset (30), max-and-skip (4), 84x84 grayscale and the 4-frame stack; `life_loss_info`
+    ends the agent's episode (terminated) at a lost life while the game goes on (detail a3; ALE's own
+    `episodic_life` would restart the whole game). This class clips the rewards (a6) and reports whole
+    games, raw scores, as `RecordEpisodeStatistics` does: info["final_info"]["episode"] with its mask
+    "_episode", in gymnasium's same-step autoreset format, which ppox.rl.envs.VecEnv reads. Observations:
+    (num_envs, 4, 84, 84) uint8, the last frame the newest; a new game's stack repeats its first frame, as
+    `FrameStackObservation` does (ALE pads with zeros).
+    """
+
+    def __init__(self, env_id: str, num_envs: int, num_threads: int = 0) -> None:
+        from ale_py.vector_env import AtariVectorEnv
+
+        spec = gym.registry[env_id].kwargs
+        self.ale_env = AtariVectorEnv(
+            spec["game"], num_envs, num_threads=num_threads, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
+            repeat_action_probability=spec.get("repeat_action_probability", 0.25),
+            full_action_space=spec.get("full_action_space", False),
+            max_num_frames_per_episode=spec.get("max_num_frames_per_episode", 108000),
+            frameskip=4, maxpool=True, noop_max=30, img_height=84, img_width=84, grayscale=True, stack_num=4,
+            episodic_life=False, life_loss_info=True, reward_clipping=False, use_fire_reset=True)
+        self.num_envs = num_envs
+        self.single_observation_space = self.ale_env.single_observation_space
+        self.single_action_space = self.ale_env.single_action_space
+        self.observation_space = self.ale_env.observation_space
+        self.action_space = self.ale_env.action_space
+        self.metadata = {"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP}
+        self._game_return = np.zeros(num_envs, dtype=np.float64)  # raw score of each game in progress
+        self._game_length = np.zeros(num_envs, dtype=np.int64)  # agent steps of each game in progress
+        self._frame = np.zeros(num_envs, dtype=np.int64)  # ALE's episode frame number: falls at a new game
+        # ALE's stacks hold zeros before a game's first frame, for 3 steps: ppox shows that frame there instead
+        self._first = np.zeros(self.single_observation_space.shape[1:], dtype=np.uint8)[None].repeat(num_envs, 0)
+        self._since_start = np.full(num_envs, 3, dtype=np.int64)  # steps since the game's first frame, up to 3
+
+    def _pad_stacks(self, obs: np.ndarray, new_games: np.ndarray) -> None:
+        """Replace ALE's zero padding by the game's first frame (in place), as FrameStackObservation pads."""
+        rows = np.flatnonzero(new_games)
+        self._first[rows] = obs[rows, -1]
+        self._since_start[rows] = 0
+        obs[rows, :-1] = obs[rows, -1:]
+        for i in np.flatnonzero(~new_games & (self._since_start < 3)):
+            self._since_start[i] += 1
+            obs[i, :3 - self._since_start[i]] = self._first[i]
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        obs, info = self.ale_env.reset(seed=seed, options=options)
+        self._pad_stacks(obs, np.ones(self.num_envs, dtype=bool))
+        self._game_return[:] = 0
+        self._game_length[:] = 0
+        self._frame[:] = info["episode_frame_number"]
+        return obs, info
+
+    def step(self, actions: np.ndarray):
+        obs, reward, terminated, truncated, info = self.ale_env.step(np.asarray(actions, dtype=np.int64))
+        self._game_return += reward
+        self._game_length += 1
+        frame = np.asarray(info["episode_frame_number"], dtype=np.int64)
+        # a game ended where ALE started a new one (its frame count fell); a lost life only terminates
+        game_over = (terminated | truncated) & (frame < self._frame)
+        self._frame[:] = frame
+        self._pad_stacks(obs, game_over)
+        if game_over.any():
+            info["final_info"] = {GAME_INFO_KEY: {"r": self._game_return.copy(), "l": self._game_length.copy()},
+                                  f"_{GAME_INFO_KEY}": game_over}
+            self._game_return[game_over] = 0
+            self._game_length[game_over] = 0
+        return obs, np.sign(reward).astype(np.float64), terminated, truncated, info
+
+    def close_extras(self, **kwargs: Any) -> None:
+        self.ale_env.close()
+
+
 
 
 def suite_preset(env_id: str | None) -> str | None:
@@ -170,6 +245,7 @@ def suite_preset(env_id: str | None) -> str | None:
 __all__ = [
     "ATARI_EXTRA",
     "GAME_INFO_KEY",
+    "AleVectorEnv",
     "EpisodicLife",
     "FireReset",
     "import_env_module",

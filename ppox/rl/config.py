@@ -52,12 +52,13 @@ class PPOConfig(ObjectiveConfig):
     """Parallel environments."""
     num_steps: int = 128
     """Steps per environment per rollout; the batch is num_envs * num_steps transitions."""
-    env_backend: Literal["gymnasium", "numpy", "torch", "auto"] = "gymnasium"
+    env_backend: Literal["gymnasium", "numpy", "torch", "ale", "auto"] = "gymnasium"
     """'gymnasium' (the registered env), 'numpy' (ppox's batched numpy twins of CartPole, Acrobot,
     MountainCar, MountainCarContinuous, Pendulum: gymnasium's dynamics step for step, several times
     faster at a few envs), 'torch' (batched tensor envs of the same five, many envs at once, GPU) or
-    'auto' (numpy where a twin exists on a CPU without env_fn, else gymnasium). Evaluation always
-    uses the registered gymnasium env."""
+    'ale' (ALE games only: ALE's C++ vector env, opt-in, see docs/pixels.md) or 'auto' (numpy where a
+    twin exists on a CPU without env_fn, else gymnasium). Evaluation always uses the registered gymnasium
+    env."""
     vectorization: Literal["auto", "sync", "async"] = "auto"
     """How gymnasium envs are vectorised: sync (one process), async (a worker process per env), auto = sync."""
     rollout_backend: Literal["auto", "numpy", "torch"] = "auto"
@@ -220,10 +221,14 @@ class PPOConfig(ObjectiveConfig):
             raise ConfigError(f"hidden_sizes must be positive widths, got {self.hidden_sizes}")
         if self.activation not in ("tanh", "relu"):
             raise ConfigError(f"activation must be tanh or relu, got {self.activation!r}")
-        if self.env_backend not in ("gymnasium", "numpy", "torch", "auto"):
-            raise ConfigError(f"env_backend must be gymnasium, numpy, torch or auto, got {self.env_backend!r}")
+        if self.env_backend not in ("gymnasium", "numpy", "torch", "ale", "auto"):
+            raise ConfigError(f"env_backend must be gymnasium, numpy, torch, ale or auto, got {self.env_backend!r}")
         if self.vectorization not in ("auto", "sync", "async"):
             raise ConfigError(f"unknown vectorization {self.vectorization!r}")
+        if self.env_backend == "ale" and (self.vectorization == "async" or self.env_step_timeout is not None):
+            # ALE's C++ vector env steps in its own threads: neither worker processes nor their timeout apply
+            raise ConfigError("env_backend ale runs ALE's own threaded vector env: it takes neither --vectorization "
+                              "async nor --env-step-timeout (use env_backend gymnasium for those)")
         if self.rollout_backend not in ("auto", "numpy", "torch"):
             raise ConfigError(f"rollout_backend must be auto, numpy or torch, got {self.rollout_backend!r}")
         for name in ("eval_episodes", "eval_every", "checkpoint_every", "torch_threads", "max_env_restarts"):

@@ -25,7 +25,15 @@ import torch
 from gymnasium.vector.async_vector_env import AsyncState
 
 from ppox.errors import ConfigError, EnvError
-from ppox.rl.atari import ATARI_EXTRA, GAME_INFO_KEY, import_env_module, is_atari, make_atari_env, register_suite
+from ppox.rl.atari import (
+    ATARI_EXTRA,
+    GAME_INFO_KEY,
+    AleVectorEnv,
+    import_env_module,
+    is_atari,
+    make_atari_env,
+    register_suite,
+)
 from ppox.rl.spaces import (
     ActionSpec,
     action_spec,
@@ -177,6 +185,8 @@ class VecEnv:
         else:
             if env_fn is None:
                 self.whole_games = is_atari(check_env_id(env_id))
+                if backend == "ale" and not self.whole_games:
+                    raise EnvError(f"env_backend ale runs ALE games only, not {env_id!r} (use --env-backend gymnasium)")
                 env_fn = lambda: make_single_env(env_id)  # noqa: E731
             self._env_fn = env_fn
             try:
@@ -205,7 +215,7 @@ class VecEnv:
         self._episode_return = np.zeros(num_envs, dtype=np.float64)
         self._episode_length = np.zeros(num_envs, dtype=np.int64)
         self.numpy_backend = backend == "numpy" or isinstance(
-            self.envs, gym.vector.SyncVectorEnv | gym.vector.AsyncVectorEnv)
+            self.envs, gym.vector.SyncVectorEnv | gym.vector.AsyncVectorEnv | AleVectorEnv)
         self._box_obs = isinstance(self.single_observation_space, gym.spaces.Box)
         self._image = image_layout(self.single_observation_space) is not None  # kept uint8 (C, H, W)
         # ppox's own envs match their spaces; a gymnasium env's first observations are checked
@@ -241,7 +251,10 @@ class VecEnv:
             self._mask_source = source if source in ("obs", "info", "method") else self._mask_source
 
     def _make_gym_vector_env(self, use_async: bool) -> gym.vector.VectorEnv:
-        """num_envs copies of self._env_fn in a gymnasium vector env, same-step autoreset."""
+        """num_envs copies of self._env_fn in a gymnasium vector env, same-step autoreset (env_backend ale:
+        ALE's C++ vector env, ppox.rl.atari.AleVectorEnv)."""
+        if self.backend == "ale" and self.env_id is not None and self.whole_games:
+            return AleVectorEnv(self.env_id, self.num_envs)
         mode = gym.vector.AutoresetMode.SAME_STEP
         if use_async:
             # worker 0 checks its first observations' dtype, which the shared-memory batch hides
