@@ -137,7 +137,7 @@ class NumpyClassicControlVecEnv(ClassicControl, VectorEnv):
 
     def _observe(self, s: np.ndarray) -> np.ndarray:
         """New ``(num_envs, obs_dim)`` float32 array."""
-        return s.T.astype(np.float32)
+        return np.ascontiguousarray(s.T, dtype=np.float32)  # C order: the layout every other backend gives
 
 
 class CartPoleNumpyVecEnv(CartPole, NumpyClassicControlVecEnv):

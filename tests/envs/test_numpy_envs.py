@@ -89,13 +89,16 @@ def test_spaces_seeding_and_pickle(env_id: str) -> None:
     env = make_numpy_vec_env(env_id, n, seed=1)
     ref = assert_spaces_like_gymnasium(env, env_id, n)
     obs, _ = env.reset(seed=3)
-    assert obs.shape == (n, ref.observation_space.shape[0]) and obs.dtype == np.float32
+    assert obs.shape == (n, ref.observation_space.shape[0]) and obs.dtype == np.float32 and obs.flags.c_contiguous
     assert env.observation_space.contains(obs)
     # reset states follow gymnasium's: env i seeded with seed + i
     for i in range(n):
         o, _ = ref.reset(seed=3 + i)
         np.testing.assert_array_equal(obs[i], o)
     obs, reward, terminated, truncated, _ = env.step(env.action_space.sample())
+    # C order like gymnasium's vector envs: a checkpoint restores observations in C order, and a matmul on a
+    # transposed operand can differ in the last bit, so a resumed run would drift from the uninterrupted one
+    assert obs.flags.c_contiguous
     assert reward.shape == (n,) and reward.dtype == np.float64
     assert terminated.dtype == bool and truncated.dtype == bool
     # pickles mid-episode (checkpoints capture it), and the copy continues identically
