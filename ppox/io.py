@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 
 from ppox.errors import ModelFileError, PPOXError
 
@@ -137,11 +137,7 @@ def load_tensors(path: str | Path, device: str | torch.device = "cpu") -> dict[s
             "and never unpickles model files"
         )
     try:
-        # each tensor copied into its own allocation: safetensors hands out views at arbitrary byte offsets of
-        # the file's buffer, and a misaligned operand can send a CPU matmul down another kernel, changing the
-        # last bits of results, which would make a resumed run drift from the uninterrupted one
-        with safe_open(str(path), framework="pt", device=str(device)) as f:
-            return {key: f.get_tensor(key).clone() for key in f.keys()}  # noqa: SIM118 (safe_open has no iterator)
+        return load_file(str(path), device=str(device))
     except (SafetensorError, OSError, ValueError) as exc:
         raise ModelFileError(f"{path} is not a valid safetensors file ({exc})") from None
 
