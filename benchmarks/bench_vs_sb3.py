@@ -8,6 +8,7 @@ load. Results (Markdown + JSON, the producing command at the top) go to benchmar
     python benchmarks/bench_vs_sb3.py compare --envs HalfCheetah-v5 --seeds 3 --steps 100000 --eval-episodes 5
     python benchmarks/bench_vs_sb3.py solve --seeds 5          # CartPole-v1 preset to eval >= 475
     python benchmarks/bench_vs_sb3.py scale --num-envs 1024    # training vs env-only rate
+    python benchmarks/bench_vs_sb3.py row1 --seeds 3 --steps 200000   # README row 1: `ppox train CartPole-v1` + flags
 
 SB3 is the optional extra `pip install -e .[bench]`; this script installs nothing.
 Settings (CleanRL's, for both libraries): discrete envs 4 envs x 128 steps, 4 minibatches
@@ -89,8 +90,12 @@ def run_sb3(a: argparse.Namespace) -> dict:
     n_steps = 2048 if continuous else 128
     model = PPO(
         "MlpPolicy", venv, n_steps=n_steps, batch_size=(n_steps * n_envs) // (32 if continuous else 4),
-        n_epochs=10 if continuous else 4, learning_rate=lambda frac: frac * lr, gamma=0.99, gae_lambda=0.95,
-        clip_range=0.2, clip_range_vf=0.2, ent_coef=0.0 if continuous else 0.01, vf_coef=0.5,
+        n_epochs=10 if continuous else 4, learning_rate=lambda frac: frac * lr,
+        clip_range=0.2, clip_range_vf=0.2, vf_coef=0.5,
+        # row1: ppox's CartPole-v1 preset under CleanRL's shape flags (its gamma, GAE lambda, ent_coef, target_kl;
+        # SB3's target_kl stops within an epoch, at 1.5 x target_kl per minibatch)
+        **({"gamma": 0.98, "gae_lambda": 0.8, "ent_coef": 0.0, "target_kl": 0.03} if getattr(a, "row1", False)
+           else {"gamma": 0.99, "gae_lambda": 0.95, "ent_coef": 0.0 if continuous else 0.01}),
         max_grad_norm=0.5, normalize_advantage=True, seed=a.seed, device="cpu", verbose=0,
         policy_kwargs={"net_arch": {"pi": [64, 64], "vf": [64, 64]}, "activation_fn": torch.nn.Tanh,
                        "ortho_init": True, "log_std_init": 0.0},
@@ -116,6 +121,58 @@ def run_sb3(a: argparse.Namespace) -> dict:
             "sps_excl_compile": steps / wall, "eval_mean": float(np.mean(returns)) if returns else None,
             "eval_std": float(np.std(returns)) if returns else None, "peak_rss_mib": peak_rss_mib(),
             "torch_threads": torch.get_num_threads(), "compile": False, "env_backend": "gymnasium"}
+
+
+ROW1 = ["CartPole-v1", "--num-envs", "4", "--num-steps", "128", "--num-minibatches", "4", "--update-epochs", "4",
+        "--learning-rate", "2.5e-4", "--total-timesteps"]
+
+
+def run_ppox_cli(a: argparse.Namespace) -> dict:
+    """The row-1 command exactly as a user types it (ppox's default path: no --compile flag), plus seed and run dir."""
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        cmd = [sys.executable, "-m", "ppox", "train", *ROW1, str(a.steps), "--seed", str(a.seed),
+               "--run-dir", f"{tmp}/run", "--no-progress", "--eval-episodes", str(a.eval_episodes)]
+        out = subprocess.run(cmd, capture_output=True, text=True)
+        process_s = time.perf_counter() - start
+        if out.returncode:
+            raise SystemExit(f"ppox failed:\n{out.stderr[-3000:]}")
+        summary = json.loads(Path(tmp, "run", "summary.json").read_text())
+    return {"lib": "ppox", "wall_s": summary["wall_seconds"], "steps": summary["total_timesteps"],
+            "sps": summary["sps"], "compile_s": summary["compile_seconds"], "process_s": process_s,
+            "sps_excl_compile": summary["total_timesteps"] / max(summary["wall_seconds"] - summary["compile_seconds"],
+                                                                 1e-9),
+            "eval_mean": summary["eval_return_mean"], "eval_std": summary["eval_return_std"], "peak_rss_mib": None,
+            "torch_threads": 1, "compile": summary["compile"], "compile_reason": summary.get("compile_reason"),
+            "env_backend": "auto"}
+
+
+def row1(a: argparse.Namespace, command: str) -> None:
+    """The README's row 1: `ppox train CartPole-v1` + CleanRL's shape flags against SB3 at the same settings."""
+    runs: list[dict] = []
+    for seed in range(1, a.seeds + 1):
+        for lib in (["ppox", "sb3"] if seed % 2 else ["sb3", "ppox"]):
+            r = (run_ppox_cli(argparse.Namespace(seed=seed, steps=a.steps, eval_episodes=a.eval_episodes))
+                 if lib == "ppox" else child("sb3", env="CartPole-v1", seed=seed, steps=a.steps, threads=1, row1=True,
+                                             eval_episodes=a.eval_episodes))
+            r.update(env="CartPole-v1", seed=seed)
+            runs.append(r)
+            print(f"seed {seed} {lib}: {r['sps']:,.0f} sps, compile {r['compile_s']:.1f} s, eval {fmt(r['eval_mean'])}",
+                  file=sys.stderr)
+    per = {lib: [r for r in runs if r["lib"] == lib] for lib in ("ppox", "sb3")}
+    md = [f"ppox: `ppox train {' '.join(ROW1)} {a.steps}` (+ --seed, --run-dir, --no-progress), its default path; "
+          "sps from its summary.json (learn's wall time, compile included). SB3: PPO with the same settings "
+          "(gamma 0.98, GAE 0.8, ent 0, target_kl 0.03, 4 envs x 128 steps, batch 128, 4 epochs, lr 2.5e-4 annealed, "
+          "clip 0.2, value clip 0.2). Alternating, ppox first on odd seeds.", "",
+          "| lib | seed | sps | compile s | eval return |", "|---|---:|---:|---:|---:|"]
+    md += [f"| {r['lib']} | {r['seed']} | {r['sps']:,.0f} | {r['compile_s']:.1f} | {fmt(r['eval_mean'])} |"
+           for r in runs]
+    pairs = paired_ratios(runs, "CartPole-v1")
+    med = {lib: statistics.median(r["sps"] for r in rs) for lib, rs in per.items()}
+    md += ["", f"median sps: ppox {med['ppox']:,.0f}, SB3 {med['sb3']:,.0f}: ratio {med['ppox'] / med['sb3']:.2f}x; "
+           f"paired ratios {', '.join(f'{x:.2f}x' for x in pairs)}",
+           f"ppox's compile decision: {per['ppox'][0].get('compile_reason')}"]
+    write(a.name or f"compare_CartPole-v1_{a.steps}_row1", command, md, {"runs": runs})
 
 
 def child(lib: str, **kw) -> dict:
@@ -391,6 +448,12 @@ def main() -> None:
     # rate ~110x and ~40x slower (thread wake-ups under load; benchmarks/results/scale_CartPole-v1_1024*)
     common(g, threads=1)
 
+    w = sub.add_parser("row1", help="the row-1 command (ppox's default path) vs SB3 at its settings")
+    w.add_argument("--seeds", type=int, default=3)
+    w.add_argument("--steps", type=int, default=200_000)
+    w.add_argument("--eval-episodes", type=int, default=20)
+    w.add_argument("--name", default=None, help="results file name")
+
     r = sub.add_parser("_run", help=argparse.SUPPRESS)  # one run in a child process; prints JSON
     r.add_argument("--lib", required=True)
     for name in ("env", "preset", "env-backend"):
@@ -400,6 +463,7 @@ def main() -> None:
         r.add_argument(f"--{name}", type=int, default=None)
     r.add_argument("--threshold", type=float, default=None)
     r.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False)
+    r.add_argument("--row1", action=argparse.BooleanOptionalAction, default=False)
 
     a = p.parse_args()
     command = "python benchmarks/bench_vs_sb3.py " + shlex.join(sys.argv[1:])
@@ -407,7 +471,7 @@ def main() -> None:
         fn = {"ppox": run_ppox, "sb3": run_sb3, "solve": lambda x: solve_once(x, x.seed), "scale": scale_once}
         print(json.dumps(fn[a.lib](a)))
     else:
-        {"compare": compare, "solve": solve, "scale": scale}[a.cmd](a, command)
+        {"compare": compare, "solve": solve, "scale": scale, "row1": row1}[a.cmd](a, command)
 
 
 if __name__ == "__main__":

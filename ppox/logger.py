@@ -28,8 +28,10 @@ class MetricsLogger:
         self._wandb = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
+            from torch.utils.tensorboard.summary import Summary
 
             self._tb = SummaryWriter(str(self.run_dir / "tb"))
+            self._summary = Summary
         if wandb is not None:  # ppox.tracking imports wandb: only when asked for
             from ppox.tracking import WandbRun
 
@@ -50,10 +52,17 @@ class MetricsLogger:
                    if key not in ("global_step", "iteration") and value is not None
                    and isinstance(value, (int, float)) and not (isinstance(value, float) and math.isnan(value))}
         if self._tb is not None:
-            for tag, value in scalars.items():
-                self._tb.add_scalar(tag, value, step)
+            self._tb_scalars(scalars, step)
         if self._wandb is not None:
             self._wandb.log(scalars, step)
+
+    def _tb_scalars(self, scalars: dict[str, float], step: int) -> None:
+        """All of an iteration's scalars as one TensorBoard event: what `add_scalar` writes per value (a
+        float32 `simple_value` under its tag), in one Summary, so the writer thread serialises and writes one
+        event per iteration instead of one per value (readers see the same scalars at the same step)."""
+        summary = self._summary
+        values = [summary.Value(tag=tag, simple_value=float(value)) for tag, value in scalars.items()]
+        self._tb._get_file_writer().add_summary(summary(value=values), step)
 
     def close(self) -> None:
         fd, self._fd = self._fd, None

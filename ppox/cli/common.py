@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import glob
 import io
 import re
@@ -23,9 +24,35 @@ def error(message: str) -> int:
 T = TypeVar("T")
 
 
+AUTO_SWITCH_VALUES = ("True", "False", "auto", "true", "false")
+
+
+def auto_switches(cls: type) -> set[str]:
+    """The flag names of fields typed `bool | Literal["auto"]` (e.g. PPOConfig.compile): tyro wants a value
+    for them (`--compile {True,False,auto}`); `--compile` and `--no-compile` alone work too."""
+    fields = dataclasses.fields(cls) if dataclasses.is_dataclass(cls) else ()
+    return {f.name.replace("_", "-") for f in fields
+            if str(f.type).replace(" ", "").replace('"', "'") == "bool|Literal['auto']"}
+
+
+def _expand_auto_switches(cls: type, argv: list[str]) -> list[str]:
+    names = auto_switches(cls)
+    out: list[str] = []
+    for i, arg in enumerate(argv):
+        name = arg[2:].replace("_", "-") if arg.startswith("--") else ""
+        if name in names and (i + 1 == len(argv) or argv[i + 1] not in AUTO_SWITCH_VALUES):
+            out += [arg, "True"]
+        elif name.startswith("no-") and name[3:] in names:
+            out += [f"--{name[3:]}", "False"]
+        else:
+            out.append(arg)
+    return out
+
+
 def parse_args(cls: type[T], argv: list[str], prog: str, **kwargs: Any) -> T:
     """tyro.cli, with its multi-line error box turned into one PPOXError line (--help is untouched)."""
     captured = io.StringIO()
+    argv = _expand_auto_switches(cls, argv)
     try:
         with contextlib.redirect_stderr(captured):
             parsed = tyro.cli(cls, args=argv, prog=prog, **kwargs)

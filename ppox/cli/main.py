@@ -14,7 +14,15 @@ from typing import Annotated, Any
 
 import tyro
 
-from ppox.cli.common import elastic_restart_run_dir, error, expand_run_dirs, parse_args, print_summary
+from ppox.cli.common import (
+    AUTO_SWITCH_VALUES,
+    auto_switches,
+    elastic_restart_run_dir,
+    error,
+    expand_run_dirs,
+    parse_args,
+    print_summary,
+)
 from ppox.errors import PPOXError
 
 USAGE = """usage: ppox <command> [args]
@@ -23,11 +31,14 @@ commands:
   train ENV_ID [--preset NAME] [--FIELD VALUE ...]   train PPO on a gymnasium environment
   train ENV_ID --preset-file FILE [--preset NAME]    ... with a preset from a TOML file (e.g. ppox tune's)
   train --resume RUN_DIR [--total-timesteps N]       continue a run from its latest checkpoint
+  train ENV_ID --seeds 1-64 [--FIELD VALUE ...]      one agent per seed, batched in one process
   eval RUN_DIR ... [--episodes N] [--json] [--video DIR]   evaluate trained policies (one line each)
   plot RUN_DIR_OR_GLOB ... -o curves.png             learning curves (mean and 95% band over seeds)
   doctor RUN_DIR ...                                 diagnose runs: KL, clipping, entropy, value fit
   export RUN_DIR -o policy.onnx [--format torchscript]   the deterministic policy for deployment
   tune ENV_ID --trials N [--study-dir DIR] [--jobs K]  tune hyperparameters with Optuna
+  distill TEACHER_RUN --run-dir DIR                  distil a privileged teacher into a deployable student
+  distill demo [--run-dir DIR]                       teacher, student and blind PPO on a randomised task
   llm {train,eval,demo} ...                          PPO for causal language models
   presets                                            list the shipped presets
 
@@ -58,7 +69,7 @@ def _preparse_train(argv: list[str]) -> tuple[str | None, str | None, list[str]]
             env_id = argv[i + 1]
             i += 2
             continue
-        elif not arg.startswith("-") and env_id is None and (
+        elif not arg.startswith("-") and env_id is None and arg not in AUTO_SWITCH_VALUES and (
                 not rest or not rest[-1].startswith("--") or rest[-1] in switches or "=" in rest[-1]):
             env_id = arg
         else:
@@ -74,6 +85,7 @@ def _switches() -> set[str]:
     from ppox.rl.config import PPOConfig
 
     names = [f.name.replace("_", "-") for f in dataclasses.fields(PPOConfig) if f.type in ("bool", bool)]
+    names += auto_switches(PPOConfig)  # --compile: also a switch; a True/False/auto after it is its value
     return {f"--{n}" for n in names} | {f"--no-{n}" for n in names}
 
 
@@ -82,10 +94,13 @@ def train_main(argv: list[str]) -> int:
     from ppox.rl.config import PPOConfig, deferred_validation, preset_config
 
     env_id, preset, rest = _preparse_train(deprecated_flags(argv))
+    seeds, rest = _seeds_option(rest)
     restarted_run = elastic_restart_run_dir(rest)
     if restarted_run is not None:  # torchrun --max-restarts relaunched us: continue from the checkpoint
         rest = ["--resume", restarted_run] + (["--no-progress"] if "--no-progress" in rest else [])
     if any(a == "--resume" or a.startswith("--resume=") for a in rest):
+        if seeds is not None:
+            raise PPOXError("--seeds runs are not resumable: start the population again")
         from ppox.cli.resume import resume_main
 
         return resume_main(rest)
@@ -96,7 +111,7 @@ def train_main(argv: list[str]) -> int:
     config.validate()
     if env_id is None:
         print(f"no ENV_ID given: training {config.env_id}", file=sys.stderr)
-    return run_training(config)
+    return run_training(config) if seeds is None else run_population(config, seeds)
 
 
 def _preset_file(preset: str | None, argv: list[str]) -> tuple[str | None, dict | None, list[str]]:
@@ -122,7 +137,9 @@ TRAIN_DESCRIPTION = (
     "--preset NAME loads a shipped preset (`ppox presets`) before the other flags. "
     "`ppox train --resume RUN_DIR [--total-timesteps N] [--no-progress]` continues RUN_DIR's run from its "
     "latest checkpoint with the config saved in it (Ctrl-C and --checkpoint-every write checkpoints). "
-    "--preset-file FILE [--preset NAME] takes the preset from a TOML file (e.g. `ppox tune`'s best_preset.toml)."
+    "--preset-file FILE [--preset NAME] takes the preset from a TOML file (e.g. `ppox tune`'s best_preset.toml). "
+    "--seeds 1-64 (or 1,2,5) trains one independent agent per seed in this process, batched, each into "
+    "RUN_DIR/seed_<k> (docs/seeds.md)."
 )
 
 
@@ -136,6 +153,37 @@ def run_training(config, env_fn=None) -> int:
     print_summary(model.summary, model.run_dir)
     if model.interrupted:
         print(f"interrupted: model and summary so far saved in {model.run_dir}", file=sys.stderr)
+        return 130
+    return 0
+
+
+def _seeds_option(argv: list[str]) -> tuple[str | None, list[str]]:
+    """Take `--seeds SPEC` (or --seeds=SPEC) out of argv: not a PPOConfig field, it turns one run into a population."""
+    for i, arg in enumerate(argv):
+        if arg.split("=", 1)[0] == "--seeds":
+            if any(a.split("=", 1)[0] == "--seed" for a in argv):
+                raise PPOXError("give --seed (one run) or --seeds (one agent per seed), not both")
+            if "=" in arg:
+                return arg.split("=", 1)[1], argv[:i] + argv[i + 1:]
+            if i + 1 >= len(argv):
+                raise PPOXError("--seeds needs seeds, e.g. --seeds 1-64 or --seeds 1,2,5")
+            return argv[i + 1], argv[:i] + argv[i + 2:]
+    return None, argv
+
+
+def run_population(config, seeds_text: str) -> int:
+    """`ppox train ENV --seeds SPEC`: one agent per seed, trained together (ppox.rl.population)."""
+    from ppox.rl.population import Population, parse_seeds
+
+    seeds = parse_seeds(seeds_text)
+    population = Population(config, seeds).learn()
+    summary = population.summary
+    print(json.dumps({k: summary[k] for k in ("env_id", "agents", "total_timesteps_per_agent", "eval_return_mean",
+                                              "eval_return_std", "agent_env_steps_per_second", "compile_seconds")},
+                     indent=2))
+    print(f"run directory: {population.run_dir} (one seed_<k> per agent; population.json)")
+    if population.interrupted:
+        print(f"interrupted: models and summaries so far saved in {population.run_dir}", file=sys.stderr)
         return 130
     return 0
 
@@ -315,7 +363,14 @@ COMMANDS = {
     "presets": presets_main,
     "export": lambda argv: _tools().export_main(argv),
     "tune": lambda argv: _tools().tune_main(argv),
+    "distill": lambda argv: _distill(argv),
 }
+
+
+def _distill(argv: list[str]) -> int:
+    from ppox.cli.distill import main as distill_main
+
+    return distill_main(argv)
 
 
 def _tools():

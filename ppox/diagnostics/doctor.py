@@ -20,7 +20,14 @@ from typing import Any
 
 import numpy as np
 
-from ppox.diagnostics.metrics_io import METRICS_FILE, MetricsReadWarning, load_run, metric_series, record_iterations
+from ppox.diagnostics.metrics_io import (
+    METRICS_FILE,
+    MetricsReadWarning,
+    load_run,
+    metric_series,
+    record_iterations,
+    to_float,
+)
 
 # --- thresholds -------------------------------------------------------------
 #: Trend checks (anything "persistent", "rising" or "collapsing") need this many iterations.
@@ -131,12 +138,23 @@ def _spearman(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.corrcoef(rx, ry)[0, 1])
 
 
+def _median(values: np.ndarray) -> float:
+    """`float(np.median(values))` for a 1-d float array, the same value (NaN if any is NaN; the mean of the two
+    middle values of an even count), at a fraction of np.median's cost on the short windows the checks use."""
+    ordered = np.sort(values)  # NaN sorts last
+    n = len(ordered)
+    if n == 0 or math.isnan(ordered[-1]):
+        return float(np.median(values))  # NaN (np.median's own, with its warning for an empty array)
+    h = n // 2
+    return float(ordered[h]) if n % 2 else float((ordered[h - 1] + ordered[h]) / 2)
+
+
 def _robust_noise(values: np.ndarray) -> float:
     """Per-sample noise scale from first differences (insensitive to slow trends and jumps)."""
     if len(values) < 3:
         return 0.0
     d = np.diff(values)
-    return float(1.4826 * np.median(np.abs(d - np.median(d))) / math.sqrt(2))
+    return float(1.4826 * _median(np.abs(d - _median(d))) / math.sqrt(2))
 
 
 def _cfg(config: dict[str, Any] | None, key: str) -> Any:
@@ -186,24 +204,52 @@ def _threshold_source(env_id: str | None) -> str:
 
 class _Table:
     """A run's records as columns, computed once, so that replaying the checks on every prefix of
-    the run (what the live doctor saw) costs array slices rather than a pass over the records."""
+    the run (what the live doctor saw) costs array slices rather than a pass over the records.
+    `append` adds a record in O(columns) (the live doctor's table grows with the run instead of
+    being rebuilt at every check)."""
 
     def __init__(self, records: list[dict[str, Any]]) -> None:
         self.records = records
-        self.iterations = record_iterations(records)
+        self._iterations = record_iterations(records)
+        # key -> values of the records so far; the arrays grow by doubling, so only [:len(records)] is data
         self._columns: dict[str, np.ndarray] = {}
         # (record index, key, "NaN"/"inf") for every non-finite float, in record order
-        self.non_finite: list[tuple[int, str, str]] = [
-            (i, key, "NaN" if math.isnan(value) else "inf")
-            for i, record in enumerate(records)
-            for key, value in record.items()
-            if isinstance(value, float) and not math.isfinite(value)
-        ]
+        self.non_finite: list[tuple[int, str, str]] = []
+        for i, record in enumerate(records):
+            self._add_non_finite(i, record)
+
+    def _add_non_finite(self, i: int, record: dict[str, Any]) -> None:
+        self.non_finite.extend((i, key, "NaN" if math.isnan(value) else "inf") for key, value in record.items()
+                               if isinstance(value, float) and not math.isfinite(value))
+
+    @property
+    def iterations(self) -> np.ndarray:
+        return self._iterations[: len(self.records)]
 
     def column(self, key: str) -> np.ndarray:
         if key not in self._columns:
             self._columns[key] = metric_series(self.records, key)
-        return self._columns[key]
+        return self._columns[key][: len(self.records)]
+
+    def append(self, record: dict[str, Any]) -> None:
+        """Add one record to `records` (the list given at construction) and to every column built so far."""
+        i = len(self.records)
+        self.records.append(record)
+        self._iterations = _room_for(self._iterations, i)
+        self._iterations[i] = int(record.get("iteration", i + 1))
+        for key, values in self._columns.items():
+            values = self._columns[key] = _room_for(values, i)
+            values[i] = to_float(record.get(key))
+        self._add_non_finite(i, record)
+
+
+def _room_for(values: np.ndarray, i: int) -> np.ndarray:
+    """`values`, or a copy twice its size, so that index i exists (amortised O(1) appends)."""
+    if i < len(values):
+        return values
+    grown = np.empty(max(2 * len(values), 16), dtype=values.dtype)
+    grown[:i] = values[:i]
+    return grown
 
 
 @dataclass
@@ -287,11 +333,12 @@ def _kl_rising(ctx: _Ctx) -> tuple[str, np.ndarray] | None:
     if len(kl) < MIN_ITERS_FOR_TRENDS:
         return None
     w = _window(len(kl), RECENT_WINDOW_FRACTION, RECENT_WINDOW_MIN)
-    early, recent = float(np.median(kl[:w])), float(np.median(kl[-w:]))
-    corr = _spearman(its.astype(float), kl)
-    if not (corr >= KL_RISING_MIN_CORR and recent >= KL_RISING_MIN_LEVEL):
+    early, recent = _median(kl[:w]), _median(kl[-w:])
+    # the rank correlation (the costly part) only where the cheap conditions hold; all three must
+    if not recent >= KL_RISING_MIN_LEVEL or recent < KL_RISING_RATIO * max(early, 1e-8):
         return None
-    if recent < KL_RISING_RATIO * max(early, 1e-8):
+    corr = _spearman(its.astype(float), kl)
+    if not corr >= KL_RISING_MIN_CORR:
         return None
     text = (
         f"approx_kl is rising: median {_fmt(early)} in iterations {_span(its[:w])}, "
@@ -365,7 +412,7 @@ def _check_entropy(ctx: _Ctx) -> list[Finding]:
     ok = np.isfinite(ent)
     if ok.sum() < 3:
         return []
-    initial = float(np.median(ent[ok][:3]))
+    initial = _median(ent[ok][:3])
     # A relative threshold means nothing for a negative entropy (continuous actions with a
     # small std); skip rather than guess.
     if initial <= 0:
@@ -423,7 +470,7 @@ def _check_explained_variance(ctx: _Ctx) -> list[Finding]:
     ok = np.isfinite(ev)
     if ok.sum() < RECENT_WINDOW_MIN:
         return []
-    median = float(np.median(ev[ok]))
+    median = _median(ev[ok])
     if median > 0:
         return []
     bad = ok & (np.nan_to_num(ev, nan=np.inf) <= 0)
@@ -449,7 +496,7 @@ def _check_value_loss(ctx: _Ctx) -> list[Finding]:
         we = _window(ctx.n, EARLY_WINDOW_FRACTION, EARLY_WINDOW_MIN)
         early = vl[:we][np.isfinite(vl[:we])]
         if len(early):
-            ref = max(float(np.median(early)), VALUE_LOSS_MIN_REFERENCE)
+            ref = max(_median(early), VALUE_LOSS_MIN_REFERENCE)
             later = np.where(np.isfinite(vl[we:]), vl[we:], -np.inf)
             grown = later > VALUE_LOSS_GROWTH * ref
             if grown.any():
@@ -457,7 +504,7 @@ def _check_value_loss(ctx: _Ctx) -> list[Finding]:
                 imax = int(np.argmax(later))
                 peak = float(later[imax])
                 parts.append(
-                    f"value_loss grew from an early median of {_fmt(float(np.median(early)))} "
+                    f"value_loss grew from an early median of {_fmt(_median(early))} "
                     f"(iterations {_span(ctx.iterations[:we])}) to {_fmt(peak)} at iteration "
                     f"{int(ctx.iterations[we + imax])} ({_fmt(peak / ref)}x); above {VALUE_LOSS_GROWTH:g}x "
                     f"in {len(its)} iterations ({_fmt_iters(its)})"
@@ -757,6 +804,7 @@ class LiveDoctor:
     def __init__(self, config: dict[str, Any] | None = None) -> None:
         self.config = config
         self.records: list[dict[str, Any]] = []
+        self._table = _Table(self.records)  # grows with self.records: a check slices columns, rebuilds nothing
         self.reported: set[str] = set()
         self.active: set[str] = set()
 
@@ -764,11 +812,10 @@ class LiveDoctor:
         """Add the latest iteration's record; return new one-line warnings (none when not `check`)."""
         record = dict(record)
         record.setdefault("iteration", len(self.records) + 1)
-        self.records.append(record)
+        self._table.append(record)  # appends to self.records
         if not check:
             return []
-        # Re-running on all records is O(n) per call, negligible next to a PPO iteration.
-        ctx = _Ctx(table=_Table(self.records), n=len(self.records), config=self.config)
+        ctx = _Ctx(table=self._table, n=len(self.records), config=self.config)
         found = {f.code: f for f in _run_checks(ctx) if _is_problem(f)}
         prefix = f"[doctor] iteration {record['iteration']}"
         new = [f"{prefix}: resolved: {code} no longer holds" for code in sorted(self.active - found.keys())]

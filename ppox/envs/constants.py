@@ -46,6 +46,14 @@ class ClassicControl:
         """(single observation space, single action space), equal to gymnasium's."""
         raise NotImplementedError
 
+    # name -> default of the physical parameters domain randomisation may vary (ppox.envs.randomization)
+    randomizable: dict[str, float] = {}  # noqa: RUF012
+
+    def _set_physics(self, params: dict[str, Any]) -> None:
+        """Set the physics attributes from `params` (every name of `randomizable`; floats or per-env
+        arrays/tensors), derived constants included. The dynamics read only these attributes."""
+        raise NotImplementedError(f"{self.env_id} has no randomisable parameters")
+
     def _reset_range(self, options: dict[str, Any] | None) -> ResetRange:
         """(low, high) of the uniform initial state: floats for every variable, or one per variable."""
         return maybe_parse_reset_bounds(options, self.reset_low, self.reset_high)
@@ -69,6 +77,16 @@ class CartPole(ClassicControl):
     tau = 0.02
     theta_threshold_radians = 12 * 2 * math.pi / 360
     x_threshold = 2.4
+    randomizable = {"gravity": gravity, "masscart": masscart, "masspole": masspole, "length": length,  # noqa: RUF012
+                    "actuator_gain": 1.0, "actuator_sign": 1.0}
+
+    def _set_physics(self, params: dict[str, Any]) -> None:
+        self.gravity, self.masscart, self.masspole = params["gravity"], params["masscart"], params["masspole"]
+        self.length = params["length"]
+        self.total_mass = self.masspole + self.masscart
+        self.polemass_length = self.masspole * self.length
+        # the force the push command produces: gymnasium's 10 N times the actuator's gain and sign
+        self.force_mag = 10.0 * params["actuator_gain"] * params["actuator_sign"]
 
     def _make_spaces(self) -> tuple[spaces.Space, spaces.Space]:
         high = np.array([self.x_threshold * 2, np.inf, self.theta_threshold_radians * 2, np.inf], dtype=np.float32)
@@ -151,6 +169,13 @@ class Pendulum(ClassicControl):
     g = 10.0
     m = 1.0
     pole_length = 1.0
+    # angular acceleration per unit of torque command, 3 / (m l^2) (times the actuator gain when randomised)
+    torque_coef = 3.0 / (m * pole_length**2)
+    randomizable = {"g": g, "m": m, "pole_length": pole_length, "actuator_gain": 1.0}  # noqa: RUF012
+
+    def _set_physics(self, params: dict[str, Any]) -> None:
+        self.g, self.m, self.pole_length = params["g"], params["m"], params["pole_length"]
+        self.torque_coef = 3.0 * params["actuator_gain"] / (self.m * self.pole_length**2)
     # gymnasium's default reset limits (options "x_init" / "y_init"): theta in [-pi, pi], theta_dot in [-1, 1]
     x_init = math.pi
     y_init = 1.0

@@ -27,8 +27,17 @@ from typing import Any, ClassVar
 import numpy as np
 from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space
 
 from ppox.envs.constants import Acrobot, CartPole, ClassicControl, ContinuousMountainCar, MountainCar, Pendulum
+from ppox.envs.randomization import (
+    DEPLOYABLE_KEY,
+    PRIVILEGED_KEY,
+    RANDOMIZED_ENV_IDS,
+    Randomization,
+    observation_space,
+    randomized_base,
+)
 
 __all__ = [
     "NUMPY_ENV_IDS",
@@ -60,13 +69,28 @@ class NumpyClassicControlVecEnv(ClassicControl, VectorEnv):
     # the crossover is at ~30-40 envs). It also repeats gymnasium's scalar maths operation for operation.
     scalar_max_envs: int = 0
 
-    def __init__(self, num_envs: int, seed: int | None = None, *, max_episode_steps: int | None = None) -> None:
+    def __init__(self, num_envs: int, seed: int | None = None, *, max_episode_steps: int | None = None,
+                 randomization: Randomization | None = None, privileged: bool = True) -> None:
+        """``randomization``: per-env parameter ranges sampled at each reset of an env, from that env's
+        generator after its initial state (``ppox.envs.randomization``); observations are then a Dict of
+        "obs" and "privileged" arrays, ``info["final_obs"]`` an object array of such dicts (gymnasium's form);
+        ``privileged`` False: the "obs" array alone (the task as a deployed policy sees it)."""
         self._init_vector(num_envs, max_episode_steps)
+        self.randomization = randomization
+        self.privileged = privileged
+        if randomization is not None:
+            randomization.check(self.env_id, self.randomizable)
+            self.single_observation_space = observation_space(self.single_observation_space, randomization, privileged)
+            self.observation_space = batch_space(self.single_observation_space, self.num_envs)
+            self._params = np.zeros((len(randomization.names()), self.num_envs))  # in names() order
+            self._actions: np.ndarray | None = None  # past actions, newest first (max_delay + 1, num_envs, ...)
         self._rngs = [seeding.np_random(None if seed is None else seed + i)[0] for i in range(self.num_envs)]
         self._low, self._high = self._reset_range(None)
         self._s = np.zeros((self.state_dim, self.num_envs))
         for i in range(self.num_envs):
             self._s[:, i] = self._draw(i)
+            self._draw_params(i)
+        self._apply_params()
         self.elapsed_steps = np.zeros(self.num_envs, dtype=np.int64)
 
     # ------------------------------------------------------------------ API
@@ -91,28 +115,37 @@ class NumpyClassicControlVecEnv(ClassicControl, VectorEnv):
         self._low, self._high = self._reset_range(options)
         for i in range(self.num_envs):
             self._s[:, i] = self._draw(i)
+            self._draw_params(i)
+        self._apply_params()
         self.elapsed_steps[:] = 0
-        return self._observe(self._s), {}
+        return self._observation(self._s), {}
 
     def step(self, actions):
         """Step all envs; ended envs are reset in the same call (their last obs in ``info["final_obs"]``)."""
         actions = np.asarray(actions)
-        if self.num_envs <= self.scalar_max_envs:
+        if self.randomization is not None and self.randomization.max_delay():
+            actions = self._delayed(actions)
+        # the scalar loop reads every parameter as one float: randomised envs take the batched maths
+        if self.num_envs <= self.scalar_max_envs and self.randomization is None:
             next_state, reward, terminated = self._dynamics_scalar(self._s, actions)
         else:
             next_state, reward, terminated = self._dynamics(self._s, actions)
         self.elapsed_steps += 1
         truncated = self.elapsed_steps >= self.max_episode_steps
         done = terminated | truncated
-        obs = self._observe(next_state)
+        obs = self._observation(next_state)
         self._s = next_state
-        info: dict[str, Any] = {}
-        if done.any():
+        info: dict[str, Any] = {}  # non-empty exactly when an episode ended (ppox.rl.envs.VecEnv relies on it)
+        if np.count_nonzero(done):  # cheaper than done.any() on a few flags
             final_obs = obs  # `_observe` returns a new array, so re-observing below leaves it intact
             for i in np.flatnonzero(done):
                 next_state[:, i] = self._draw(i)
+                self._draw_params(i)
+            self._apply_params()
             self.elapsed_steps[done] = 0
-            obs = self._observe(next_state)
+            obs = self._observation(next_state)
+            if isinstance(final_obs, dict):  # gymnasium's form for a Dict space: one dict per env
+                final_obs = _per_env(final_obs, self.num_envs)
             info = {"final_obs": final_obs, "_final_obs": done}
         return obs, reward, terminated, truncated, info
 
@@ -123,6 +156,47 @@ class NumpyClassicControlVecEnv(ClassicControl, VectorEnv):
         return f"{type(self).__name__}({self.env_id}, num_envs={self.num_envs})"
 
     # ------------------------------------------------------------ internals
+    def _observation(self, s: np.ndarray) -> np.ndarray | dict[str, np.ndarray]:
+        """`_observe`, or with randomisation the Dict of noisy "obs" and normalised "privileged" parameters."""
+        obs = self._observe(s)
+        if self.randomization is None:
+            return obs
+        names = self.randomization.names()
+        if "obs_noise" in names:
+            std = self._params[names.index("obs_noise")]
+            noise = np.stack([rng.standard_normal(obs.shape[1]) for rng in self._rngs])
+            obs = (obs + std[:, None] * noise).astype(np.float32)
+        privileged = np.ascontiguousarray(self.randomization.normalized(self._params).T, dtype=np.float32)
+        if not self.privileged:
+            return obs
+        return {DEPLOYABLE_KEY: obs, PRIVILEGED_KEY: privileged}
+
+    def _draw_params(self, i: int) -> None:
+        """Env i's parameters for its next episode, from its own generator (after its initial state)."""
+        if self.randomization is not None:
+            u = self._rngs[i].random(len(self.randomization.names()))
+            self._params[:, i] = [float(v[0]) for v in self.randomization.values(u[:, None])]
+
+    def _apply_params(self) -> None:
+        """Point the physics attributes at the sampled parameters (defaults for the others)."""
+        if self.randomization is not None:
+            names = self.randomization.names()
+            self._set_physics({n: self._params[names.index(n)].copy() if n in names else v
+                               for n, v in self.randomizable.items()})
+
+    def _delayed(self, actions: np.ndarray) -> np.ndarray:
+        """The actions that take effect now: each env's own `action_delay` steps old."""
+        names = self.randomization.names()
+        depth = self.randomization.max_delay() + 1
+        if self._actions is None:
+            self._actions = np.repeat(actions[None], depth, axis=0)
+        queue = np.concatenate([actions[None], self._actions[:-1]])
+        first = self.elapsed_steps == 0  # an episode's first step: its first action fills the queue
+        queue[:, first] = actions[first]
+        self._actions = queue
+        delay = self._params[names.index("action_delay")].astype(np.int64)
+        return queue[delay, np.arange(self.num_envs)]
+
     def _draw(self, i: int) -> np.ndarray:
         """Env i's initial state: the same generator call as gymnasium's reset."""
         return self._rngs[i].uniform(low=self._low, high=self._high, size=(self.state_dim,)).astype(self.reset_dtype)
@@ -341,12 +415,12 @@ class PendulumNumpyVecEnv(Pendulum, NumpyClassicControlVecEnv):
 
     def _dynamics(self, s, actions):
         th, thdot = s
-        g, m, length, dt = self.g, self.m, self.pole_length, self.dt
+        g, length, dt = self.g, self.pole_length, self.dt
         # float32 torque, as gymnasium's (its cost and torque terms are float32 maths)
         u = np.clip(actions.reshape(self.num_envs).astype(np.float32), -self.max_torque, self.max_torque)
         th_n = ((th + np.pi) % (2 * np.pi)) - np.pi
         costs = th_n**2 + 0.1 * thdot**2 + 0.001 * (u**2)
-        newthdot = thdot + (3 * g / (2 * length) * np.sin(th) + 3.0 / (m * length**2) * u) * dt
+        newthdot = thdot + (3 * g / (2 * length) * np.sin(th) + self.torque_coef * u) * dt
         newthdot = np.clip(newthdot, -self.max_speed, self.max_speed)
         newth = th + newthdot * dt
         return np.stack((newth, newthdot)), -costs, np.zeros(self.num_envs, dtype=bool)
@@ -367,19 +441,31 @@ _ENV_CLASSES: dict[str, type[NumpyClassicControlVecEnv]] = {
     )
 }
 
-#: Gymnasium ids that have a batched numpy twin here.
+#: Gymnasium ids that have a batched numpy twin here (the randomised ids, RANDOMIZED_ENV_IDS, too).
 NUMPY_ENV_IDS: tuple[str, ...] = tuple(_ENV_CLASSES)
+
+
+def _per_env(obs: dict[str, np.ndarray], n: int) -> np.ndarray:
+    """A batched Dict observation as an object array of n per-env dicts."""
+    out = np.empty(n, dtype=object)
+    for i in range(n):
+        out[i] = {k: v[i] for k, v in obs.items()}
+    return out
 
 
 def make_numpy_vec_env(env_id: str, num_envs: int, seed: int | None = None, **kwargs: Any) -> NumpyClassicControlVecEnv:
     """Build the batched numpy twin of a gymnasium classic-control env (``NUMPY_ENV_IDS``).
 
-    ``kwargs``: ``max_episode_steps``. Raises ValueError for other ids.
+    ``kwargs``: ``max_episode_steps``, ``randomization`` (a ``Randomization``; a randomised id,
+    ``RANDOMIZED_ENV_IDS``, brings its own). Raises ValueError for other ids.
     """
+    base, randomization, privileged = randomized_base(env_id, kwargs.pop("randomization", None),
+                                                      kwargs.pop("privileged", None))
     try:
-        cls = _ENV_CLASSES[env_id]
+        cls = _ENV_CLASSES[base]
     except KeyError:
         raise ValueError(
-            f"No numpy implementation of {env_id!r}; supported ids: {', '.join(NUMPY_ENV_IDS)}"
+            f"No numpy implementation of {env_id!r}; supported ids: {', '.join(NUMPY_ENV_IDS + RANDOMIZED_ENV_IDS)}"
         ) from None
-    return cls(num_envs, seed=seed, **kwargs)
+    return cls(num_envs, seed=seed, randomization=randomization, privileged=privileged,
+               **kwargs)

@@ -22,8 +22,17 @@ import numpy as np
 import torch
 from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space
 
 from ppox.envs.constants import Acrobot, CartPole, ClassicControl, ContinuousMountainCar, MountainCar, Pendulum
+from ppox.envs.randomization import (
+    DEPLOYABLE_KEY,
+    PRIVILEGED_KEY,
+    RANDOMIZED_ENV_IDS,
+    Randomization,
+    observation_space,
+    randomized_base,
+)
 
 __all__ = [
     "TORCH_ENV_IDS",
@@ -72,6 +81,8 @@ class TorchClassicControlVecEnv(ClassicControl, VectorEnv[torch.Tensor, torch.Te
         *,
         max_episode_steps: int | None = None,
         physics_dtype: torch.dtype | None = None,
+        randomization: Randomization | None = None,
+        privileged: bool = True,
     ) -> None:
         """Create ``num_envs`` copies on ``device``.
 
@@ -83,8 +94,19 @@ class TorchClassicControlVecEnv(ClassicControl, VectorEnv[torch.Tensor, torch.Te
             max_episode_steps: TimeLimit; defaults to the registered spec's.
             physics_dtype: dtype of the internal state and maths; defaults to
                 the class's ``default_physics_dtype``.
+            randomization: per-env parameter ranges sampled at each reset of an
+                env (``ppox.envs.randomization``); observations are then a Dict
+                of "obs" and "privileged" tensors.
+            privileged: False: with randomisation, the "obs" tensor alone (the
+                task as a deployed policy sees it).
         """
         self._init_vector(num_envs, max_episode_steps)
+        self.randomization = randomization
+        self.privileged = privileged
+        if randomization is not None:
+            randomization.check(self.env_id, self.randomizable)
+            self.single_observation_space = observation_space(self.single_observation_space, randomization, privileged)
+            self.observation_space = batch_space(self.single_observation_space, self.num_envs)
         self.device = torch.device(device)
         self.dtype = dtype
         self.physics_dtype = physics_dtype or self.default_physics_dtype
@@ -100,6 +122,11 @@ class TorchClassicControlVecEnv(ClassicControl, VectorEnv[torch.Tensor, torch.Te
         self._reset_low, self._reset_high = self._reset_bounds(None)
         self._state = self._sample_initial_state()
         self.elapsed_steps = torch.zeros(self.num_envs, dtype=torch.int32, device=self.device)
+        if randomization is not None:
+            self._params = self._sample_params()  # (k, num_envs) sampled values, in randomization.names() order
+            self._apply_params()
+            # past actions, newest first: (max_delay + 1, num_envs, *action_shape)
+            self._actions = None
 
     # ------------------------------------------------------------------ API
 
@@ -136,7 +163,10 @@ class TorchClassicControlVecEnv(ClassicControl, VectorEnv[torch.Tensor, torch.Te
         self._reset_low, self._reset_high = self._reset_bounds(options)
         self._state = self._sample_initial_state()
         self.elapsed_steps.zero_()
-        return self._observe(self._state), {}
+        if self.randomization is not None:
+            self._params = self._sample_params()
+            self._apply_params()
+        return self._observation(self._state), {}
 
     @torch.no_grad()
     def step(
@@ -150,13 +180,15 @@ class TorchClassicControlVecEnv(ClassicControl, VectorEnv[torch.Tensor, torch.Te
         holds their last observation; for the others it equals ``obs``.
         """
         actions = self._prepare_actions(actions)
+        if self.randomization is not None and self.randomization.max_delay():
+            actions = self._delayed(actions)
         next_state, reward, terminated = self._dynamics(self._state, actions)
 
         self.elapsed_steps += 1
         # Like gymnasium's TimeLimit: may be set together with terminated.
         truncated = self.elapsed_steps >= self.max_episode_steps
         done = terminated | truncated
-        final_obs = self._observe(next_state)
+        final_obs = self._observation(next_state)
 
         # Draw fresh states for every row and keep only the finished ones: a
         # fixed-shape select avoids boolean indexing, which would need a
@@ -164,7 +196,10 @@ class TorchClassicControlVecEnv(ClassicControl, VectorEnv[torch.Tensor, torch.Te
         fresh = self._sample_initial_state()
         self._state = torch.where(done, fresh, next_state)
         self.elapsed_steps.masked_fill_(done, 0)
-        obs = self._observe(self._state)
+        if self.randomization is not None:  # the ended envs' next episodes get new parameters too
+            self._params = torch.where(done, self._sample_params(), self._params)
+            self._apply_params()
+        obs = self._observation(self._state)
 
         info = {"final_obs": final_obs, "_final_obs": done}
         return obs, reward.to(self.dtype), terminated, truncated, info
@@ -173,6 +208,47 @@ class TorchClassicControlVecEnv(ClassicControl, VectorEnv[torch.Tensor, torch.Te
         return f"{type(self).__name__}({self.env_id}, num_envs={self.num_envs}, device={self.device})"
 
     # ------------------------------------------------------------ internals
+
+    def _observation(self, state: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
+        """`_observe`, or with randomisation the Dict of noisy "obs" and normalised "privileged" parameters."""
+        obs = self._observe(state)
+        if self.randomization is None:
+            return obs
+        names = self.randomization.names()
+        if "obs_noise" in names:
+            std = self._params[names.index("obs_noise")].to(self.dtype)
+            noise = torch.randn(obs.shape, generator=self._generator, device=self.device, dtype=self.dtype)
+            obs = torch.addcmul(obs, noise, std[:, None])
+        privileged = self._transpose_rows(self.randomization.normalized(self._params))
+        if not self.privileged:
+            return obs
+        return {DEPLOYABLE_KEY: obs, PRIVILEGED_KEY: privileged}
+
+    def _sample_params(self) -> torch.Tensor:
+        """Fresh parameters for every env, ``(k, num_envs)`` (the caller keeps those of the envs that reset)."""
+        names = self.randomization.names()
+        u = torch.rand((len(names), self.num_envs), generator=self._generator, device=self.device,
+                       dtype=self.physics_dtype)
+        return torch.stack(self.randomization.values(u))
+
+    def _apply_params(self) -> None:
+        """Point the physics attributes at the sampled parameters (defaults for the others)."""
+        names = self.randomization.names()
+        params = {n: self._params[names.index(n)] if n in names else v for n, v in self.randomizable.items()}
+        self._set_physics(params)
+
+    def _delayed(self, actions: torch.Tensor) -> torch.Tensor:
+        """The actions that take effect now: each env's own `action_delay` steps old."""
+        names = self.randomization.names()
+        depth = self.randomization.max_delay() + 1
+        if self._actions is None:
+            self._actions = actions.unsqueeze(0).repeat(depth, *[1] * actions.dim())
+        # an episode's first step: no older action yet, so its first one fills the queue
+        first = (self.elapsed_steps == 0).view(1, -1, *[1] * (actions.dim() - 1))
+        queue = torch.cat([actions.unsqueeze(0), self._actions[:-1]])
+        self._actions = torch.where(first, actions.unsqueeze(0), queue)
+        delay = self._params[names.index("action_delay")].long().view(1, -1, *[1] * (actions.dim() - 1))
+        return self._actions.gather(0, delay.expand(1, *actions.shape)).squeeze(0)
 
     def _sample_initial_state(self) -> torch.Tensor:
         """Uniform sample in ``[low, high]`` per state variable, ``(state_dim, num_envs)``."""
@@ -225,6 +301,13 @@ class TorchClassicControlVecEnv(ClassicControl, VectorEnv[torch.Tensor, torch.Te
         return out
 
 
+def _addcmul(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, value: float | torch.Tensor) -> torch.Tensor:
+    """x + value * a * b; `value` a float (one fused op) or a per-env tensor (a randomised parameter)."""
+    if isinstance(value, torch.Tensor):
+        return torch.addcmul(x, a * value, b)
+    return torch.addcmul(x, a, b, value=value)
+
+
 class CartPoleTorchVecEnv(CartPole, TorchClassicControlVecEnv):
     """CartPole-v1. State ``[x, x_dot, theta, theta_dot]``; actions {0, 1}."""
 
@@ -239,14 +322,14 @@ class CartPoleTorchVecEnv(CartPole, TorchClassicControlVecEnv):
         costheta = torch.cos(theta)
         sintheta = torch.sin(theta)
         # temp = (force + polemass_length * theta_dot**2 * sintheta) / total_mass
-        temp = torch.addcmul(force, theta_dot.square(), sintheta, value=self.polemass_length)
+        temp = _addcmul(force, theta_dot.square(), sintheta, self.polemass_length)
         temp /= self.total_mass
         # thetaacc = (g sin - cos temp) / (length (4/3 - masspole cos**2 / total_mass))
         numerator = torch.addcmul(self.gravity * sintheta, costheta, temp, value=-1.0)
         denominator = costheta.square() * (-self.length * self.masspole / self.total_mass)
         thetaacc = numerator / (denominator + self.length * 4.0 / 3.0)
         # xacc = temp - polemass_length * thetaacc * costheta / total_mass
-        xacc = torch.addcmul(temp, thetaacc, costheta, value=-self.polemass_length / self.total_mass)
+        xacc = _addcmul(temp, thetaacc, costheta, -self.polemass_length / self.total_mass)
         # Explicit Euler (gymnasium's default integrator): s + tau * ds/dt.
         derivative = torch.stack((x_dot, xacc, theta_dot, thetaacc))
         next_state = torch.add(state, derivative, alpha=self.tau)
@@ -390,13 +473,13 @@ class PendulumTorchVecEnv(Pendulum, TorchClassicControlVecEnv):
         self, state: torch.Tensor, actions: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         th, thdot = state
-        g, m, length, dt = self.g, self.m, self.pole_length, self.dt
+        g, length, dt = self.g, self.pole_length, self.dt
         u = actions[:, 0].clamp(-self.max_torque, self.max_torque)
         # angle_normalize: numpy's % and torch.remainder both follow the divisor's sign.
         th_normalized = torch.remainder(th + math.pi, 2 * math.pi) - math.pi
         costs = th_normalized**2 + 0.1 * thdot**2 + 0.001 * (u**2)
 
-        newthdot = thdot + (3 * g / (2 * length) * torch.sin(th) + 3.0 / (m * length**2) * u) * dt
+        newthdot = thdot + (3 * g / (2 * length) * torch.sin(th) + self.torque_coef * u) * dt
         newthdot = newthdot.clamp(-self.max_speed, self.max_speed)
         newth = th + newthdot * dt
         terminated = torch.zeros_like(th, dtype=torch.bool)
@@ -418,7 +501,7 @@ _ENV_CLASSES: dict[str, type[TorchClassicControlVecEnv]] = {
     )
 }
 
-#: Gymnasium ids that have a batched torch implementation here.
+#: Gymnasium ids that have a batched torch implementation here (the randomised ids, RANDOMIZED_ENV_IDS, too).
 TORCH_ENV_IDS: tuple[str, ...] = tuple(_ENV_CLASSES)
 
 
@@ -438,15 +521,19 @@ def make_torch_vec_env(
         device: torch device to simulate on.
         seed: seed of the env's random generator (reset states).
         dtype: dtype of returned observations and rewards.
-        **kwargs: ``max_episode_steps`` or ``physics_dtype`` overrides.
+        **kwargs: ``max_episode_steps``, ``physics_dtype`` or ``randomization``
+            (a ``Randomization``; a randomised id, ``RANDOMIZED_ENV_IDS``, brings its own) overrides.
 
     Raises:
         ValueError: if ``env_id`` is not supported.
     """
+    base, randomization, privileged = randomized_base(env_id, kwargs.pop("randomization", None),
+                                                      kwargs.pop("privileged", None))
     try:
-        cls = _ENV_CLASSES[env_id]
+        cls = _ENV_CLASSES[base]
     except KeyError:
         raise ValueError(
-            f"No torch implementation of {env_id!r}; supported ids: {', '.join(TORCH_ENV_IDS)}"
+            f"No torch implementation of {env_id!r}; supported ids: {', '.join(TORCH_ENV_IDS + RANDOMIZED_ENV_IDS)}"
         ) from None
-    return cls(num_envs, device=device, seed=seed, dtype=dtype, **kwargs)
+    return cls(num_envs, device=device, seed=seed, dtype=dtype, randomization=randomization, privileged=privileged,
+               **kwargs)

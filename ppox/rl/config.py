@@ -125,8 +125,10 @@ class PPOConfig(ObjectiveConfig):
     """Torch device: cpu, cuda, cuda:1, auto (cuda when available)."""
     torch_threads: int = 1
     """Torch intra-op threads; 1 is fastest for small MLPs (see docs/performance.md); 0 = torch default."""
-    compile: bool = False
-    """Compile the policy step and the minibatch update with torch.compile."""
+    compile: bool | Literal["auto"] = "auto"
+    """Compile the policy step and the minibatch update with torch.compile: 'auto' (the default) compiles where it
+    pays off (a CPU with a C++ compiler or CUDA, plain Adam, no memory core, enough minibatch updates over the run
+    to repay the compile time) and says once why or why not; --compile / --no-compile force it."""
     eval_episodes: int = 20
     """Episodes of the final deterministic evaluation (0 to skip) and of each periodic one (--eval-every)."""
     eval_every: int = 0

@@ -72,6 +72,8 @@ def check_env_id(env_id: str) -> str:
     if ":" in env_id:
         env_id = import_env_module(env_id)
     register_suite(env_id)
+    if env_id.startswith("ppox/"):
+        import ppox.envs  # noqa: F401  registers ppox's randomised ids
     if env_id in gym.registry:
         return env_id
     close = difflib.get_close_matches(env_id, list(gym.registry), n=3, cutoff=0.5)
@@ -164,19 +166,20 @@ class VecEnv:
         self.whole_games = False
         self._fresh_obs = False  # the env returns a new observation array every step (no copy needed)
         if backend == "numpy":
-            from ppox.envs import NUMPY_ENV_IDS, make_numpy_vec_env
+            from ppox.envs import NUMPY_ENV_IDS, RANDOMIZED_ENV_IDS, make_numpy_vec_env
 
-            if env_id not in NUMPY_ENV_IDS:
+            if env_id not in NUMPY_ENV_IDS + RANDOMIZED_ENV_IDS:
                 raise EnvError(
                     f"env_backend numpy has no {env_id!r}; it has {', '.join(NUMPY_ENV_IDS)} "
                     "(use --env-backend gymnasium or auto)"
                 )
             self.envs = make_numpy_vec_env(env_id, num_envs, seed=seed)
-            self._fresh_obs = True
+            # a new float32 (num_envs, obs_dim) array each step; a randomised env's Dict is encoded
+            self._fresh_obs = not isinstance(self.envs.single_observation_space, gym.spaces.Dict)
         elif backend == "torch":
-            from ppox.envs import TORCH_ENV_IDS, make_torch_vec_env
+            from ppox.envs import RANDOMIZED_ENV_IDS, TORCH_ENV_IDS, make_torch_vec_env
 
-            if env_id not in TORCH_ENV_IDS:
+            if env_id not in TORCH_ENV_IDS + RANDOMIZED_ENV_IDS:
                 raise EnvError(
                     f"env_backend torch has no {env_id!r}; it has {', '.join(TORCH_ENV_IDS)} "
                     "(use --env-backend gymnasium)"
@@ -211,12 +214,15 @@ class VecEnv:
         self._hidden = velocity_indices(self.name) if mask_velocity else None
         check_observation_space(self.single_observation_space)
         self.spec: ActionSpec = action_spec(self.single_action_space)
+        # the numpy policy's actions are the env's as they are (no clipping, no offset): to_env_action_np is a no-op
+        self._raw_np_actions = self.spec.kind != "continuous" and not any(self.spec.start)
         self.obs_dim = obs_dim(self.single_observation_space)
         self._episode_return = np.zeros(num_envs, dtype=np.float64)
         self._episode_length = np.zeros(num_envs, dtype=np.int64)
         self.numpy_backend = backend == "numpy" or isinstance(
             self.envs, gym.vector.SyncVectorEnv | gym.vector.AsyncVectorEnv | AleVectorEnv)
         self._box_obs = isinstance(self.single_observation_space, gym.spaces.Box)
+        self._discrete_obs = isinstance(self.single_observation_space, gym.spaces.Discrete)
         self._image = image_layout(self.single_observation_space) is not None  # kept uint8 (C, H, W)
         # ppox's own envs match their spaces; a gymnasium env's first observations are checked
         self._obs_checks_left = OBS_CHECKS + 1 if backend == "gymnasium" else 0
@@ -327,6 +333,9 @@ class VecEnv:
         if self._box_obs:
             obs = np.asarray(obs)
             return np.array(obs.reshape(obs.shape[0], -1), dtype=np.float32)
+        if self._discrete_obs:  # encode_obs's one-hot, in numpy: (num_envs, n) float32
+            space = self.single_observation_space
+            return np.eye(int(space.n), dtype=np.float32)[np.asarray(obs).reshape(-1) - int(space.start)]
         return encode_obs(obs, self.single_observation_space, "cpu").numpy()
 
     def reset(self, seed: int | None = None) -> torch.Tensor:
@@ -442,7 +451,7 @@ class VecEnv:
 
     def _step(self, actions: torch.Tensor | np.ndarray) -> StepResult:
         if isinstance(actions, np.ndarray):
-            return self._step_np(to_env_action_np(actions, self.spec))
+            return self._step_np(actions if self._raw_np_actions else to_env_action_np(actions, self.spec))
         if self.numpy_backend:
             r = self._step_np(to_env_action(actions, self.spec))
             device = self.device
@@ -483,6 +492,8 @@ class VecEnv:
             raw_final = info["final_obs"]
             if isinstance(raw_final, torch.Tensor):
                 final_obs[idx] = self._encode(raw_final[idx]) if raw_final.shape[0] else final_obs[idx]
+            elif isinstance(raw_final, dict):  # a Dict observation of tensors (ppox's randomised torch envs)
+                final_obs[idx] = self._encode({k: v[idx] for k, v in raw_final.items()})
             else:
                 # gymnasium: an object array holding the last observation of each ended env
                 for i in idx:
@@ -503,12 +514,62 @@ class VecEnv:
             finished_envs=np.flatnonzero(done).tolist(),
         )
 
+    def _check_finite(self, reward: np.ndarray, obs: np.ndarray) -> None:
+        """NonFiniteEnvValue naming the first env whose reward or (float) observation is NaN/Inf."""
+        if not np.isfinite(reward).all():
+            bad = int(np.flatnonzero(~np.isfinite(reward))[0])
+            raise NonFiniteEnvValue(bad, f"environment {bad} returned a non-finite reward ({reward[bad]})")
+        if obs.dtype.kind == "f" and not np.isfinite(obs).all():  # images (uint8) are finite
+            bad = int(np.flatnonzero(~np.isfinite(obs.reshape(len(obs), -1)).all(axis=1))[0])
+            raise NonFiniteEnvValue(bad, f"environment {bad} returned a non-finite observation")
+
+    def _step_twin(self, env_actions: np.ndarray) -> StepResult:
+        """`_step_np` for ppox's numpy twins (ppox.envs.numpy_envs), which return a new float32 observation
+        array, float64 rewards, bool flags, no action masks, and an info that is non-empty exactly when an
+        episode ended: the same results with a fraction of the per-step calls."""
+        obs, reward, terminated, truncated, info = self.envs.step(env_actions)
+        # one float64 sum per array instead of isfinite().all() (half the calls): a NaN/inf entry makes the sum
+        # non-finite, float32 entries cannot overflow it (a float64 reward sum that does goes to the exact
+        # check, which then finds nothing)
+        if not (math.isfinite(reward.sum()) and math.isfinite(obs.sum(dtype=np.float64))):
+            self._check_finite(reward, obs)
+        self._episode_return += reward
+        self._episode_length += 1
+        final_obs = obs
+        finished_returns: list[float] = []
+        finished_lengths: list[int] = []
+        finished_envs: list[int] = []
+        if info:
+            done = info["_final_obs"]
+            finished_envs = np.flatnonzero(done).tolist()
+            finished_returns = self._episode_return[done].tolist()
+            finished_lengths = self._episode_length[done].tolist()
+            self._episode_return[done] = 0
+            self._episode_length[done] = 0
+            final_obs = obs.copy()
+            final_obs[done] = info["final_obs"][done]
+        self._steps += 1
+        return StepResult(
+            obs=self._hide_velocities(obs),
+            reward=reward.astype(np.float32),
+            terminated=terminated,
+            truncated=truncated,
+            final_obs=self._hide_velocities(final_obs),
+            finished_returns=finished_returns,
+            finished_lengths=finished_lengths,
+            finished_envs=finished_envs,
+            action_mask=self.action_mask,
+        )
+
     def _step_np(self, env_actions: np.ndarray) -> StepResult:
         """One step of a gymnasium vector env, all in numpy (float32 obs and reward, bool flags)."""
+        if self._fresh_obs:
+            return self._step_twin(env_actions)
         raw_dtype = False
         games: dict[int, dict] = {}  # whole_games: env index -> the statistics of its game that ended
         info = None
-        if isinstance(self.envs, gym.vector.SyncVectorEnv) and self._box_obs and self._mask_source != "info":
+        if (isinstance(self.envs, gym.vector.SyncVectorEnv) and (self._box_obs or self._discrete_obs)
+                and self._mask_source != "info"):
             obs, reward, terminated, truncated, raw_final = _step_sync_envs(
                 self.envs.envs, env_actions, self.spec, games if self.whole_games else None)
             raw_dtype = True
@@ -524,13 +585,8 @@ class VecEnv:
         if self._obs_checks_left:
             self._check_obs(obs, raw_dtype)
         reward = np.asarray(reward)
-        if not np.isfinite(reward).all():
-            bad = int(np.flatnonzero(~np.isfinite(reward))[0])
-            raise NonFiniteEnvValue(bad, f"environment {bad} returned a non-finite reward ({reward[bad]})")
         next_obs = self._encode_np(obs)
-        if next_obs.dtype.kind == "f" and not np.isfinite(next_obs).all():  # images (uint8) are finite
-            bad = int(np.flatnonzero(~np.isfinite(next_obs).all(axis=1))[0])
-            raise NonFiniteEnvValue(bad, f"environment {bad} returned a non-finite observation")
+        self._check_finite(reward, next_obs)
         self._episode_return += reward
         self._episode_length += 1
         terminated = np.asarray(terminated, dtype=bool)
@@ -605,11 +661,12 @@ def resolve_env_backend(backend: str, env_id: str | None, device: torch.device, 
     if env_fn is not None:
         return "gymnasium"
     if backend == "auto":
-        from ppox.envs import NUMPY_ENV_IDS
+        from ppox.envs import NUMPY_ENV_IDS, RANDOMIZED_ENV_IDS
 
         cpu = torch.device(device).type == "cpu"
         in_process = vectorization != "async" and step_timeout is None
-        return "numpy" if env_id in NUMPY_ENV_IDS and cpu and in_process else "gymnasium"
+        twin = env_id in NUMPY_ENV_IDS + RANDOMIZED_ENV_IDS
+        return "numpy" if twin and cpu and in_process else "gymnasium"
     if step_timeout is not None and backend != "gymnasium":
         raise ConfigError(f"--env-step-timeout needs gymnasium envs in worker processes; env_backend {backend} "
                           "steps ppox's own envs in this process (use --env-backend gymnasium or auto)")
@@ -617,7 +674,7 @@ def resolve_env_backend(backend: str, env_id: str | None, device: torch.device, 
 
 
 def _step_sync_envs(envs: list[gym.Env], actions: np.ndarray, spec: ActionSpec, games: dict | None = None):
-    """`SyncVectorEnv.step` with same-step autoreset for Box observations, without its per-step
+    """`SyncVectorEnv.step` with same-step autoreset for Box or Discrete observations, without its per-step
     bookkeeping (infos, batching into its own buffer): the same env calls in the same order, so the
     same results, ~15-20 us less per step for 4 envs. Returns (obs list, rewards, terminated,
     truncated, final observations by env index); `games`, if given, gets the whole-game statistics

@@ -22,12 +22,16 @@ plain Adam, a policy with memory) `CompiledUpdate.supported` is False and the tr
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import importlib.util
 import json
 import os
 import platform
+import shutil
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -41,17 +45,20 @@ from ppox.rl.policy import forward_inputs
 STAT_KEYS = ("policy_loss", "value_loss", "entropy", "kl_penalty", "approx_kl", "old_approx_kl", "clipfrac")
 
 
-def compile_fn(fn: Callable, enabled: bool, cpp_wrapper: bool = False) -> Callable:
+def compile_fn(fn: Callable, enabled: bool, cpp_wrapper: bool = False, device: torch.device | None = None) -> Callable:
     """torch.compile(fullgraph) of `fn`, or `fn` itself when not `enabled`.
 
-    `cpp_wrapper`: inductor's C++ wrapper instead of its Python one for calling the graph's kernels.
-    The Python wrapper spends ~1-2 us per intermediate buffer and per input view (~80 per update
-    call); in C++ the CPU update is ~20% faster, and compiles as fast with a warm cache.
+    `device`: where `fn` runs; None = the CPU. Only a CPU graph needs inductor's CPU ISA probe (C++ builds), so
+    a CUDA run never pays for it. `cpp_wrapper` (CPU only): inductor's C++ wrapper instead of its Python one for
+    calling the graph's kernels. The Python wrapper spends ~1-2 us per intermediate buffer and per input view
+    (~80 per update call); in C++ the CPU update is ~20% faster, and compiles as fast with a warm cache.
     """
     if not enabled:
         return fn
-    remember_cpu_isa_probe()
-    options = {"cpp_wrapper": True} if cpp_wrapper else None
+    on_cpu = device is None or device.type == "cpu"
+    if on_cpu:
+        remember_cpu_isa_probe()
+    options = {"cpp_wrapper": True} if cpp_wrapper and on_cpu else None
     return torch.compile(fn, fullgraph=True, dynamic=False, options=options)
 
 
@@ -98,6 +105,14 @@ def remember_cpu_isa_probe() -> None:
             atomic_write_json(path, known)
 
 
+def _generator_state(generator: torch.Generator | None) -> torch.Tensor:
+    return (generator if generator is not None else torch.default_generator).get_state()
+
+
+def _set_generator_state(generator: torch.Generator | None, state: torch.Tensor) -> None:
+    (generator if generator is not None else torch.default_generator).set_state(state)
+
+
 class CompileTimer:
     """Wall seconds spent in the first call(s) of compiled functions (tracing + code generation)."""
 
@@ -134,6 +149,140 @@ def compile_torch_env(env, timer: CompileTimer | None = None) -> None:
     env._dynamics = timer.wrap(compiled) if timer is not None else compiled
 
 
+# ---------------------------------------------------------------------------- compile="auto"
+# Minibatch updates over a run from which compile="auto" compiles. With a warm inductor cache compiling costs
+# ~2 s and saves ~1-2 ms per minibatch update of a small MLP on a CPU (benchmarks/bench_compiled_update.py,
+# docs/performance.md): it repays itself after ~1000-2000 updates, so short runs (and the tests) stay eager.
+AUTO_COMPILE_MIN_UPDATES = 2500
+
+
+@dataclass(frozen=True)
+class CompileDecision:
+    """Whether a run compiles, and why (said once when it starts, recorded in summary.json)."""
+
+    enabled: bool
+    reason: str
+    # whether to say it when the run starts: compiling (the first iterations pause), or eager for a reason other
+    # than the run's length (a slow path the user should know about); a short run staying eager goes unsaid
+    said: bool = True
+
+
+def cpp_compiler() -> str | None:
+    """The C++ compiler inductor would use on a CPU (its own rule: $CXX, else g++ / c++ / clang++), or None."""
+    for name in (os.environ.get("CXX"), "g++", "c++", "clang++"):
+        if name and shutil.which(name):
+            return name
+    return None
+
+
+def decide_compile(
+    setting: bool | str,
+    *,
+    device: torch.device,
+    optimizer: torch.optim.Optimizer,
+    recurrent: bool,
+    distributed: bool,
+    minibatch_updates: int,
+) -> CompileDecision:
+    """Resolve a config's `compile` (True, False or "auto") for a run of `minibatch_updates` minibatch updates.
+
+    "auto" compiles only where the compiled update applies (plain Adam, no memory core, one process) and can be
+    built (a CPU with a C++ compiler, or CUDA with triton), and only when the run is long enough to repay it.
+    """
+    if setting is True or setting is False:
+        return CompileDecision(setting, "--compile" if setting else "--no-compile")
+    why_not = (
+        "the update of a policy with memory runs eagerly" if recurrent
+        else "the optimizer is not plain Adam" if not adam_supported(optimizer)
+        else "torchrun's update runs eagerly" if distributed
+        else "no C++ compiler found (set CXX)" if device.type == "cpu" and cpp_compiler() is None
+        else "triton is not installed" if device.type == "cuda" and importlib.util.find_spec("triton") is None
+        else f"torch.compile is not used on {device.type}" if device.type not in ("cpu", "cuda")
+        else f"{minibatch_updates} minibatch updates do not repay compiling (from {AUTO_COMPILE_MIN_UPDATES})"
+        if minibatch_updates < AUTO_COMPILE_MIN_UPDATES
+        else None
+    )
+    if why_not is not None:
+        return CompileDecision(False, f"auto: eager, {why_not}", said=minibatch_updates >= AUTO_COMPILE_MIN_UPDATES)
+    return CompileDecision(True, f"auto: compiled, {minibatch_updates} minibatch updates on {device.type}")
+
+
+def _compiled_marker() -> Path:
+    """ppox's list of update graphs compiled here, kept inside inductor's own cache directory so that it goes
+    when that cache goes (e.g. /tmp cleared): then "warm" means inductor can really reuse the compiled code."""
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+    return Path(cache_dir()) / "ppox_compiled_updates.json"
+
+
+def update_cache_key(policy: torch.nn.Module, objective: ObjectiveConfig, minibatch_size: int,
+                     device: torch.device) -> str:
+    """What an update graph is compiled for: torch's version, the device, the policy's layers, the loss, the
+    minibatch size (a key that differs only costs a wrong warm/cold note, never a wrong result)."""
+    text = "|".join((torch.__version__, device.type, repr(policy), repr(objective), str(minibatch_size)))
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def compiled_before(key: str) -> bool:
+    """Whether an update with this key was compiled on this machine and inductor's cache is still there."""
+    try:
+        return key in json.loads(_compiled_marker().read_text())
+    except (OSError, ValueError, TypeError):
+        return False
+
+
+def remember_compiled(key: str) -> None:
+    """Record a compiled update (best effort: a read-only cache only costs a "first compile" note next time)."""
+    path = _compiled_marker()
+    try:
+        known = json.loads(path.read_text())
+    except (OSError, ValueError):
+        known = []
+    known = known if isinstance(known, list) else []
+    if key not in known:
+        with contextlib.suppress(OSError):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(path, [*known[-999:], key])
+
+
+# ---------------------------------------------------------------------------- pure optimizer maths
+def adam_step(
+    param: torch.Tensor,
+    exp_avg: torch.Tensor,
+    exp_avg_sq: torch.Tensor,
+    step: torch.Tensor,
+    grad: torch.Tensor,
+    lr: torch.Tensor | float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One step of torch.optim.Adam (no weight decay, amsgrad or maximize) as a pure function.
+
+    Any shape (`step` broadcasts against the others, e.g. () or one count per stacked agent); nothing is
+    modified in place, so it composes with torch.func.vmap and torch.compile. Returns the new
+    (param, exp_avg, exp_avg_sq, step), with torch's own ordering of the operations.
+    """
+    step = step + 1
+    exp_avg = exp_avg.lerp(grad, 1 - beta1)
+    exp_avg_sq = exp_avg_sq * beta2 + (1 - beta2) * grad * grad
+    bias1 = 1 - beta1**step
+    bias2_sqrt = torch.sqrt(1 - beta2**step)
+    denom = exp_avg_sq.sqrt() / bias2_sqrt + eps
+    return param - (lr / bias1) * exp_avg / denom, exp_avg, exp_avg_sq, step
+
+
+def clip_grad_global_norm(grad: torch.Tensor, max_norm: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """clip_grad_norm_'s rule on one flat gradient: scale by min(1, max_norm / (norm + 1e-6)).
+
+    Pure (vmappable). `max_norm` None returns the gradient as it is. Returns (grad, total_norm before clipping).
+    """
+    total_norm = torch.linalg.vector_norm(grad)
+    if max_norm is not None:
+        grad = grad * torch.clamp(max_norm / (total_norm + 1e-6), max=1.0)
+    return grad, total_norm
+
+
 # ---------------------------------------------------------------------------- minibatch update
 def adam_supported(optimizer: torch.optim.Optimizer) -> bool:
     """True for a plain torch.optim.Adam (no weight decay, amsgrad, maximize, differentiable)."""
@@ -159,26 +308,34 @@ class CompiledUpdate:
         max_grad_norm: float | None,
         compile: bool = True,
         timer: CompileTimer | None = None,
+        cache_key: str | None = None,
     ) -> None:
         self.policy = policy
+        self.cache_key = cache_key  # update_cache_key(...): recorded once the graph has compiled
         self.optimizer = optimizer
         self.objective = objective
         self.max_grad_norm = max_grad_norm
-        # a recurrent policy's update replays sequences step by step: unrolled into one graph it would compile
-        # for minutes, so it runs the eager loop (said once when the run starts)
+        # a recurrent policy's update cuts its sequences at episode starts into data-dependent shapes (one
+        # kernel run over padded segments, ppox.rl.policy.RecurrentCore), which a compiled graph cannot hold, so
+        # it runs the eager loop (said once when the run starts)
         self.supported = adam_supported(optimizer) and not getattr(policy, "recurrent", False)
         if compile and getattr(policy, "recurrent", False):
             print("note: --compile: the update of a policy with memory runs eagerly", file=sys.stderr, flush=True)
         self.names = [n for n, p in policy.named_parameters() if p.requires_grad]
         self._params = dict(policy.named_parameters())
         self._sizes = [self._params[n].numel() for n in self.names]  # the parameters' slices of a flat buffer
-        step = self._make_step()
-        on_cpu = all(p.device.type == "cpu" for p in self._params.values())
-        self._step = compile_fn(step, compile, cpp_wrapper=on_cpu)
-        if compile and timer is not None:
-            self._step = timer.wrap(self._step)
+        self._device = next(iter(self._params.values())).device
+        self._on_cpu = all(p.device.type == "cpu" for p in self._params.values())
+        self._timer = timer
         self._compiled = compile
+        self._chunks: dict[tuple, Callable] = {}  # (epochs, minibatches, masked) -> the (compiled) chunk function
         self._signature: tuple | None = None  # inputs the compiled graph was built for
+        # How many minibatch steps one compiled call runs: "minibatch" (1), "epoch" (num_minibatches) or "iteration"
+        # (all, target_kl's stop masked inside the graph). Unrolled steps cost their trace and compile time on every
+        # run (the warm cache saves only code generation): with the update ~1/3 of an iteration on a CPU, the
+        # fewer calls of "epoch"/"iteration" did not repay their longer compile over CleanRL-length runs
+        # (docs/performance.md), so one call per minibatch is the default.
+        self.unroll = "minibatch"
 
     # the pure function ----------------------------------------------------------------------
     def _make_step(self) -> Callable:
@@ -202,39 +359,93 @@ class CompiledUpdate:
             flat_params: torch.Tensor,  # (num_params,) all weights, one buffer; updated in place
             flat_exp_avg: torch.Tensor,  # (num_params,) Adam's first moment
             flat_exp_avg_sq: torch.Tensor,  # (num_params,) Adam's second moment
-            adam_step: torch.Tensor,  # () Adam's step count, shared: every parameter steps together
+            adam_step_count: torch.Tensor,  # () Adam's step count, shared: every parameter steps together
             batch: dict[str, torch.Tensor],
             idx: torch.Tensor,
             lr: torch.Tensor,
             kl_coef: torch.Tensor,
+            active: torch.Tensor | None = None,  # () bool; False: leave weights and Adam state as they are
         ) -> torch.Tensor:
             mb = {k: v[idx] for k, v in batch.items()}
             params = {n: t.view(shape) for n, t, shape in
                       zip(names, flat_params.split(sizes), shapes, strict=True)}
             grads, (loss, stats) = grad_fn(params, mb, kl_coef)
-            g = torch.cat([grads[n].reshape(-1) for n in names])
-            total_norm = torch.linalg.vector_norm(g)
-            if max_norm is not None:  # exactly clip_grad_norm_'s rule
-                g = g * torch.clamp(max_norm / (total_norm + 1e-6), max=1.0)
+            g, total_norm = clip_grad_global_norm(torch.cat([grads[n].reshape(-1) for n in names]), max_norm)
             ok = torch.isfinite(loss) & torch.isfinite(total_norm)
+            if active is not None:
+                ok = ok & active
             # Adam as torch.optim.Adam computes it, on the one flat buffer
-            s_new = adam_step + 1
-            m_new = flat_exp_avg.lerp(g, 1 - beta1)
-            v_new = flat_exp_avg_sq * beta2 + (1 - beta2) * g * g
-            bias1 = 1 - beta1**s_new
-            bias2_sqrt = torch.sqrt(1 - beta2**s_new)
-            denom = v_new.sqrt() / bias2_sqrt + eps
-            p_new = flat_params - (lr / bias1) * m_new / denom
+            p_new, m_new, v_new, s_new = adam_step(flat_params, flat_exp_avg, flat_exp_avg_sq, adam_step_count, g,
+                                                   lr, beta1, beta2, eps)
             flat_params.copy_(torch.where(ok, p_new, flat_params))
             flat_exp_avg.copy_(torch.where(ok, m_new, flat_exp_avg))
             flat_exp_avg_sq.copy_(torch.where(ok, v_new, flat_exp_avg_sq))
-            adam_step.copy_(torch.where(ok, s_new, adam_step))
+            adam_step_count.copy_(torch.where(ok, s_new, adam_step_count))
             finite = torch.isfinite(loss)
             # [*STAT_KEYS, finite, applied] in one tensor: one accumulation per minibatch outside the graph
             return torch.stack([torch.where(finite, stats[k], 0.0) for k in STAT_KEYS]
                                + [finite.to(loss.dtype), ok.to(loss.dtype)])
 
         return step
+
+    def _make_chunk(self, epochs: int, minibatches: int, masked: bool) -> Callable:
+        """`epochs` x `minibatches` minibatch steps unrolled into one function (one compiled graph).
+
+        `masked` (several epochs per call with target_kl): target_kl's early stop without leaving the graph.
+        Every epoch is computed, but after the first epoch whose mean approx_kl exceeds target_kl, the
+        steps leave the weights, Adam's state and the statistics untouched.
+        """
+        step = self._make_step()
+        n_stats = len(STAT_KEYS)
+        kl_index = STAT_KEYS.index("approx_kl")
+
+        def chunk(
+            flat_params: torch.Tensor,  # (num_params,) updated in place, like Adam's state below
+            flat_exp_avg: torch.Tensor,
+            flat_exp_avg_sq: torch.Tensor,
+            adam_step_count: torch.Tensor,
+            batch: dict[str, torch.Tensor],
+            idx: torch.Tensor,  # (epochs, minibatches, minibatch_size) rows of `batch`
+            lr: torch.Tensor,
+            kl_coef: torch.Tensor,
+            totals: torch.Tensor,  # (len(STAT_KEYS) + 2,) running sums: STAT_KEYS, finite count, applied count
+            target_kl: torch.Tensor,  # () float64; read only when masked
+        ) -> tuple[torch.Tensor, torch.Tensor]:
+            stopped = torch.zeros((), dtype=torch.bool, device=totals.device)
+            epochs_run = torch.zeros((), dtype=torch.int64, device=totals.device)
+            for e in range(epochs):
+                epoch_start = totals
+                for j in range(minibatches):
+                    stats = step(flat_params, flat_exp_avg, flat_exp_avg_sq, adam_step_count, batch, idx[e, j], lr,
+                                 kl_coef, ~stopped if masked else None)
+                    totals = totals + (torch.where(stopped, 0.0, stats) if masked else stats)
+                if masked:
+                    epochs_run = epochs_run + (~stopped).long()
+                    epoch = totals - epoch_start
+                    # the eager loop's test, in float64 as Python computes it there
+                    exceeded = (epoch[n_stats] > 0) & (epoch[kl_index].double() / epoch[n_stats].double() > target_kl)
+                    stopped = stopped | exceeded
+            return totals, epochs_run if masked else epochs_run + epochs
+
+        return chunk
+
+    def _chunk(self, epochs: int, minibatches: int, masked: bool) -> Callable:
+        key = (epochs, minibatches, masked)
+        if key not in self._chunks:
+            fn = compile_fn(self._make_chunk(*key), self._compiled, cpp_wrapper=self._on_cpu,
+                            device=torch.device("cpu") if self._on_cpu else self._device)
+            if self._compiled and self._timer is not None:
+                fn = self._timer.wrap(fn)
+            self._chunks[key] = fn
+        return self._chunks[key]
+
+    def _plan(self, update_epochs: int, num_minibatches: int) -> tuple[int, int]:
+        """(epochs, minibatches) per compiled call, by `self.unroll`."""
+        if self.unroll == "iteration":
+            return update_epochs, num_minibatches
+        if self.unroll == "epoch":
+            return 1, num_minibatches
+        return 1, 1
 
     # the loop -----------------------------------------------------------------------------------
     def _adam_state(self) -> tuple[list, list, list]:
@@ -276,46 +487,68 @@ class CompiledUpdate:
         flat_params = torch.cat([p.reshape(-1) for p in params])
         flat_exp_avg = torch.cat([m.reshape(-1) for m in exp_avgs])
         flat_exp_avg_sq = torch.cat([v.reshape(-1) for v in exp_avg_sqs])
-        adam_step = steps[0].detach().clone()
-        if any(float(s) != float(adam_step) for s in steps[1:]):
+        step_count = steps[0].detach().clone()
+        if any(float(s) != float(step_count) for s in steps[1:]):
             raise RuntimeError("CompiledUpdate needs every parameter at the same Adam step count")
         lr = torch.tensor(float(self.optimizer.param_groups[0]["lr"]), device=device)
         kl = torch.tensor(float(kl_coef), device=device)
 
         n_stats = len(STAT_KEYS)
         totals = torch.zeros(n_stats + 2, device=device)  # STAT_KEYS sums, finite count, applied count
-        epochs_run = 0
-        minibatches = 0
+        epochs_per_call, minibatches_per_call = self._plan(update_epochs, num_minibatches)
+        masked = epochs_per_call > 1 and target_kl is not None
+        chunk = self._chunk(epochs_per_call, minibatches_per_call, masked)
+        target = torch.tensor(float(target_kl) if target_kl is not None else 0.0, dtype=torch.float64, device=device)
         # After the first call has compiled the graph, further calls with the same input signature skip
         # dynamo's guard evaluation (~75 us per call on a 2-core CPU): the graph has a single cache entry,
         # built for exactly these shapes/dtypes, so the guards could only pass.
-        signature = (minibatch_size, update_epochs, tuple((k, v.shape, v.dtype) for k, v in batch.items()),
-                     device, torch.is_grad_enabled())
+        signature = (minibatch_size, update_epochs, num_minibatches, masked,
+                     tuple((k, v.shape, v.dtype) for k, v in batch.items()), device, torch.is_grad_enabled())
         skip_guards = self._compiled and self._signature == signature
         stance = (torch.compiler.set_stance("default", skip_guard_eval_unsafe=True) if skip_guards
                   else contextlib.nullcontext())
+        epochs_run = 0
         with stance:
-            for _epoch in range(update_epochs):
-                epochs_run += 1
-                perm = torch.randperm(batch_size, generator=generator).to(device)
-                epoch_start = totals.clone() if target_kl is not None else None
-                for start in range(0, batch_size, minibatch_size):
-                    totals += self._step(flat_params, flat_exp_avg, flat_exp_avg_sq, adam_step, batch,
-                                         perm[start : start + minibatch_size], lr, kl)
-                    minibatches += 1
-                if epoch_start is not None:
-                    epoch = totals - epoch_start
-                    epoch_count = float(epoch[n_stats])
-                    if epoch_count and float(epoch[STAT_KEYS.index("approx_kl")]) / epoch_count > target_kl:
-                        break
+            if epochs_per_call > 1:
+                # every epoch's permutation up front (the generator's stream is today's); where target_kl stops
+                # early, the generator is set back to where the eager loop would have left it
+                states = [] if masked else None
+                perms = []
+                for _ in range(update_epochs):
+                    if states is not None:
+                        states.append(_generator_state(generator))
+                    perms.append(torch.randperm(batch_size, generator=generator))
+                idx = torch.stack(perms).to(device).view(update_epochs, num_minibatches, minibatch_size)
+                totals, ran = chunk(flat_params, flat_exp_avg, flat_exp_avg_sq, step_count, batch, idx, lr, kl,
+                                    totals, target)
+                epochs_run = int(ran)
+                if states is not None and epochs_run < update_epochs:
+                    _set_generator_state(generator, states[epochs_run])
+            else:
+                for _epoch in range(update_epochs):
+                    epochs_run += 1
+                    perm = torch.randperm(batch_size, generator=generator).to(device)
+                    idx = perm.view(num_minibatches // minibatches_per_call, 1, minibatches_per_call, minibatch_size)
+                    epoch_start = totals.clone() if target_kl is not None else None
+                    for part in idx:
+                        totals, _ = chunk(flat_params, flat_exp_avg, flat_exp_avg_sq, step_count, batch, part, lr, kl,
+                                          totals, target)
+                    if epoch_start is not None:
+                        epoch = totals - epoch_start
+                        epoch_count = float(epoch[n_stats])
+                        if epoch_count and float(epoch[STAT_KEYS.index("approx_kl")]) / epoch_count > target_kl:
+                            break
+        minibatches = epochs_run * num_minibatches
         if self._compiled:
+            if self._signature is None and self.cache_key is not None:
+                remember_compiled(self.cache_key)
             self._signature = signature
         with torch.no_grad():
             for flat, tensors in ((flat_params, params), (flat_exp_avg, exp_avgs), (flat_exp_avg_sq, exp_avg_sqs)):
                 parts = flat.split(self._sizes)
                 torch._foreach_copy_(tensors, [t.view_as(x) for t, x in zip(parts, tensors, strict=True)])
             for s in steps:
-                s.copy_(adam_step)
+                s.copy_(step_count)
         sums = totals.tolist()
         count = sums[n_stats]
         n = max(count, 1.0)
@@ -324,4 +557,17 @@ class CompiledUpdate:
         return UpdateResult(result, epochs_run, int(count), optimizer_steps, minibatches - optimizer_steps)
 
 
-__all__ = ["CompileTimer", "CompiledUpdate", "adam_supported", "compile_fn", "compile_torch_env"]
+__all__ = [
+    "CompileDecision",
+    "CompileTimer",
+    "CompiledUpdate",
+    "adam_step",
+    "adam_supported",
+    "clip_grad_global_norm",
+    "compile_fn",
+    "compile_torch_env",
+    "compiled_before",
+    "decide_compile",
+    "remember_compiled",
+    "update_cache_key",
+]

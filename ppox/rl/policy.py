@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 import sys
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -152,6 +153,59 @@ class DictEncoder(nn.Module):
         return torch.cat(features, dim=1)
 
 
+PRIVILEGED_KEY = "privileged"  # a Dict observation's key the deployed policy will not have (ppox.rl.distill)
+LATENT_DIM = 8  # width of the privileged latent z
+
+
+class PrivilegedEncoder(nn.Module):
+    """A Dict observation of vectors with a "privileged" key (e.g. the sampled physics of a randomised env,
+    ppox.envs.randomization): the privileged part is embedded into a latent z (batch, LATENT_DIM) by a small
+    MLP (64 units, then tanh-bounded z), and the trunk MLP reads the deployable keys concatenated with z
+    (RMA's base policy: z enters the trunk, so the action may depend on obs and z jointly).
+
+    `latent(obs)` is the named target of a distilled student (ppox.rl.distill), `features(deployable, z)` the
+    trunk it reuses with its own estimate of z. Input: the Dict's flat encoding (keys in order)."""
+
+    def __init__(self, space: spaces.Dict, hidden_sizes: tuple[int, ...], activation: str) -> None:
+        super().__init__()
+        self.deployable_parts: list[tuple[int, int]] = []
+        start = 0
+        for key, sub in space.spaces.items():
+            end = start + obs_dim(sub)
+            if key == PRIVILEGED_KEY:
+                self.privileged_part = (start, end)
+            else:
+                self.deployable_parts.append((start, end))
+            start = end
+        self.deployable_dim = sum(b - a for a, b in self.deployable_parts)
+        privileged_dim = self.privileged_part[1] - self.privileged_part[0]
+        self.latent_encoder = nn.Sequential(layer_init(nn.Linear(privileged_dim, 64)), ACTIVATIONS[activation](),
+                                            layer_init(nn.Linear(64, LATENT_DIM)), nn.Tanh())
+        self.mlp = MLPEncoder(self.deployable_dim + LATENT_DIM, hidden_sizes, activation)
+        self.out_features = self.mlp.out_features
+
+    def deployable(self, obs: torch.Tensor) -> torch.Tensor:
+        """(batch, obs_dim) flat Dict encoding -> (batch, deployable_dim): every key but the privileged one."""
+        return torch.cat([obs[:, a:b] for a, b in self.deployable_parts], dim=1)
+
+    def latent(self, obs: torch.Tensor) -> torch.Tensor:
+        """(batch, obs_dim) -> z (batch, LATENT_DIM), from the privileged key alone."""
+        a, b = self.privileged_part
+        return self.latent_encoder(obs[:, a:b])
+
+    def features(self, deployable: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """(batch, deployable_dim), (batch, LATENT_DIM) -> (batch, out_features)."""
+        return self.mlp(torch.cat([deployable, z], dim=1))
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.features(self.deployable(obs), self.latent(obs))
+
+
+def has_privileged(space: spaces.Space) -> bool:
+    """Whether `space` is a Dict of vectors (no images) with a "privileged" key."""
+    return isinstance(space, spaces.Dict) and PRIVILEGED_KEY in space.spaces and not has_image(space)
+
+
 def _cnn(space: spaces.Space, hidden_sizes: tuple[int, ...], activation: str) -> nn.Module:
     if isinstance(space, spaces.Dict):
         return DictEncoder(space, hidden_sizes, activation)
@@ -159,6 +213,8 @@ def _cnn(space: spaces.Space, hidden_sizes: tuple[int, ...], activation: str) ->
 
 
 def _mlp(space: spaces.Space, hidden_sizes: tuple[int, ...], activation: str) -> nn.Module:
+    if has_privileged(space):
+        return PrivilegedEncoder(space, hidden_sizes, activation)
     if image_layout(space) is not None:
         return ImageMLPEncoder(space, hidden_sizes, activation)
     return MLPEncoder(obs_dim(space), hidden_sizes, activation)
@@ -216,9 +272,16 @@ class RecurrentCore(nn.Module):
     """An LSTM or GRU memory core (CleanRL's ppo_atari_lstm.py, sb3-contrib's RecurrentPPO).
 
     The state is one tensor (batch, state_size): [h, c] for an LSTM, h for a GRU; zeros where an episode
-    starts (`episode_starts`), then one cell step per time step. The cell's input projection is one matmul
-    over the whole sequence; only the recurrent part loops over time. The gates are torch's nn.LSTMCell /
-    nn.GRUCell formulas on that cell's parameters (tests/rl/test_memory.py pins them against nn.LSTM/nn.GRU).
+    starts (`episode_starts`). One parameter set, that of `cell` (nn.LSTMCell / nn.GRUCell), run by torch's
+    kernels two ways:
+    * one step (the rollout, predict, evaluation, export): the cell itself;
+    * a sequence (the update): nn.LSTM's / nn.GRU's multi-step kernel (oneDNN on CPU, cuDNN on GPU) on the
+      cell's parameters (the same gate layout), with no Python loop over time. The kernel cannot reset a
+      state mid-sequence, so each sequence is cut where an episode starts into segments, padded into batches
+      that start from the stored state (a sequence's first segment) or zeros (the others), run and gathered
+      back (`_segments`; sb3-contrib pads its sequences the same way).
+    tests/rl/test_memory.py pins both against nn.LSTM / nn.GRU and against each other (outputs, final states
+    and gradients, resets included).
     Initialisation as CleanRL's: orthogonal weights (gain 1), zero biases.
     """
 
@@ -236,40 +299,104 @@ class RecurrentCore(nn.Module):
         self.state_size = 2 * size if kind == "lstm" else size
 
     def forward(
-        self, features: torch.Tensor, state: torch.Tensor | None = None, episode_starts: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        sequence = features.dim() == 3
-        if not sequence:
-            features = features.unsqueeze(0)
-            episode_starts = None if episode_starts is None else episode_starts.unsqueeze(0)
-        steps, batch = features.shape[:2]
+        self, features: torch.Tensor, state: torch.Tensor | None = None, episode_starts: torch.Tensor | None = None,
+        final_state: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One step: features (batch, n), state (batch, state_size), episode_starts (batch,) -> (batch, size)
+        and the new state. A sequence: features (T, batch, n), episode_starts (T, batch) -> (T, batch, size)
+        and the state after the last step; `final_state=False` skips it (None; the update does not need it,
+        and with resets inside a sequence it costs a packed instead of a padded kernel run)."""
+        batch = features.shape[-2]
         if state is None:
             state = features.new_zeros(batch, self.state_size)
-        x = nn.functional.linear(features, self.cell.weight_ih, self.cell.bias_ih)  # (T, batch, gates * size)
-        keep = None if episode_starts is None else (~episode_starts).unsqueeze(-1).to(x.dtype)  # (T, batch, 1)
-        outputs = []
-        for t in range(steps):
-            if keep is not None:
-                state = state * keep[t]
-            state = self._step(x[t], state)
-            outputs.append(state[:, : self.out_features])
-        out = torch.stack(outputs)
-        return (out if sequence else out[0]), state
+        if features.dim() == 2:
+            if episode_starts is not None:
+                state = state * (~episode_starts).unsqueeze(-1).to(state.dtype)
+            if self.kind == "lstm":
+                size = self.out_features
+                state = torch.cat(self.cell(features, (state[:, :size], state[:, size:])), dim=-1)
+            else:
+                state = self.cell(features, state)
+            return state[:, : self.out_features], state
+        if episode_starts is None or not bool(episode_starts[1:].any()):
+            if episode_starts is not None:
+                state = state * (~episode_starts[0]).unsqueeze(-1).to(state.dtype)
+            return self._kernel(features, state, None)
+        return self._segments(features, state, episode_starts, final_state)
 
-    def _step(self, x: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
-        """One cell step: x = W_ih input + b_ih (batch, gates * size), state (batch, state_size)."""
-        size, cell = self.out_features, self.cell
-        h = state[:, :size]
-        hidden = nn.functional.linear(h, cell.weight_hh, cell.bias_hh)
-        if self.kind == "lstm":
-            i, f, g, o = (x + hidden).chunk(4, dim=-1)
-            c = torch.sigmoid(f) * state[:, size:] + torch.sigmoid(i) * torch.tanh(g)
-            return torch.cat([torch.sigmoid(o) * torch.tanh(c), c], dim=-1)
-        x_r, x_z, x_n = x.chunk(3, dim=-1)
-        h_r, h_z, h_n = hidden.chunk(3, dim=-1)
-        r, z = torch.sigmoid(x_r + h_r), torch.sigmoid(x_z + h_z)
-        n = torch.tanh(x_n + r * h_n)
-        return n + z * (h - n)  # (1 - z) * n + z * h
+    def _segments(
+        self, features: torch.Tensor, state: torch.Tensor, episode_starts: torch.Tensor, final_state: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """A sequence with episode starts inside: cut, pad, run the kernel, gather back (see the class).
+
+        The segments, sorted by length, go into two padded batches, the longest `split` ones padded to the
+        longest length and the rest to the longest of theirs, the split chosen to pad least: padding every
+        segment to the longest would run ~1.4x the real steps on CartPole (measured over a 100k-step run).
+        With `final_state` all go into one batch, packed, so that each segment stops at its own end."""
+        steps, batch = episode_starts.shape
+        cuts = episode_starts.T.clone()  # (batch, T): env-major, so that one env's segments are consecutive
+        cuts[:, 0] = True  # every sequence starts a segment
+        cuts = cuts.reshape(-1)  # (batch * T,)
+        segment = cuts.cumsum(0) - 1  # (batch * T,) the segment of each step
+        first = cuts.nonzero().squeeze(1)  # (segments,) the flat index of each segment's first step
+        position = torch.arange(cuts.numel(), device=cuts.device) - first[segment]  # (batch * T,) within it
+        lengths = first.diff(append=first.new_full((1,), cuts.numel()))  # (segments,)
+        order = lengths.argsort(descending=True, stable=True)
+        rank = torch.empty_like(order).index_put_((order,), torch.arange(order.numel(), device=order.device))
+        sorted_lengths = lengths[order].tolist()
+        count, longest = len(sorted_lengths), sorted_lengths[0]
+        split = count if final_state else min(range(1, count + 1), key=lambda s: s * longest + (
+            (count - s) * sorted_lengths[s] + 4 * longest if s < count else 0))
+        rest = sorted_lengths[split] if split < count else 0
+        # each step's row in the flat (longest * split + rest * (count - split), n) buffer of both batches,
+        # time-major inside each
+        r = rank[segment]  # (batch * T,)
+        row = torch.where(r < split, position * split + r, longest * split + position * (count - split) + r - split)
+        x = features.transpose(0, 1).reshape(batch * steps, -1)  # (batch * T, n) env-major
+        flat = x.new_zeros(longest * split + rest * (count - split), x.shape[-1]).index_copy(0, row, x)
+        # a segment starting at t = 0 continues the stored state unless its episode starts there; the others
+        # start from zeros
+        initial = state.new_zeros(count, self.state_size)  # (segments, state_size), sorted
+        carried = state * (~episode_starts[0]).unsqueeze(-1).to(state.dtype)
+        initial = initial.index_put((rank[segment[::steps]],), carried)
+        out, final = self._kernel(flat[: longest * split].view(longest, split, -1), initial[:split],
+                                  sorted_lengths if final_state else None)
+        if split < count:
+            rest_out, _ = self._kernel(flat[longest * split:].view(rest, count - split, -1), initial[split:], None)
+            out = torch.cat([out.reshape(-1, out.shape[-1]), rest_out.reshape(-1, out.shape[-1])])
+        out = out.reshape(-1, out.shape[-1]).index_select(0, row).reshape(batch, steps, -1).transpose(0, 1)
+        return out, (final[rank[segment[steps - 1::steps]]] if final_state else None)
+
+    def _kernel(
+        self, x: torch.Tensor, state: torch.Tensor, lengths: list[int] | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """torch's multi-step LSTM/GRU kernel (torch.lstm / torch.gru, what nn.LSTM / nn.GRU call) on the cell's
+        parameters: x (L, batch, n) time-major, state (batch, state_size) -> outputs (L, batch, size), final
+        state (batch, state_size). With `lengths` (batch, sorted longest first) the sequences are packed and
+        each one's final state is the state after its own last step (padded, every sequence runs all L steps)."""
+        cell, size, total = self.cell, self.out_features, x.shape[0]
+        weights = [cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh]
+        # has_biases, num_layers, dropout, train (keeps what the backward needs), bidirectional
+        options = (True, 1, 0.0, torch.is_grad_enabled(), False)
+        packed = None if lengths is None else nn.utils.rnn.pack_padded_sequence(x, torch.tensor(lengths))
+        # padded: (input, hx, ..., batch_first=False); packed: (data, batch_sizes, hx, ...)
+        inputs = (x,) if packed is None else (packed.data, packed.batch_sizes)
+        tail = (False,) if packed is None else ()
+        h0 = state[:, :size].unsqueeze(0).contiguous()  # (1, batch, size): one layer
+        with warnings.catch_warnings():
+            # cuDNN copies the cell's four parameters into its one flat weight buffer at each call (the size of
+            # the weights) and warns that it does: expected, the cell owns the parameters
+            warnings.filterwarnings("ignore", "RNN module weights are not part of single contiguous chunk")
+            if self.kind == "lstm":
+                hx = (h0, state[:, size:].unsqueeze(0).contiguous())
+                out, h, c = torch.lstm(*inputs, hx, weights, *options, *tail)
+                final = torch.cat([h[0], c[0]], dim=-1)
+            else:
+                out, h = torch.gru(*inputs, h0, weights, *options, *tail)
+                final = h[0]
+        if packed is not None:
+            out = nn.utils.rnn.pad_packed_sequence(packed._replace(data=out), total_length=total)[0]
+        return out, final
 
 
 def make_core(memory: str, in_features: int, memory_size: int) -> nn.Module:
@@ -361,13 +488,15 @@ class Policy(nn.Module):
         return torch.zeros(batch, self.state_size, device=device)
 
     def _trunk(
-        self, obs: torch.Tensor, state: torch.Tensor | None, episode_starts: torch.Tensor | None
+        self, obs: torch.Tensor, state: torch.Tensor | None, episode_starts: torch.Tensor | None,
+        final_state: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """(actor features, critic features, new state) of a recurrent policy.
 
         One step: obs (batch, *obs_shape), state (batch, state_size), episode_starts (batch,) -> features
         (batch, m). Sequences: obs (n, L, *obs_shape), state (n, state_size) at each sequence's start,
-        episode_starts (n, L) -> features (n * L, m), sequence-major.
+        episode_starts (n, L) -> features (n * L, m), sequence-major; `final_state=False`: the new state is
+        None (see `RecurrentCore.forward`).
         """
         sequence = episode_starts is not None and episode_starts.dim() == 2
         if sequence:
@@ -382,7 +511,7 @@ class Policy(nn.Module):
             features = body(obs)
             if sequence:
                 features = features.reshape(n, length, -1).transpose(0, 1)
-            features, core_state = core(features, core_state, episode_starts)
+            features, core_state = core(features, core_state, episode_starts, final_state)
             if sequence:
                 features = features.transpose(0, 1).reshape(n * length, -1)
             return features, core_state
@@ -392,7 +521,7 @@ class Policy(nn.Module):
         if self.critic_core is None:
             return actor, actor, actor_state
         critic, critic_state = run(self.critic_body, self.critic_core, state[:, split:])
-        return actor, critic, torch.cat([actor_state, critic_state], dim=-1)
+        return actor, critic, (torch.cat([actor_state, critic_state], dim=-1) if final_state else None)
 
     # ------------------------------------------------------------------ heads
     def head_and_value(
@@ -437,7 +566,8 @@ class Policy(nn.Module):
             logprob, entropy = self.distribution.log_prob_entropy(head, self.log_std, actions, action_mask)
             return logprob, entropy, value
         shape = episode_starts.shape
-        head, value, _ = self.head_and_value(obs, state, episode_starts)
+        actor, critic, _ = self._trunk(obs, state, episode_starts, final_state=False)
+        head, value = self.actor_head(actor), self.critic_head(critic).squeeze(-1)
         flat_actions = actions.reshape(head.shape[0], *actions.shape[2:])
         flat_mask = None if action_mask is None else action_mask.reshape(head.shape[0], -1)
         logprob, entropy = self.distribution.log_prob_entropy(head, self.log_std, flat_actions, flat_mask)
@@ -472,6 +602,17 @@ class Policy(nn.Module):
         features, _ = self.core(self.actor_body(obs))
         return self.distribution.sample(self.actor_head(features), self.log_std, deterministic, action_mask)
 
+    # ------------------------------------------------------------------ privileged latent (ppox.rl.distill)
+    def latent(self, obs: torch.Tensor) -> torch.Tensor:
+        """The actor's privileged latent z (batch, LATENT_DIM) of a policy with a PrivilegedEncoder."""
+        return self.actor_body.latent(obs)
+
+    def head_from_latent(self, deployable: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """The action head's output (batch, head_size) from the deployable observation and a latent z
+        (the teacher's own, or a student's estimate): the actor trunk and head, nothing privileged."""
+        features, _ = self.core(self.actor_body.features(deployable, z))
+        return self.actor_head(features)
+
     @property
     def fusable(self) -> bool:
         """Whether `fused_mlp()` can express this network: separate MLP encoders, no memory."""
@@ -493,6 +634,6 @@ class Policy(nn.Module):
         return FusedMLP(layers, self.actor_body.activation, self.actor_head.out_features)
 
 
-__all__ = ["ENCODERS", "FORWARD_INPUTS", "CNNEncoder", "DictEncoder", "FusedMLP", "ImageMLPEncoder",
-           "MLPEncoder", "NoMemory", "Policy", "RecurrentCore",
-           "encoder_name", "forward_inputs", "layer_init", "make_core", "make_encoder"]
+__all__ = ["ENCODERS", "FORWARD_INPUTS", "LATENT_DIM", "PRIVILEGED_KEY", "CNNEncoder", "DictEncoder", "FusedMLP",
+           "ImageMLPEncoder", "MLPEncoder", "NoMemory", "Policy", "PrivilegedEncoder", "RecurrentCore",
+           "encoder_name", "forward_inputs", "has_privileged", "layer_init", "make_core", "make_encoder"]

@@ -42,7 +42,14 @@ from ppox.rl import checkpoint as ckpt
 from ppox.rl.callbacks import CallbackLike, CallbackList, make_callbacks, start_callbacks
 from ppox.rl.config import PPOConfig, preset_config
 from ppox.rl.envs import ACTION_MASK_KEY, EnvFn, VecEnv
-from ppox.rl.fast import CompiledUpdate, CompileTimer, compile_torch_env
+from ppox.rl.fast import (
+    CompiledUpdate,
+    CompileTimer,
+    compile_torch_env,
+    compiled_before,
+    decide_compile,
+    update_cache_key,
+)
 from ppox.rl.model_file import (
     ObservationError,
     architecture,
@@ -172,10 +179,8 @@ class PPO:
         self.collector = None  # the rollout backend, made with the envs (_attach_envs)
         # a recurrent policy's state, carried across rollouts (ppox.rl.rollout.Carry); part of a checkpoint
         self._carry = Carry.fresh(self.agent, config.num_envs) if self.agent.recurrent else None
-        self._compiled_update = CompiledUpdate(
-            self.agent, self.optimizer, self.objective, config.max_grad_norm,
-            compile=config.compile, timer=self.compile_timer,
-        ) if config.compile else None
+        self._compile_said = False
+        self._decide_compile(config.total_timesteps)
         if self._envs is not None:
             self._attach_envs(self._envs)
         self.global_step = 0
@@ -194,10 +199,28 @@ class PPO:
     def _attach_envs(self, envs: VecEnv) -> None:
         """The rollout backend for these envs (numpy or torch: ppox.rl.rollout.make_collector decides)."""
         config = self.config
-        self.collector = make_collector(config, envs, self.agent, self.obs_norm, self.reward_scaler,
-                                        self._policy_rng, self.compile_timer, self._carry)
-        if config.compile and config.env_backend == "torch" and self.env_fn is None:
+        compiled = self.compile_decision.enabled
+        # the rollout reads config.compile: it gets the resolved setting ("auto" decided by _decide_compile)
+        self.collector = make_collector(config.replace(compile=compiled), envs, self.agent, self.obs_norm,
+                                        self.reward_scaler, self._policy_rng, self.compile_timer, self._carry)
+        if compiled and config.env_backend == "torch" and self.env_fn is None:
             compile_torch_env(envs.envs, self.compile_timer)
+
+    def _decide_compile(self, total_timesteps: int) -> None:
+        """Resolve config.compile ("auto": ppox.rl.fast.decide_compile) for a run of `total_timesteps` steps and
+        make the compiled update (its graph is built on its first call)."""
+        cfg = self.config
+        iterations = max(1, total_timesteps // (cfg.batch_size * self.collective.world_size))
+        self.compile_decision = decide_compile(
+            cfg.compile, device=self.device, optimizer=self.optimizer, recurrent=self.agent.recurrent,
+            distributed=self.collective.enabled, minibatch_updates=iterations * cfg.update_epochs * cfg.num_minibatches,
+        )
+        self._update_cache_key = update_cache_key(self.agent, self.objective, cfg.batch_size // cfg.num_minibatches,
+                                                  self.device)
+        self._compiled_update = CompiledUpdate(
+            self.agent, self.optimizer, self.objective, cfg.max_grad_norm, compile=True, timer=self.compile_timer,
+            cache_key=self._update_cache_key,
+        ) if self.compile_decision.enabled else None
 
     @property
     def envs(self) -> VecEnv:
@@ -280,6 +303,8 @@ class PPO:
             if total_timesteps <= 0:
                 raise ConfigError(f"total_timesteps must be > 0, got {total_timesteps}")
             self.config = self.config.replace(total_timesteps=int(total_timesteps))
+            if self.config.compile == "auto" and self.iteration == 0:  # the run's length decides the update's path
+                self._decide_compile(self.config.total_timesteps)
         cfg, world = self.config, self.collective.world_size
         num_iterations = max(1, cfg.total_timesteps // (cfg.batch_size * world))  # all ranks' steps count
         run, callbacks = self._open_run(run_dir, num_iterations, callback)
@@ -290,6 +315,12 @@ class PPO:
             buf = Rollout.allocate(cfg.num_steps, cfg.num_envs, obs_shape, self.spec, self.device, obs_dtype=obs_dtype,
                                    mask=self.envs.action_mask is not None, state_size=self.agent.state_size)
             start_callbacks(callbacks, self.collector)
+            if (cfg.compile == "auto" and self.compile_decision.said and not self._compile_said
+                    and self.collective.is_main):
+                cold = self.compile_decision.enabled and not compiled_before(self._update_cache_key)
+                note = " (the first compile of this update here takes several times longer; later runs reuse it)"
+                print(f"compile: {self.compile_decision.reason}{note if cold else ''}", file=sys.stderr, flush=True)
+                self._compile_said = True
             while self.iteration < num_iterations:
                 boundary = self.state_dict(rollout_only=True)  # what a stop mid-iteration checkpoints
                 self._guard.save()
@@ -627,7 +658,8 @@ class PPO:
             "iterations": self.iteration,
             "wall_seconds": round(self._wall_seconds, 3),
             "sps": round(self.global_step / max(self._wall_seconds, 1e-9), 1),
-            "compile": cfg.compile,
+            "compile": self.compile_decision.enabled and self._compiled_update is not None,
+            "compile_reason": self.compile_decision.reason,
             "compile_seconds": round(self.compile_timer.seconds, 3),
             "interrupted": bool(getattr(self, "interrupted", False)),
             "stopped_by": self.stopped_by,  # the callback that stopped training early, if one did

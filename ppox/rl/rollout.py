@@ -205,7 +205,7 @@ def torch_policy_step(policy: Policy, compile: bool = False, timer: CompileTimer
     def step(obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return policy.act(obs)
 
-    compiled = compile_fn(step, compile)
+    compiled = compile_fn(step, compile, device=next(policy.parameters()).device)  # no CPU probe for CUDA
     if compile and timer is not None:
         compiled = timer.wrap(compiled)
 
@@ -296,24 +296,21 @@ _TINY32 = np.finfo(np.float32).tiny
 _MASKED_LOGIT32 = np.float32(MASKED_LOGIT)
 
 
-def _log_softmax_at(logits: np.ndarray, index: np.ndarray) -> np.ndarray:
-    """log softmax(logits)[row, index[row]] in float32."""
-    # logaddexp.reduce: one stable call for log-sum-exp (~1.7 us at batch 4, against ~4.7 us for
-    # max / subtract / exp / sum / log); fancy indexing is ~5x faster than take_along_axis
-    return logits[np.arange(len(index)), index] - np.logaddexp.reduce(logits, axis=-1)
-
-
 class NumpyPolicy:
     """The rollout's policy step in numpy (CPU, float32) on the policy's fused matrices, sampling from a
     numpy Generator.
 
     At rollout batch sizes a numpy op costs ~1 us against torch's several us of per-op dispatch, so
-    the whole step (3 matmuls, 2 activations, sampling, log-probs) costs ~10-15 us. Categorical and
-    multi-categorical actions: Gumbel-max (argmax of logits - log E, E ~ Exp(1)); Gaussian: mean +
-    std * N(0, 1). The same distributions as `Policy.act` (tests/rl/test_rollout.py pins equal
-    actions, log-probs and values for equal noise), a different random stream: the Generator (`rng`)
-    belongs to the trainer, which seeds it and saves its state in checkpoints. `refresh()` copies the
-    weights after each update.
+    the whole step (3 matmuls, 2 activations, sampling, log-probs) costs ~10-15 us. Categorical and multi-categorical
+    actions: Gumbel-max (argmax of logits - log E, E ~ Exp(1)); Gaussian: mean + std * N(0, 1). The same
+    distributions as `Policy.act` (tests/rl/test_rollout.py pins equal actions, log-probs and values for
+    equal noise), a different random stream: the Generator (`rng`) belongs to the trainer, which seeds it
+    and saves its state in checkpoints. `refresh()` copies the weights after each update.
+
+    `__call__` is one step. The rollout splits it so that per step only the network and the argmax run:
+    `draw_noise` draws a whole rollout's noise in one Generator call, `sample` is the per-step part, and
+    `log_prob` runs once on the rollout's stored logits (the same numbers as step by step: the Generator
+    fills element by element, and every op is elementwise or reduces each row alone).
     """
 
     def __init__(self, policy: Policy, rng: np.random.Generator) -> None:
@@ -321,6 +318,8 @@ class NumpyPolicy:
         self.spec = spec = policy.spec
         self.rng = rng
         self.splits = np.cumsum(spec.nvec)[:-1].tolist() if spec.kind == "multidiscrete" else []
+        self.categorical = spec.kind != "continuous"
+        self._rows: dict[int, np.ndarray] = {}  # batch size -> arange(batch), to pick each row's log-prob
         self.refresh()
 
     @staticmethod
@@ -339,6 +338,7 @@ class NumpyPolicy:
             self.logp_const = np.float32(float(log_std.sum()) + LOG_SQRT_2PI * self.spec.dim)
 
     def _forward(self, obs: np.ndarray) -> np.ndarray:
+        """(batch, head_size + 1) float32: the action head's outputs, then V(s); a new array."""
         h = obs
         last = len(self.layers) - 1
         for i, (b, w) in enumerate(self.layers):
@@ -355,31 +355,64 @@ class NumpyPolicy:
         """V(s) for float32 observations (batch, obs_dim)."""
         return self._forward(obs)[:, self.head].copy()
 
-    def __call__(self, obs: np.ndarray, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(actions, log pi(a|s), V(s)) for float32 observations (batch, obs_dim); `mask` (batch, head_size)
-        bool, True = allowed: masked logits become MASKED_LOGIT, as in the torch distributions."""
-        h = self._forward(obs)
-        head, value = h[:, : self.head], h[:, self.head].copy()
-        if mask is not None:
-            head = np.where(mask, head, _MASKED_LOGIT32)
-        if self.spec.kind == "continuous":
-            noise = self.rng.standard_normal(head.shape, dtype=np.float32)
-            actions = head + self.std * noise
-            logp = np.square(noise).sum(-1, dtype=np.float32) * np.float32(-0.5) - self.logp_const
-            return actions, logp, value
-        gumbel = self.rng.standard_exponential(head.shape, dtype=np.float32)
+    def draw_noise(self, *shape: int) -> np.ndarray:
+        """The sampling noise of `shape` rows, (*shape, head_size) float32: log E, E ~ Exp(1), for categorical
+        heads; N(0, 1) for Gaussian ones."""
+        shape = (*shape, self.head)
+        if not self.categorical:
+            return self.rng.standard_normal(shape, dtype=np.float32)
+        noise = self.rng.standard_exponential(shape, dtype=np.float32)
         # float32 draws are exactly 0 about once in 2^24 (numpy warns "divide by zero in log" then):
         # the smallest normal float32 keeps log finite and still wins the argmin, as E = 0 would
-        np.maximum(gumbel, _TINY32, out=gumbel)
-        np.log(gumbel, out=gumbel)
-        gumbel -= head  # argmax(logits - log E) = argmin(log E - logits)
+        np.maximum(noise, _TINY32, out=noise)
+        return np.log(noise, out=noise)
+
+    def sample(self, obs: np.ndarray, mask: np.ndarray | None, noise: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(head, actions, V(s)) for float32 observations (batch, obs_dim) and one step's `noise` (batch,
+        head_size): `head` is the logits (categorical; masked ones MASKED_LOGIT, as in the torch
+        distributions; `mask` (batch, head_size) bool, True = allowed) or the mean (Gaussian). `V(s)` is a
+        view of a new array."""
+        h = self._forward(obs)
+        head, value = h[:, : self.head], h[:, self.head]
+        if mask is not None:
+            head = np.where(mask, head, _MASKED_LOGIT32)
+        if not self.categorical:
+            return head, head + self.std * noise, value
+        gumbel = noise - head  # argmax(logits - log E) = argmin(log E - logits)
         if self.spec.kind == "discrete":
-            actions = gumbel.argmin(-1)
-            return actions, _log_softmax_at(head, actions), value
-        parts = np.split(head, self.splits, axis=1)
-        actions = np.stack([g.argmin(-1) for g in np.split(gumbel, self.splits, axis=1)], axis=1)
-        logp = sum(_log_softmax_at(part, actions[:, i]) for i, part in enumerate(parts))
-        return actions, logp.astype(np.float32), value
+            return head, gumbel.argmin(-1), value
+        return head, np.stack([g.argmin(-1) for g in np.split(gumbel, self.splits, axis=-1)], axis=-1), value
+
+    def _log_prob_at(self, logits: np.ndarray, index: np.ndarray) -> np.ndarray:
+        """log softmax(logits)[row, index[row]] in float32, for logits (rows, n)."""
+        rows = self._rows.get(len(index))
+        if rows is None:
+            rows = self._rows[len(index)] = np.arange(len(index))
+        # logaddexp.reduce: one stable call for log-sum-exp (~1.7 us at batch 4, against ~4.7 us for
+        # max / subtract / exp / sum / log); fancy indexing is ~5x faster than take_along_axis
+        return logits[rows, index] - np.logaddexp.reduce(logits, axis=-1)
+
+    def log_prob(self, head: np.ndarray | None, actions: np.ndarray, noise: np.ndarray) -> np.ndarray:
+        """log pi(actions) float32 for `sample`'s head and actions and the noise they came from, with any
+        leading shape: one step's (batch,) or a rollout's (num_steps, batch). Gaussian: from the noise
+        alone (`head` may be None)."""
+        if not self.categorical:
+            return np.square(noise).sum(-1, dtype=np.float32) * np.float32(-0.5) - self.logp_const
+        lead = noise.shape[:-1]
+        head = head.reshape(-1, self.head)
+        if self.spec.kind == "discrete":
+            return self._log_prob_at(head, actions.reshape(-1)).reshape(lead)
+        actions = actions.reshape(len(head), -1)
+        logp = sum(self._log_prob_at(part, actions[:, i]) for i, part in enumerate(np.split(head, self.splits, axis=1)))
+        return logp.astype(np.float32).reshape(lead)
+
+    def __call__(self, obs: np.ndarray, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(actions, log pi(a|s), V(s)) for float32 observations (batch, obs_dim); `mask` (batch, head_size)
+        bool, True = allowed."""
+        noise = self.draw_noise(len(obs))
+        head, actions, value = self.sample(obs, mask, noise)
+        return actions, self.log_prob(head, actions, noise), value.copy()
 
 
 class NumpyCollector:
@@ -392,37 +425,40 @@ class NumpyCollector:
                  reward_scaler: RewardScaler | None) -> None:
         self.envs, self.policy, self.num_steps = envs, policy, num_steps
         self.obs_norm, self.reward_scaler = obs_norm, reward_scaler
+        self._logits_buf: np.ndarray | None = None
 
     def collect(self, buf: Rollout, obs: torch.Tensor, finished: Finished) -> tuple[torch.Tensor, torch.Tensor]:
-        envs, policy = self.envs, self.policy
+        envs, policy, step_hook = self.envs, self.policy, self.step_hook
         obs_norm, reward_scaler = self.obs_norm, self.reward_scaler
         policy.refresh()  # the rollout weights follow the last update
         b_obs, b_actions, b_logprobs, b_values = (buf.obs.numpy(), buf.actions.numpy(), buf.logprobs.numpy(),
                                                   buf.values.numpy())
         b_rewards, b_terminated, b_end, b_final = (buf.rewards.numpy(), buf.terminated.numpy(),
                                                    buf.episode_end.numpy(), buf.final_values.numpy())
+        b_masks = buf.action_masks.numpy() if buf.action_masks is not None else None
         b_final.fill(0.0)
         obs = obs.numpy()
         mask = envs.action_mask  # (num_envs, head_size) bool where the env gives masks, else None
+        noise = policy.draw_noise(self.num_steps, len(obs))  # (num_steps, num_envs, head_size): one call
+        logits = self._logits(noise.shape) if policy.categorical else None  # log-probs after the loop
         for step in range(self.num_steps):
             b_obs[step] = obs
             if mask is not None:
-                buf.action_masks[step] = torch.from_numpy(mask)
-            actions, logprobs, values = policy(obs, mask)
+                b_masks[step] = mask
+            head, actions, b_values[step] = policy.sample(obs, mask, noise[step])  # V(s) into the buffer
             b_actions[step] = actions
-            b_logprobs[step] = logprobs
-            b_values[step] = values
+            if logits is not None:
+                logits[step] = head
 
             result = envs.step(actions)
-            terminated, truncated = result.terminated, result.truncated
-            episode_end = terminated | truncated
+            truncated = result.truncated
+            episode_end = np.logical_or(result.terminated, truncated, out=b_end[step])
             reward = result.reward
             if reward_scaler is not None:
                 reward = reward_scaler.scale_np(reward, episode_end)
             b_rewards[step] = reward
-            b_terminated[step] = terminated
-            b_end[step] = episode_end
-            if truncated.any():
+            b_terminated[step] = result.terminated
+            if np.count_nonzero(truncated):  # count_nonzero: cheaper than .any() on a few flags
                 # bootstrap from the true last state of a truncated episode, not the reset state
                 idx = np.flatnonzero(truncated)
                 final = result.final_obs[idx]
@@ -433,9 +469,16 @@ class NumpyCollector:
             mask = result.action_mask
             if result.finished_returns:
                 finished.extend(zip(result.finished_returns, result.finished_lengths, strict=True))
-            if self.step_hook is not None:
-                self.step_hook(step, result)
+            if step_hook is not None:
+                step_hook(step, result)
+        b_logprobs[:] = policy.log_prob(logits, b_actions, noise)
         return torch.from_numpy(obs), torch.from_numpy(policy.value(obs))
+
+    def _logits(self, shape: tuple[int, ...]) -> np.ndarray:
+        """The rollout's logits (num_steps, num_envs, head_size) float32, allocated once."""
+        if self._logits_buf is None or self._logits_buf.shape != shape:
+            self._logits_buf = np.empty(shape, dtype=np.float32)
+        return self._logits_buf
 
 
 __all__ = ["Carry", "Collector", "FusedTorchStep", "NumpyCollector", "NumpyPolicy", "Rollout", "TorchCollector",

@@ -378,3 +378,36 @@ def test_live_doctor_last_line_about_a_problem_says_whether_it_holds():
     lines = [line for r in records for line in doctor.update(r) if "return_collapse" in line]
     assert "resolved" in " ".join(lines) and lines[-1].endswith("return_collapse holds again")
     assert [f.code for f in diagnose(records, CONFIG) if f.severity == "warning"] == ["return_collapse"]
+
+
+def test_live_table_grown_record_by_record_equals_one_built_at_once():
+    """The live doctor's table grows with the run (append) instead of being rebuilt at every check: the
+    columns, iterations and non-finite entries it holds are those of a table built from all records at once,
+    also for columns first read before later records arrived, missing keys, None, NaN and inf."""
+    from ppox.diagnostics.doctor import _Table
+
+    records = [{"iteration": i + 1, "approx_kl": 0.01 * i, "value_loss": float("nan") if i == 5 else 1.0,
+                "entropy": None if i == 7 else 0.5, **({"clipfrac": float("inf")} if i in (3, 30) else {})}
+               for i in range(40)]
+    grown = _Table([])
+    for k, record in enumerate(records, 1):
+        grown.append(record)
+        if k == 10:  # a column read early keeps growing with the records after it
+            assert np.array_equal(grown.column("approx_kl"), _Table(records[:10]).column("approx_kl"))
+    whole = _Table(records)
+    for key in ("approx_kl", "value_loss", "entropy", "clipfrac", "missing"):
+        np.testing.assert_array_equal(grown.column(key), whole.column(key))
+    assert np.array_equal(grown.iterations, whole.iterations) and grown.non_finite == whole.non_finite
+    assert len(grown.records) == 40 and grown.column("approx_kl").shape == (40,)
+
+
+def test_fast_median_is_numpys_median():
+    """The checks' `_median` returns np.median's value bit for bit: odd and even counts, ties, NaN anywhere."""
+    from ppox.diagnostics.doctor import _median
+
+    rng = np.random.default_rng(0)
+    for n in range(1, 40):
+        for values in (rng.standard_normal(n), rng.integers(-3, 3, n).astype(float), np.exp(rng.normal(0, 30, n))):
+            assert _median(values) == float(np.median(values)), (n, values)
+            values[rng.integers(n)] = np.nan
+            assert math.isnan(_median(values)) and math.isnan(float(np.median(values)))

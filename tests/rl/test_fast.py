@@ -1,6 +1,7 @@
 """The compiled update of ppox.rl.fast gives the eager update's results (same weights, Adam state, statistics)."""
 
 import copy
+import json
 
 import pytest
 import torch
@@ -8,7 +9,7 @@ from gymnasium import spaces
 
 from ppox.core.objective import ObjectiveConfig
 from ppox.core.update import PolicyOutput, ppo_update
-from ppox.rl.fast import CompiledUpdate
+from ppox.rl.fast import CompiledUpdate, adam_step, clip_grad_global_norm
 from ppox.rl.policy import Policy
 from ppox.rl.spaces import ActionSpec
 
@@ -68,6 +69,82 @@ def test_functional_update_matches_eager(spec):
 
 def test_compiled_update_matches_eager():
     assert_same(*run_both(DISCRETE, compile=True, settings=ObjectiveConfig(ent_coef=0.01)))
+
+
+@pytest.mark.parametrize("target_kl", [None, 0.002], ids=["no_target_kl", "target_kl_stops"])
+def test_every_unrolling_matches_the_eager_loop(target_kl):
+    """One call per iteration (target_kl's stop masked inside), per epoch or per minibatch: the same epochs run as
+    the eager loop, its weights and statistics (functorch's gradients differ from autograd's in the last bits, which
+    48 Adam steps at lr 3e-2 grow to ~1e-5), the unrollings within 1e-6 of each other, and the shuffling generator
+    left where the eager loop leaves it (so later iterations draw the same permutations)."""
+    torch.manual_seed(0)
+    eager_agent = Policy(OBS, DISCRETE, hidden_sizes=(16, 16))
+    batch = make_batch(eager_agent)
+    settings = ObjectiveConfig(ent_coef=0.01)
+    agents = {u: copy.deepcopy(eager_agent) for u in ("iteration", "epoch", "minibatch")}
+    eager_opt = torch.optim.Adam(eager_agent.parameters(), lr=3e-2, eps=1e-5)
+    updates = {}
+    for unroll, agent in agents.items():
+        updates[unroll] = CompiledUpdate(agent, torch.optim.Adam(agent.parameters(), lr=3e-2, eps=1e-5), settings,
+                                         max_grad_norm=0.5, compile=False)
+        updates[unroll].unroll = unroll
+    g_eager = torch.Generator().manual_seed(3)
+    generators = {u: torch.Generator().manual_seed(3) for u in agents}
+    epochs = []
+    for _ in range(3):
+        r_eager = ppo_update(batch, lambda mb: PolicyOutput(*eager_agent(mb["obs"], mb["actions"])), eager_opt,
+                             eager_agent.parameters(), settings, update_epochs=4, num_minibatches=4, max_grad_norm=0.5,
+                             target_kl=target_kl, generator=g_eager)
+        epochs.append(r_eager.epochs_run)
+        for unroll, fast in updates.items():
+            r_fast = fast.update(batch, update_epochs=4, num_minibatches=4, target_kl=target_kl,
+                                 generator=generators[unroll])
+            assert r_fast.epochs_run == r_eager.epochs_run, unroll
+            assert (r_fast.minibatch_updates, r_fast.optimizer_steps) == (r_eager.minibatch_updates,
+                                                                          r_eager.optimizer_steps)
+            for k, v in r_eager.stats.items():
+                assert r_fast.stats[k] == pytest.approx(v, rel=1e-4, abs=1e-5), k
+    for unroll, agent in agents.items():
+        for p, q, r in zip(eager_agent.parameters(), agent.parameters(), agents["minibatch"].parameters(), strict=True):
+            assert (p - q).abs().max() <= 3e-5 and (q - r).abs().max() <= 1e-6, unroll
+        assert torch.equal(g_eager.get_state(), generators[unroll].get_state()), unroll
+    if target_kl is not None:
+        assert min(epochs) < 4  # the early stop did happen (lr 3e-2 moves the policy past target_kl)
+
+
+def test_adam_step_is_torch_adam():
+    torch.manual_seed(0)
+    p = torch.nn.Parameter(torch.randn(3, 4))
+    opt = torch.optim.Adam([p], lr=1e-2, betas=(0.8, 0.95), eps=1e-5)
+    q, m, v, step = p.detach().clone(), torch.zeros(3, 4), torch.zeros(3, 4), torch.zeros(())
+    for _ in range(5):
+        grad = torch.randn(3, 4)
+        p.grad = grad.clone()
+        opt.step()
+        q_before = q.clone()
+        q, m, v, step = adam_step(q, m, v, step, grad, 1e-2, 0.8, 0.95, 1e-5)
+        assert not torch.equal(q, q_before)  # pure: a new tensor each step
+    state = opt.state[p]
+    assert torch.allclose(q, p.detach(), atol=1e-7, rtol=0) and float(step) == float(state["step"]) == 5
+    assert torch.allclose(m, state["exp_avg"], atol=1e-8) and torch.allclose(v, state["exp_avg_sq"], atol=1e-9)
+    stacked = torch.func.vmap(adam_step, in_dims=(0, 0, 0, 0, 0, None, None, None, None))(
+        torch.ones(2, 3), torch.zeros(2, 3), torch.zeros(2, 3), torch.zeros(2), torch.ones(2, 3), 0.1, 0.9, 0.999, 1e-8)
+    assert torch.allclose(stacked[0], torch.full((2, 3), 0.9))  # the first Adam step moves by lr (sign of grad)
+
+
+def test_clip_grad_global_norm_is_clip_grad_norm():
+    grads = [torch.tensor([3.0, 0.0]), torch.tensor([[0.0], [4.0]])]  # global norm 5
+    params = [torch.nn.Parameter(torch.zeros_like(g)) for g in grads]
+    for p, g in zip(params, grads, strict=True):
+        p.grad = g.clone()
+    norm = torch.nn.utils.clip_grad_norm_(params, 0.5)
+    clipped, total = clip_grad_global_norm(torch.cat([g.reshape(-1) for g in grads]), 0.5)
+    assert float(total) == float(norm) == 5.0
+    assert torch.equal(clipped, torch.cat([p.grad.reshape(-1) for p in params]))
+    assert torch.allclose(clipped.norm(), torch.tensor(0.5), atol=1e-6)
+    unclipped, _ = clip_grad_global_norm(torch.tensor([0.3, 0.4]), 0.5)  # norm 0.5 + 1e-6 > 0.5: scale 1 - 2e-6
+    assert torch.allclose(unclipped, torch.tensor([0.3, 0.4]), atol=1e-6)
+    assert torch.equal(clip_grad_global_norm(torch.tensor([30.0, 40.0]), None)[0], torch.tensor([30.0, 40.0]))
 
 
 def test_nonfinite_minibatch_is_skipped_like_eager():
@@ -168,6 +245,61 @@ def test_cpu_isa_probe_runs_once_then_is_trusted(isa_cache, monkeypatch):
     assert inductor_config.cpp.vec_isa_ok is None
 
 
+def test_compiling_for_cuda_skips_the_cpu_isa_probe(monkeypatch):
+    """The CPU ISA probe (C++ builds) runs only when compiling for the CPU: a CUDA run never pays for it."""
+    from ppox.rl import fast
+
+    probes = []
+    monkeypatch.setattr(fast, "remember_cpu_isa_probe", lambda: probes.append(1))
+    fast.compile_fn(lambda x: x, True, device=torch.device("cuda"))
+    assert probes == []
+    fast.compile_fn(lambda x: x, True, device=torch.device("cpu"))
+    assert probes == [1]
+    agent = Policy(OBS, DISCRETE, hidden_sizes=(8,))
+    update = CompiledUpdate(agent, torch.optim.Adam(agent.parameters()), ObjectiveConfig(), 0.5, compile=True)
+    update._chunk(1, 1, False)
+    assert probes == [1, 1]  # the update of a CPU policy: probed (its parameters are on the CPU)
+
+
+def test_auto_compile_decision():
+    from ppox.rl.fast import AUTO_COMPILE_MIN_UPDATES, decide_compile
+
+    agent = Policy(OBS, DISCRETE, hidden_sizes=(8,))
+    adam = torch.optim.Adam(agent.parameters())
+    cpu = torch.device("cpu")
+
+    def decide(setting="auto", **kw):
+        args = {"device": cpu, "optimizer": adam, "recurrent": False, "distributed": False,
+                "minibatch_updates": AUTO_COMPILE_MIN_UPDATES} | kw
+        return decide_compile(setting, **args)
+
+    assert decide(True, minibatch_updates=1).enabled and not decide(False).enabled  # explicit settings win
+    assert decide().enabled == (fast_cpp_compiler() is not None)
+    short = decide(minibatch_updates=AUTO_COMPILE_MIN_UPDATES - 1)
+    assert not short.enabled and "do not repay" in short.reason and not short.said  # not news
+    assert not decide(recurrent=True).enabled and not decide(distributed=True).enabled
+    assert decide(recurrent=True).said  # a long run that cannot compile is a slow path: said
+    assert not decide(optimizer=torch.optim.SGD(agent.parameters(), lr=0.1)).enabled
+    assert not decide(device=torch.device("mps")).enabled
+
+
+def fast_cpp_compiler():
+    from ppox.rl.fast import cpp_compiler
+
+    return cpp_compiler()
+
+
+def test_a_short_default_run_trains_eagerly_quietly_and_records_why(tmp_path, capsys):
+    from ppox.rl.ppo import PPO
+
+    model = PPO("CartPole-v1", run_dir=tmp_path / "run", num_envs=2, num_steps=16, total_timesteps=64,
+                progress=False, tensorboard=False, eval_episodes=0)
+    assert model.config.compile == "auto" and model._compiled_update is None
+    model.learn()
+    assert "compile:" not in capsys.readouterr().err  # a short run staying eager is not news: summary only
+    assert model.summary["compile"] is False and "do not repay" in model.summary["compile_reason"]
+
+
 def test_corrupt_isa_cache_means_probing_again(isa_cache, monkeypatch):
     from torch._inductor import config as inductor_config
     from torch._inductor import cpu_vec_isa
@@ -198,3 +330,22 @@ def test_a_failing_compile_falls_back_to_the_eager_update(tmp_path, monkeypatch,
     assert "--compile failed (CppCompileError" in capsys.readouterr().err
     assert model._compiled_update is None and model.global_step == 64  # trained on, eagerly
     assert any(not torch.equal(a, b) for a, b in zip(before, model.agent.parameters(), strict=True))
+
+
+def test_the_first_compile_of_an_update_is_noted_and_remembered(tmp_path, monkeypatch):
+    """The "first compile here" note is keyed by what the graph is built for and kept in inductor's cache dir."""
+    from ppox.rl import fast
+
+    monkeypatch.setattr(fast, "_compiled_marker", lambda: tmp_path / "cache" / "ppox_compiled_updates.json")
+    agent = Policy(OBS, DISCRETE, hidden_sizes=(8,))
+    objective = ObjectiveConfig()
+    key = fast.update_cache_key(agent, objective, 64, torch.device("cpu"))
+    assert key != fast.update_cache_key(agent, objective, 128, torch.device("cpu"))
+    assert key != fast.update_cache_key(Policy(OBS, DISCRETE, hidden_sizes=(16,)), objective, 64, torch.device("cpu"))
+    assert not fast.compiled_before(key)
+    fast.remember_compiled(key)
+    fast.remember_compiled(key)
+    marker = tmp_path / "cache" / "ppox_compiled_updates.json"
+    assert fast.compiled_before(key) and json.loads(marker.read_text()) == [key]
+    marker.write_text("{corrupt")
+    assert not fast.compiled_before(key)  # a corrupt list means cold, never an error

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -51,8 +53,9 @@ def test_vecenv_numpy_steps_like_gymnasium(env_id):
         np.testing.assert_allclose(ra.final_obs, rb.final_obs, atol=1e-5)
         np.testing.assert_array_equal(np.asarray(ra.terminated), np.asarray(rb.terminated))
         np.testing.assert_array_equal(np.asarray(ra.truncated), np.asarray(rb.truncated))
+        np.testing.assert_array_equal(np.asarray(ra.reward), np.asarray(rb.reward))
         np.testing.assert_allclose(ra.finished_returns, rb.finished_returns)
-        assert ra.finished_lengths == rb.finished_lengths
+        assert ra.finished_lengths == rb.finished_lengths and ra.finished_envs == rb.finished_envs
         returns += ra.finished_returns
     assert returns  # episodes ended (truncations too, for MountainCar)
 
@@ -73,3 +76,64 @@ def test_auto_preset_trains_and_evaluates_on_gymnasium(tmp_path):
     model.learn()
     result = model.evaluate(2)
     assert result["episodes"] == 2
+
+
+def test_numpy_twin_steps_report_non_finite_values_naming_the_env():
+    """The twins' step path checks observations with one float64 sum per array: a NaN names its env as the
+    exact check does; finite values whose float32 sum would overflow are no error (and no warning)."""
+    from ppox.rl.envs import NonFiniteEnvValue
+
+    env = VecEnv("CartPole-v1", 4, 0, CPU, backend="numpy")
+    env.reset()
+    twin_step = env.envs.step
+
+    def huge_obs(actions):  # entries near float32's max: finite, their sum is not
+        obs, *rest = twin_step(actions)
+        obs[0, 1] = obs[2, 3] = 3e38
+        return (obs, *rest)
+
+    env.envs.step = huge_obs
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = env.step(np.zeros(4, dtype=np.int64))
+    assert np.isfinite(result.obs).all() and result.obs[2, 3] == np.float32(3e38)
+    env.envs.step = twin_step
+    state = env.envs.state.copy()
+    state[2, 3] = np.nan
+    env.envs.state = state
+    with pytest.raises(NonFiniteEnvValue, match="environment 2 returned a non-finite observation") as info:
+        env.step(np.zeros(4, dtype=np.int64))
+    assert info.value.index == 2
+
+
+def test_discrete_observations_step_like_gymnasiums_vector_env(monkeypatch):
+    """Discrete observations (FrozenLake) on the numpy step path (envs stepped directly, one-hot in numpy) give
+    what gymnasium's SyncVectorEnv (same-step autoreset) + encode_obs give, episode ends included."""
+    import gymnasium as gym
+
+    import ppox.rl.envs as envs_module
+    from ppox.rl.spaces import encode_obs
+
+    direct = []
+    step_sync_envs = envs_module._step_sync_envs
+    monkeypatch.setattr(envs_module, "_step_sync_envs", lambda *a, **k: direct.append(1) or step_sync_envs(*a, **k))
+    a = VecEnv("FrozenLake-v1", 4, 5, CPU, backend="gymnasium")
+    b = gym.vector.SyncVectorEnv([lambda: gym.make("FrozenLake-v1")] * 4,
+                                 autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+    space = b.single_observation_space
+    np.testing.assert_array_equal(a.reset().numpy(), encode_obs(b.reset(seed=5)[0], space).numpy())
+    rng = np.random.default_rng(1)
+    ends = 0
+    for _ in range(200):
+        act = rng.integers(0, 4, size=4)
+        ra = a.step(act)
+        obs, reward, terminated, truncated, info = b.step(act)
+        final = np.where(terminated | truncated, info.get("final_obs", obs), obs).astype(np.int64)
+        assert ra.obs.dtype == np.float32 and ra.obs.shape == (4, 16)
+        np.testing.assert_array_equal(ra.obs, encode_obs(obs, space).numpy())
+        np.testing.assert_array_equal(ra.final_obs, encode_obs(final, space).numpy())
+        np.testing.assert_array_equal(ra.reward, reward.astype(np.float32))
+        np.testing.assert_array_equal(ra.terminated, terminated)
+        np.testing.assert_array_equal(ra.truncated, truncated)
+        ends += len(ra.finished_envs)
+    assert ends > 10 and len(direct) == 200

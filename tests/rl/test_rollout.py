@@ -117,6 +117,34 @@ def test_numpy_policy_zero_exponential_draw_warns_nothing():
     assert (actions == 0).all() and np.isfinite(logprobs).all()
 
 
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("kind", list(SPECS))
+def test_numpy_rollout_noise_and_log_probs_at_once_equal_step_by_step(kind, masked):
+    """The rollout draws all its steps' noise in one Generator call and computes the log-probs once after
+    its loop: bit for bit what `__call__` gives step by step, and the Generator ends in the same state."""
+    if masked and kind == "continuous":
+        pytest.skip("masks are for categorical heads")
+    spec = SPECS[kind]
+    torch.manual_seed(0)
+    policy = Policy(OBS, spec, hidden_sizes=(16, 16), init_log_std=-0.3)
+    stepwise, split = NumpyPolicy(policy, np.random.default_rng(3)), NumpyPolicy(policy, np.random.default_rng(3))
+    rng = np.random.default_rng(1)
+    obs = rng.standard_normal((32, 4, 5), dtype=np.float32)
+    masks = [None] * 32
+    if masked:  # random masks with a valid action in every part
+        masks = rng.random((32, 4, spec.head_size)) < 0.6
+        masks[:, :, np.cumsum((0, *spec.nvec[:-1]))] = True
+    expected = [stepwise(o, m) for o, m in zip(obs, masks, strict=True)]
+    noise = split.draw_noise(32, 4)
+    steps = [split.sample(o, m, n) for o, m, n in zip(obs, masks, noise, strict=True)]
+    heads, actions, values = ([step[i] for step in steps] for i in range(3))
+    logp = split.log_prob(np.stack(heads) if split.categorical else None, np.stack(actions), noise)
+    for t, (a, lp, v) in enumerate(expected):
+        assert np.array_equal(a, actions[t]) and np.array_equal(lp, logp[t]) and np.array_equal(v, values[t])
+        assert lp.dtype == logp.dtype == np.float32
+    assert stepwise.rng.bit_generator.state == split.rng.bit_generator.state
+
+
 @pytest.mark.parametrize("kind", ["discrete", "continuous"])
 def test_fused_torch_step_matches_the_module(kind):
     spec = SPECS[kind]
