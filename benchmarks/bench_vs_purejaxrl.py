@@ -86,9 +86,19 @@ def purejaxrl_child(a: argparse.Namespace) -> dict:
             "jax_backend": jax.default_backend(), "jax_devices": len(jax.devices())}
 
 
+def versions_line(a: argparse.Namespace) -> str:
+    """Package versions; PureJaxRL's from the interpreter that runs it (`--jax-python`) when that is another one."""
+    if not a.jax_python:
+        return versions(*JAX_PACKAGES)
+    code = ("from importlib.metadata import version as v; import sys; "
+            f"print(', '.join(f'{{n}} {{v(n)}}' for n in {JAX_PACKAGES!r}))")
+    theirs = subprocess.run([a.jax_python, "-c", code], capture_output=True, text=True).stdout.strip()
+    return f"{versions()}; PureJaxRL under {a.jax_python}: {theirs}"
+
+
 def run_purejaxrl(a: argparse.Namespace, env: str, seed: int, steps: int, workdir: Path, vmapped: int = 0) -> dict:
-    cmd = [sys.executable, __file__, "_purejaxrl", "--purejaxrl-dir", str(a.purejaxrl_dir), "--env", env,
-           "--seed", str(seed), "--steps", str(steps), "--vmapped", str(vmapped)]
+    cmd = [a.jax_python or sys.executable, __file__, "_purejaxrl", "--purejaxrl-dir", str(a.purejaxrl_dir),
+           "--env", env, "--seed", str(seed), "--steps", str(steps), "--vmapped", str(vmapped)]
     start = time.perf_counter()
     try:
         proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, env=jax_environ(a), timeout=a.timeout)
@@ -176,7 +186,7 @@ def compare(a: argparse.Namespace, command: str, workdir: Path) -> None:
         s["ratio_excl_medians"] = (s["ppox"]["sps_excl_compile"]["median"]
                                    / s["purejaxrl"]["sps_excl_compile"]["median"])
     jax_threads = "1 XLA thread (--jax-single-thread)" if a.jax_single_thread else "XLA's default (all cores)"
-    md = [machine, f"Versions: {versions(*JAX_PACKAGES)}.", "",
+    md = [machine, f"Versions: {versions_line(a)}.", "",
           f"CleanRL's settings for both (4 envs x 128 steps, 4 minibatches x 4 epochs, lr 2.5e-4 annealed), "
           f"{a.steps:,} steps asked ({runs[0]['steps']:,} done: whole iterations), CPU. ppox: "
           f"`{a.ppox_cmd.format(python='python', env='ENV')} --seed S` (1 torch thread, its default); PureJaxRL: "
@@ -231,7 +241,7 @@ def vmapped(a: argparse.Namespace, command: str, workdir: Path) -> None:
                 runs.append(r)
                 print(f"{env} x{n} repeat {rep} {impl}: {r['sps_own']:,.0f} agent-env-steps/s incl. compile, "
                       f"{r['sps_excl_compile']:,.0f} excl. ({r['compile_s']:.1f} s compile)", file=sys.stderr)
-    md = [machine, f"Versions: {versions(*JAX_PACKAGES)}.", "",
+    md = [machine, f"Versions: {versions_line(a)}.", "",
           f"{n} independent agents in one process, CleanRL's settings each (4 envs x 128 steps, 4x4 minibatches/"
           f"epochs), {a.steps:,} steps per agent, CPU. PureJaxRL: `jax.jit(jax.vmap(make_train(config)))` over "
           f"{n} rng keys; ppox: `{a.ppox_seeds_cmd.format(python='python', env='ENV', n=n)}`. Runs alternate. "
@@ -278,6 +288,9 @@ def main() -> None:
                    help="ppox's command in --num-seeds-vmapped mode ({n}: the number of agents)")
     p.add_argument("--repeats", type=int, default=2, help="--num-seeds-vmapped: alternating repeats of each")
     p.add_argument("--timeout", type=int, default=1800, help="seconds before a PureJaxRL run counts as hung")
+    p.add_argument("--jax-python", default=None, metavar="PYTHON",
+                   help="interpreter with jax etc. for PureJaxRL's runs (default: this one); e.g. a venv with "
+                        "jax 0.4.30, whose vmapped run does not hang on a CPU as jax 0.10.2's does")
     p.add_argument("--jax-single-thread", action="store_true", help="run XLA's CPU client on one thread")
     p.add_argument("--name", default=None, help="result file stem (default purejaxrl_<...>)")
     if sys.argv[1:2] == ["_purejaxrl"]:  # one PureJaxRL training in this (child) process; prints JSON

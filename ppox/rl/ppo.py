@@ -222,6 +222,27 @@ class PPO:
             cache_key=self._update_cache_key,
         ) if self.compile_decision.enabled else None
 
+    def _set_total_timesteps(self, total_timesteps: int | None) -> None:
+        """learn(total_timesteps=N): the run's new length (which also decides compile="auto" before a run starts)."""
+        if total_timesteps is None:
+            return
+        if total_timesteps <= 0:
+            raise ConfigError(f"total_timesteps must be > 0, got {total_timesteps}")
+        self.config = self.config.replace(total_timesteps=int(total_timesteps))
+        if self.config.compile == "auto" and self.iteration == 0:
+            self._decide_compile(self.config.total_timesteps)
+
+    def _say_compile_decision(self) -> None:
+        """compile="auto": say once what was decided when it compiles or when a long run cannot (summary.json has it
+        always); a short run staying eager is not news."""
+        if self.config.compile != "auto" or not self.compile_decision.said or self._compile_said:
+            return
+        self._compile_said = True
+        if self.collective.is_main:
+            cold = self.compile_decision.enabled and not compiled_before(self._update_cache_key)
+            note = " (the first compile of this update here takes several times longer; later runs reuse it)"
+            print(f"compile: {self.compile_decision.reason}{note if cold else ''}", file=sys.stderr, flush=True)
+
     @property
     def envs(self) -> VecEnv:
         """The training envs; a loaded model creates them on first use (predicting needs none)."""
@@ -299,12 +320,7 @@ class PPO:
         SB3-style hooks, one or a list (ppox.rl.callbacks). Each iteration: collect num_steps steps of every env ->
         GAE advantages -> PPO epochs -> log. The run's bookkeeping (run directory, signals, checkpoints, progress,
         summary) is ppox.run_context's."""
-        if total_timesteps is not None:
-            if total_timesteps <= 0:
-                raise ConfigError(f"total_timesteps must be > 0, got {total_timesteps}")
-            self.config = self.config.replace(total_timesteps=int(total_timesteps))
-            if self.config.compile == "auto" and self.iteration == 0:  # the run's length decides the update's path
-                self._decide_compile(self.config.total_timesteps)
+        self._set_total_timesteps(total_timesteps)
         cfg, world = self.config, self.collective.world_size
         num_iterations = max(1, cfg.total_timesteps // (cfg.batch_size * world))  # all ranks' steps count
         run, callbacks = self._open_run(run_dir, num_iterations, callback)
@@ -315,12 +331,7 @@ class PPO:
             buf = Rollout.allocate(cfg.num_steps, cfg.num_envs, obs_shape, self.spec, self.device, obs_dtype=obs_dtype,
                                    mask=self.envs.action_mask is not None, state_size=self.agent.state_size)
             start_callbacks(callbacks, self.collector)
-            if (cfg.compile == "auto" and self.compile_decision.said and not self._compile_said
-                    and self.collective.is_main):
-                cold = self.compile_decision.enabled and not compiled_before(self._update_cache_key)
-                note = " (the first compile of this update here takes several times longer; later runs reuse it)"
-                print(f"compile: {self.compile_decision.reason}{note if cold else ''}", file=sys.stderr, flush=True)
-                self._compile_said = True
+            self._say_compile_decision()
             while self.iteration < num_iterations:
                 boundary = self.state_dict(rollout_only=True)  # what a stop mid-iteration checkpoints
                 self._guard.save()
