@@ -549,17 +549,8 @@ class VecEnv:
             final_obs = obs.copy()
             final_obs[done] = info["final_obs"][done]
         self._steps += 1
-        return StepResult(
-            obs=self._hide_velocities(obs),
-            reward=reward.astype(np.float32),
-            terminated=terminated,
-            truncated=truncated,
-            final_obs=self._hide_velocities(final_obs),
-            finished_returns=finished_returns,
-            finished_lengths=finished_lengths,
-            finished_envs=finished_envs,
-            action_mask=self.action_mask,
-        )
+        return self._np_result(obs, reward, terminated, truncated, final_obs,
+                               (finished_returns, finished_lengths, finished_envs))
 
     def _step_np(self, env_actions: np.ndarray) -> StepResult:
         """One step of a gymnasium vector env, all in numpy (float32 obs and reward, bool flags)."""
@@ -615,15 +606,22 @@ class VecEnv:
         self._steps += 1
         if self.use_action_masks and self._mask_source != "none":
             self.action_mask = self._read_action_mask(obs, info)
+        return self._np_result(next_obs, reward, terminated, truncated, final_obs,
+                               (finished_returns, finished_lengths, finished_envs))
+
+    def _np_result(self, obs: np.ndarray, reward: np.ndarray, terminated: np.ndarray, truncated: np.ndarray,
+                   final_obs: np.ndarray, finished: tuple[list[float], list[int], list[int]]) -> StepResult:
+        """A numpy step's StepResult: velocities hidden where asked, float32 rewards, the current action mask;
+        `finished`: (returns, lengths, env indices) of the episodes that ended."""
         return StepResult(
-            obs=self._hide_velocities(next_obs),
+            obs=self._hide_velocities(obs),
             reward=reward.astype(np.float32),
             terminated=terminated,
             truncated=truncated,
             final_obs=self._hide_velocities(final_obs),
-            finished_returns=finished_returns,
-            finished_lengths=finished_lengths,
-            finished_envs=finished_envs,
+            finished_returns=finished[0],
+            finished_lengths=finished[1],
+            finished_envs=finished[2],
             action_mask=self.action_mask,
         )
 
