@@ -218,8 +218,10 @@ def _compiled_marker() -> Path:
 def update_cache_key(policy: torch.nn.Module, objective: ObjectiveConfig, minibatch_size: int,
                      device: torch.device) -> str:
     """What an update graph is compiled for: torch's version, the device, the policy's layers, the loss, the
-    minibatch size (a key that differs only costs a wrong warm/cold note, never a wrong result)."""
-    text = "|".join((torch.__version__, device.type, repr(policy), repr(objective), str(minibatch_size)))
+    minibatch size, and where ppox's source lies (inductor's cache does not carry over to another checkout: a
+    fresh clone compiles cold). A key that is off only costs a wrong warm/cold note, never a wrong result."""
+    text = "|".join((torch.__version__, device.type, repr(policy), repr(objective), str(minibatch_size),
+                     str(Path(__file__).resolve().parent)))
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
