@@ -295,6 +295,49 @@ def adam_supported(optimizer: torch.optim.Optimizer) -> bool:
                 or g.get("capturable"))
 
 
+def minibatch_step(policy: torch.nn.Module, objective: ObjectiveConfig, max_grad_norm: float | None, beta1: float,
+                   beta2: float, eps: float) -> Callable:
+    """One PPO minibatch step as a pure function (compilable, vmappable over agents: ppox.rl.population):
+
+    `step(flat_params, exp_avg, exp_avg_sq, adam_step_count, batch, idx, lr, kl_coef, active=None)` ->
+    `(flat_params, exp_avg, exp_avg_sq, adam_step_count, row)`: the policy module itself through functional_call
+    on minibatch `batch[idx]`, `ppo_loss`, clip_grad_norm_'s rule, torch.optim.Adam's step; a non-finite loss or
+    gradient norm (or `active` False) leaves weights and Adam's state as they were. Shapes: flat_params, exp_avg,
+    exp_avg_sq (num_params,); adam_step_count, lr, kl_coef, active (); row (len(STAT_KEYS) + 2,) = the minibatch's
+    statistics (0 where not counted), counted (finite loss, active), applied.
+    """
+    params0 = dict(policy.named_parameters())
+    names = [n for n, p in params0.items() if p.requires_grad]
+    shapes, sizes = [tuple(params0[n].shape) for n in names], [params0[n].numel() for n in names]
+
+    def loss_fn(params: dict[str, torch.Tensor], mb: dict[str, torch.Tensor], kl_coef: torch.Tensor):
+        # the policy module itself, run on `params` (the eager update's forward, not a mirror of it)
+        logprobs, entropy, values = functional_call(policy, params, (mb["obs"], mb["actions"]), forward_inputs(mb))
+        loss, stats = ppo_loss(PolicyOutput(logprobs, entropy, values), mb, objective, kl_coef)
+        return loss, (loss.detach(), stats)
+
+    grad_fn = grad(loss_fn, has_aux=True)
+
+    def step(flat_params: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor, adam_step_count: torch.Tensor,
+             batch: dict[str, torch.Tensor], idx: torch.Tensor, lr: torch.Tensor, kl_coef: torch.Tensor,
+             active: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        mb = {k: v[idx] for k, v in batch.items()}
+        params = {n: t.view(shape) for n, t, shape in zip(names, flat_params.split(sizes), shapes, strict=True)}
+        grads, (loss, stats) = grad_fn(params, mb, kl_coef)
+        g, total_norm = clip_grad_global_norm(torch.cat([grads[n].reshape(-1) for n in names]), max_grad_norm)
+        finite = torch.isfinite(loss) if active is None else torch.isfinite(loss) & active
+        ok = finite & torch.isfinite(total_norm)
+        state = (flat_params, exp_avg, exp_avg_sq, adam_step_count)
+        new = adam_step(*state, g, lr, beta1, beta2, eps)
+        kept = tuple(torch.where(ok, a, b) for a, b in zip(new, state, strict=True))
+        # [*STAT_KEYS, counted, applied] in one tensor: one accumulation per minibatch outside the graph
+        row = torch.stack([torch.where(finite, stats[k], 0.0) for k in STAT_KEYS]
+                          + [finite.to(loss.dtype), ok.to(loss.dtype)])
+        return (*kept, row)
+
+    return step
+
+
 class CompiledUpdate:
     """`ppo_update` for a policy (ppox.rl.policy.Policy) and its Adam optimizer, one compiled graph per minibatch.
 
@@ -341,52 +384,19 @@ class CompiledUpdate:
 
     # the pure function ----------------------------------------------------------------------
     def _make_step(self) -> Callable:
-        policy, objective, names = self.policy, self.objective, self.names
-        max_norm = self.max_grad_norm
+        """minibatch_step (below) for this policy and optimizer, writing its result into the flat buffers in place."""
         group = self.optimizer.param_groups[0]
         beta1, beta2 = group["betas"]
-        eps = group["eps"]
+        pure = minibatch_step(self.policy, self.objective, self.max_grad_norm, beta1, beta2, group["eps"])
 
-        def loss_fn(params: dict[str, torch.Tensor], mb: dict[str, torch.Tensor], kl_coef: torch.Tensor):
-            # the policy module itself, run on `params` (the eager update's forward, not a mirror of it)
-            logprobs, entropy, values = functional_call(policy, params, (mb["obs"], mb["actions"]), forward_inputs(mb))
-            loss, stats = ppo_loss(PolicyOutput(logprobs, entropy, values), mb, objective, kl_coef)
-            return loss, (loss.detach(), stats)
-
-        grad_fn = grad(loss_fn, has_aux=True)
-
-        shapes, sizes = [tuple(self._params[n].shape) for n in names], self._sizes
-
-        def step(
-            flat_params: torch.Tensor,  # (num_params,) all weights, one buffer; updated in place
-            flat_exp_avg: torch.Tensor,  # (num_params,) Adam's first moment
-            flat_exp_avg_sq: torch.Tensor,  # (num_params,) Adam's second moment
-            adam_step_count: torch.Tensor,  # () Adam's step count, shared: every parameter steps together
-            batch: dict[str, torch.Tensor],
-            idx: torch.Tensor,
-            lr: torch.Tensor,
-            kl_coef: torch.Tensor,
-            active: torch.Tensor | None = None,  # () bool; False: leave weights and Adam state as they are
-        ) -> torch.Tensor:
-            mb = {k: v[idx] for k, v in batch.items()}
-            params = {n: t.view(shape) for n, t, shape in
-                      zip(names, flat_params.split(sizes), shapes, strict=True)}
-            grads, (loss, stats) = grad_fn(params, mb, kl_coef)
-            g, total_norm = clip_grad_global_norm(torch.cat([grads[n].reshape(-1) for n in names]), max_norm)
-            ok = torch.isfinite(loss) & torch.isfinite(total_norm)
-            if active is not None:
-                ok = ok & active
-            # Adam as torch.optim.Adam computes it, on the one flat buffer
-            p_new, m_new, v_new, s_new = adam_step(flat_params, flat_exp_avg, flat_exp_avg_sq, adam_step_count, g,
-                                                   lr, beta1, beta2, eps)
-            flat_params.copy_(torch.where(ok, p_new, flat_params))
-            flat_exp_avg.copy_(torch.where(ok, m_new, flat_exp_avg))
-            flat_exp_avg_sq.copy_(torch.where(ok, v_new, flat_exp_avg_sq))
-            adam_step_count.copy_(torch.where(ok, s_new, adam_step_count))
-            finite = torch.isfinite(loss)
-            # [*STAT_KEYS, finite, applied] in one tensor: one accumulation per minibatch outside the graph
-            return torch.stack([torch.where(finite, stats[k], 0.0) for k in STAT_KEYS]
-                               + [finite.to(loss.dtype), ok.to(loss.dtype)])
+        def step(flat_params: torch.Tensor, flat_exp_avg: torch.Tensor, flat_exp_avg_sq: torch.Tensor,
+                 adam_step_count: torch.Tensor, batch: dict[str, torch.Tensor], idx: torch.Tensor, lr: torch.Tensor,
+                 kl_coef: torch.Tensor, active: torch.Tensor | None = None) -> torch.Tensor:
+            state = (flat_params, flat_exp_avg, flat_exp_avg_sq, adam_step_count)
+            *new, row = pure(*state, batch, idx, lr, kl_coef, active)
+            for buffer, value in zip(state, new, strict=True):
+                buffer.copy_(value)
+            return row
 
         return step
 
@@ -570,6 +580,7 @@ __all__ = [
     "compile_torch_env",
     "compiled_before",
     "decide_compile",
+    "minibatch_step",
     "remember_compiled",
     "update_cache_key",
 ]

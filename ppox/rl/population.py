@@ -40,11 +40,10 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.func import functional_call, grad, stack_module_state, vmap
+from torch.func import functional_call, stack_module_state, vmap
 
 from ppox import __version__
 from ppox.core import AdaptiveKLController, explained_variance, gae, kl_estimate
-from ppox.core.update import PolicyOutput, ppo_loss
 from ppox.errors import ConfigError, PPOXError
 from ppox.io import LOCK_FILE, RunDirLock, atomic_write_json, check_run_dir, os_error
 from ppox.logger import MetricsLogger
@@ -52,11 +51,10 @@ from ppox.rl.config import PPOConfig, preset_config
 from ppox.rl.fast import (
     STAT_KEYS,
     CompileTimer,
-    adam_step,
-    clip_grad_global_norm,
     compile_fn,
     compile_torch_env,
     decide_compile,
+    minibatch_step,
 )
 from ppox.rl.normalize import ObsNormalizer, RewardScaler, RunningMeanStd
 from ppox.rl.policy import Policy
@@ -320,38 +318,10 @@ class Population:
 
     # ------------------------------------------------------------------ update
     def _make_update_step(self) -> Callable:
-        """One minibatch step of every agent, vmapped: the single-agent update's loss, gradient clipping and
-        Adam step (ppox.core.update.ppo_loss, ppox.rl.fast), each agent on its own minibatch and weights."""
-        policy, objective, names, shapes, sizes = self.policy, self.objective, self.names, self.shapes, self.sizes
-        max_norm = self.config.max_grad_norm
-        beta1, beta2, eps = 0.9, 0.999, 1e-5  # PPO's torch.optim.Adam(lr, eps=1e-5)
-
-        def loss_fn(params: dict[str, torch.Tensor], mb: dict[str, torch.Tensor], kl_coef: torch.Tensor):
-            logprobs, entropy, values = functional_call(policy, params, (mb["obs"], mb["actions"]))
-            loss, stats = ppo_loss(PolicyOutput(logprobs, entropy, values), mb, objective, kl_coef)
-            return loss, (loss.detach(), stats)
-
-        grad_fn = grad(loss_fn, has_aux=True)
-
-        def agent_step(flat_params: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor,
-                       step: torch.Tensor, batch: dict[str, torch.Tensor], idx: torch.Tensor, lr: torch.Tensor,
-                       kl_coef: torch.Tensor, active: torch.Tensor):
-            # one agent: flat_params (num_params,), batch (batch_size, ...), idx (minibatch_size,), the rest ()
-            mb = {k: v[idx] for k, v in batch.items()}
-            params = {n: t.view(s) for n, t, s in zip(names, flat_params.split(sizes), shapes, strict=True)}
-            grads, (loss, stats) = grad_fn(params, mb, kl_coef)
-            g, total_norm = clip_grad_global_norm(torch.cat([grads[n].reshape(-1) for n in names]), max_norm)
-            finite = torch.isfinite(loss) & active
-            ok = finite & torch.isfinite(total_norm)  # a non-finite minibatch is skipped, as in ppo_update
-            new = adam_step(flat_params, exp_avg, exp_avg_sq, step, g, lr, beta1, beta2, eps)
-            kept = tuple(torch.where(ok, a, b) for a, b in zip(new, (flat_params, exp_avg, exp_avg_sq, step),
-                                                                strict=True))
-            # [*STAT_KEYS, counted, applied]: counted = finite loss of an agent still updating
-            row = torch.stack([torch.where(finite, stats[k], 0.0) for k in STAT_KEYS]
-                              + [finite.to(loss.dtype), ok.to(loss.dtype)])
-            return (*kept, row)
-
-        return vmap(agent_step)
+        """One minibatch step of every agent, vmapped: the single-agent update's pure step (ppox.rl.fast.minibatch_step:
+        ppo_loss, gradient clipping, Adam), each agent on its own minibatch and weights."""
+        # PPO's torch.optim.Adam(lr, eps=1e-5)
+        return vmap(minibatch_step(self.policy, self.objective, self.config.max_grad_norm, 0.9, 0.999, 1e-5))
 
     def _update(self, batch: dict[str, torch.Tensor], lr: torch.Tensor, kl_coef: torch.Tensor) -> torch.Tensor:
         """The PPO epochs of every agent on its rollout (batch: (N, batch_size, ...) each); returns the summed
