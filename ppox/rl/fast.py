@@ -1,6 +1,7 @@
-"""Compiled fast paths of the classic-RL trainer (opt-in with `compile=True` / `--compile`).
+"""Compiled fast paths of the classic-RL trainer (`compile="auto"` decides; `--compile` / `--no-compile` force).
 
-Compiled with `torch.compile(fullgraph=True)`: the whole minibatch update, i.e. forward (the policy
+Compiled (ahead of time into a cached library on a CPU, ppox.rl.aot; `torch.compile(fullgraph=True)` on a GPU,
+or where that fails): the whole minibatch update, i.e. forward (the policy
 module itself through `torch.func.functional_call`), loss, backward (`torch.func.grad`), global-norm
 gradient clipping and the Adam step, written against the tensors of the trainer's own
 `torch.optim.Adam` (its `exp_avg`, `exp_avg_sq` and `step` state), so checkpoints, resume and
@@ -150,9 +151,10 @@ def compile_torch_env(env, timer: CompileTimer | None = None) -> None:
 
 
 # ---------------------------------------------------------------------------- compile="auto"
-# Minibatch updates over a run from which compile="auto" compiles. With a warm inductor cache compiling costs
-# ~2 s and saves ~1-2 ms per minibatch update of a small MLP on a CPU (benchmarks/bench_compiled_update.py,
-# docs/performance.md): it repays itself after ~1000-2000 updates, so short runs (and the tests) stay eager.
+# Minibatch updates over a run from which compile="auto" compiles. On a CPU the compiled step is built once per
+# machine and configuration (ppox.rl.aot: seconds, said when it happens) and then loads in milliseconds; it saves
+# ~1 ms per minibatch update of a small MLP (benchmarks/bench_compiled_update.py, docs/performance.md). Short runs
+# (and the tests) stay eager, so that trying a new setting never starts with a build longer than the run.
 AUTO_COMPILE_MIN_UPDATES = 2500
 
 
@@ -208,25 +210,28 @@ def decide_compile(
 
 
 def _compiled_marker() -> Path:
-    """ppox's list of update graphs compiled here, kept inside inductor's own cache directory so that it goes
-    when that cache goes (e.g. /tmp cleared): then "warm" means inductor can really reuse the compiled code."""
-    from torch._inductor.runtime.cache_dir_utils import cache_dir
+    """ppox's list of update graphs compiled here, kept next to its ahead-of-time compiled libraries (ppox.rl.aot,
+    the CPU's compiled update), so that "warm" means that the compiled code is really there to be loaded."""
+    from ppox.rl.aot import cache_dir
 
-    return Path(cache_dir()) / "ppox_compiled_updates.json"
+    return cache_dir().parent / "compiled_updates.json"
 
 
 def update_cache_key(policy: torch.nn.Module, objective: ObjectiveConfig, minibatch_size: int,
                      device: torch.device) -> str:
     """What an update graph is compiled for: torch's version, the device, the policy's layers, the loss, the
-    minibatch size, and where ppox's source lies (inductor's cache does not carry over to another checkout: a
-    fresh clone compiles cold). A key that is off only costs a wrong warm/cold note, never a wrong result."""
+    minibatch size, where ppox's source lies and what it says (inductor's cache does not carry over to another
+    checkout, and ppox.rl.aot's libraries are rebuilt for edited sources). A key that is off only costs a wrong
+    warm/cold note, never a wrong result."""
+    from ppox.rl.aot import source_digest
+
     text = "|".join((torch.__version__, device.type, repr(policy), repr(objective), str(minibatch_size),
-                     str(Path(__file__).resolve().parent)))
+                     str(Path(__file__).resolve().parent), source_digest()))
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
 def compiled_before(key: str) -> bool:
-    """Whether an update with this key was compiled on this machine and inductor's cache is still there."""
+    """Whether an update with this key was compiled on this machine (and ppox's cache is still there)."""
     try:
         return key in json.loads(_compiled_marker().read_text())
     except (OSError, ValueError, TypeError):
@@ -375,6 +380,13 @@ class CompiledUpdate:
         self._compiled = compile
         self._chunks: dict[tuple, Callable] = {}  # (epochs, minibatches, masked) -> the (compiled) chunk function
         self._signature: tuple | None = None  # inputs the compiled graph was built for
+        # On a CPU the one-minibatch step is compiled ahead of time into a cached library (ppox.rl.aot): a warm run
+        # then loads it in milliseconds instead of tracing again, and each call is cheaper. False (or PPOX_AOT=0):
+        # torch.compile. A policy with buffers keeps torch.compile (a traced graph would freeze their values).
+        self.ahead_of_time = (self._on_cpu and os.environ.get("PPOX_AOT", "1") != "0"
+                              and not any(True for _ in policy.buffers()))
+        self._aot_steps: dict[tuple, Callable] = {}  # input signature -> the compiled library's entry point
+        self._aot_failed = False
         # How many minibatch steps one compiled call runs: "minibatch" (1), "epoch" (num_minibatches) or "iteration"
         # (all, target_kl's stop masked inside the graph). Unrolled steps cost their trace and compile time on every
         # run (the warm cache saves only code generation): with the update ~1/3 of an iteration on a CPU, the
@@ -451,6 +463,46 @@ class CompiledUpdate:
             self._chunks[key] = fn
         return self._chunks[key]
 
+    def _aot_step(self, signature: tuple, keys: list[str], example_args: list[torch.Tensor]) -> Callable | None:
+        """The ahead-of-time compiled minibatch step for inputs like `example_args` (loaded, or built and cached on
+        first use: ppox.rl.aot), or None where it does not apply or could not be built (then torch.compile)."""
+        if not (self._compiled and self.ahead_of_time and self.unroll == "minibatch") or self._aot_failed:
+            return None
+        if signature in self._aot_steps:
+            return self._aot_steps[signature]
+        from ppox.rl import aot
+
+        group = self.optimizer.param_groups[0]
+        beta1, beta2 = group["betas"]
+        pure = minibatch_step(self.policy, self.objective, self.max_grad_norm, beta1, beta2, group["eps"])
+
+        def step(flat_params: torch.Tensor, flat_exp_avg: torch.Tensor, flat_exp_avg_sq: torch.Tensor,
+                 adam_step_count: torch.Tensor, idx: torch.Tensor, lr: torch.Tensor, kl_coef: torch.Tensor,
+                 *values: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            return pure(flat_params, flat_exp_avg, flat_exp_avg_sq, adam_step_count, dict(zip(keys, values,
+                                                                                            strict=True)),
+                        idx, lr, kl_coef)
+
+        label = "|".join(("ppo minibatch step", aot.module_signature(self.policy), repr(self.objective),
+                          repr(self.max_grad_norm), repr((beta1, beta2, group["eps"])), repr(keys)))
+        start = time.perf_counter()
+        try:
+            cached = aot.load_cached(label, example_args)
+            if cached is None:
+                remember_cpu_isa_probe()
+                cached = aot.build(step, label, example_args)
+        except Exception as exc:  # any tracing or compiler failure: torch.compile still applies
+            self._aot_failed = True
+            first_line = (str(exc).strip().splitlines() or [""])[0][:200]
+            print(f"note: ahead-of-time compile failed ({type(exc).__name__}: {first_line}); using torch.compile",
+                  file=sys.stderr, flush=True)
+            return None
+        finally:
+            if self._timer is not None:
+                self._timer.seconds += time.perf_counter() - start
+        self._aot_steps[signature] = cached
+        return cached
+
     def _plan(self, update_epochs: int, num_minibatches: int) -> tuple[int, int]:
         """(epochs, minibatches) per compiled call, by `self.unroll`."""
         if self.unroll == "iteration":
@@ -509,14 +561,21 @@ class CompiledUpdate:
         totals = torch.zeros(n_stats + 2, device=device)  # STAT_KEYS sums, finite count, applied count
         epochs_per_call, minibatches_per_call = self._plan(update_epochs, num_minibatches)
         masked = epochs_per_call > 1 and target_kl is not None
-        chunk = self._chunk(epochs_per_call, minibatches_per_call, masked)
         target = torch.tensor(float(target_kl) if target_kl is not None else 0.0, dtype=torch.float64, device=device)
         # After the first call has compiled the graph, further calls with the same input signature skip
         # dynamo's guard evaluation (~75 us per call on a 2-core CPU): the graph has a single cache entry,
         # built for exactly these shapes/dtypes, so the guards could only pass.
         signature = (minibatch_size, update_epochs, num_minibatches, masked,
                      tuple((k, v.shape, v.dtype) for k, v in batch.items()), device, torch.is_grad_enabled())
-        skip_guards = self._compiled and self._signature == signature
+        keys = sorted(batch)
+        values = [batch[k].contiguous() for k in keys]
+        aot_step = None
+        if epochs_per_call == 1 and minibatches_per_call == 1:
+            example = [flat_params, flat_exp_avg, flat_exp_avg_sq, step_count,
+                       torch.zeros(minibatch_size, dtype=torch.int64, device=device), lr, kl, *values]
+            aot_step = self._aot_step(signature, keys, example)
+        chunk = self._chunk(epochs_per_call, minibatches_per_call, masked) if aot_step is None else None
+        skip_guards = self._compiled and self._signature == signature and aot_step is None
         stance = (torch.compiler.set_stance("default", skip_guard_eval_unsafe=True) if skip_guards
                   else contextlib.nullcontext())
         epochs_run = 0
@@ -543,6 +602,11 @@ class CompiledUpdate:
                     idx = perm.view(num_minibatches // minibatches_per_call, 1, minibatches_per_call, minibatch_size)
                     epoch_start = totals.clone() if target_kl is not None else None
                     for part in idx:
+                        if aot_step is not None:
+                            flat_params, flat_exp_avg, flat_exp_avg_sq, step_count, row = aot_step(
+                                [flat_params, flat_exp_avg, flat_exp_avg_sq, step_count, part[0, 0], lr, kl, *values])
+                            totals = totals + row
+                            continue
                         totals, _ = chunk(flat_params, flat_exp_avg, flat_exp_avg_sq, step_count, batch, part, lr, kl,
                                           totals, target)
                     if epoch_start is not None:

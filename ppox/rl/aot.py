@@ -1,0 +1,166 @@
+"""A pure tensor function compiled ahead of time (AOTInductor) into a shared library, built once per machine.
+
+torch.compile traces its function again in every new process: importing dynamo and inductor, tracing, and
+loading the cached kernels cost seconds on a small CPU even when inductor's cache is warm, which is a large
+part of a short run. The PPO minibatch step (ppox.rl.fast.minibatch_step) is a pure function of tensors of
+fixed shapes, so it can be traced once (make_fx: forward, torch.func.grad's backward, clipping and Adam as one
+graph of aten ops), exported, and compiled by AOTInductor into a C++ library kept in ppox's cache directory
+(~/.cache/ppox/aot, or $PPOX_CACHE_DIR/aot). Every later run with the same key loads that library directly,
+without importing the compiler at all, and each call skips torch.compile's Python guards and wrappers.
+
+The key covers everything the compiled code depends on: torch's version, the CPU (architecture and the SIMD
+level torch detects), the content of ppox's source files, what the caller says the function is (`label`),
+and the shape, stride and dtype of every input. The library reads its inputs as exactly those layouts without
+checking them, so `AotFunction` checks every call's inputs against them (cheap next to the call) and refuses
+anything else. A library is written atomically (temporary file, then rename); one that cannot be loaded is
+rebuilt. It is code built on this machine by ppox from ppox's own sources, like inductor's own cache; a model
+file never carries one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import re
+import tempfile
+import warnings
+import zipfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+
+_SOURCE_DIGEST: str | None = None
+
+
+def cache_dir() -> Path:
+    """Where the compiled libraries live: $PPOX_CACHE_DIR/aot, else $XDG_CACHE_HOME/ppox/aot, else ~/.cache/ppox/aot."""
+    root = os.environ.get("PPOX_CACHE_DIR")
+    if root:
+        return Path(root) / "aot"
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "ppox" / "aot"
+
+
+def source_digest() -> str:
+    """sha256 of ppox's Python sources (read once per process): an edited checkout never loads stale code."""
+    global _SOURCE_DIGEST
+    if _SOURCE_DIGEST is None:
+        root = Path(__file__).resolve().parent.parent
+        h = hashlib.sha256()
+        for path in sorted(root.rglob("*.py")):
+            h.update(str(path.relative_to(root)).encode())
+            h.update(path.read_bytes())
+        _SOURCE_DIGEST = h.hexdigest()
+    return _SOURCE_DIGEST
+
+
+def module_signature(module: torch.nn.Module) -> str:
+    """Everything of `module` that a traced graph can bake in besides its parameters (which are inputs): each
+    submodule's type and plain attributes (sizes, activations, keys, scales, ...), and the values of any tensor
+    attributes and buffers. Object addresses are left out so that the signature is the same in every process."""
+    parts = []
+    for name, sub in module.named_modules():
+        attrs = []
+        for key, value in sorted(vars(sub).items()):
+            if key.startswith("_") or key == "training":
+                continue
+            if isinstance(value, torch.Tensor):
+                value = (_layout(value), _digest(value))
+            attrs.append(f"{key}={re.sub(r' at 0x[0-9a-fA-F]+', '', repr(value))}")
+        for key, buffer in sub.named_buffers(recurse=False):
+            attrs.append(f"buffer {key}={_layout(buffer)}:{_digest(buffer)}")
+        parts.append(f"{name}:{type(sub).__module__}.{type(sub).__qualname__}({', '.join(attrs)})")
+    return "\n".join(parts)
+
+
+def _digest(t: torch.Tensor) -> str:
+    return hashlib.sha256(t.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
+
+
+def _layout(t: torch.Tensor) -> tuple:
+    return tuple(t.shape), tuple(t.stride()), t.dtype, t.device.type
+
+
+def aot_key(label: str, example_args: Sequence[torch.Tensor]) -> str:
+    """The cache key of `label`'s function compiled for inputs laid out like `example_args` (see the module doc)."""
+    parts = [torch.__version__, platform.machine(), torch.backends.cpu.get_cpu_capability(), source_digest(), label]
+    parts += [repr(_layout(a)) for a in example_args]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]
+
+
+class AotFunction:
+    """A compiled library's entry point: call it with tensors laid out as it was built for; returns a list."""
+
+    def __init__(self, path: Path, example_args: Sequence[torch.Tensor]) -> None:
+        self.path = path
+        self._layouts = [_layout(a) for a in example_args]
+        # torch's own runner for an AOTInductor CPU library (what torch._export.aot_load wraps); one model instance
+        self._run = torch._C._aoti.AOTIModelContainerRunnerCpu(str(path), 1).run
+
+    def __call__(self, args: list[torch.Tensor]) -> list[torch.Tensor]:
+        if len(args) != len(self._layouts) or any(_layout(a) != want for a, want in zip(args, self._layouts,
+                                                                                          strict=False)):
+            got = [_layout(a) for a in args]
+            raise ValueError(f"{self.path.name} was compiled for inputs {self._layouts}, got {got}")
+        return self._run(args)
+
+
+def load_cached(label: str, example_args: Sequence[torch.Tensor]) -> AotFunction | None:
+    """The library for this key if it is in the cache and loads; None otherwise (a broken one is removed)."""
+    path = cache_dir() / f"{aot_key(label, example_args)}.so"
+    if not path.is_file():
+        return None
+    try:
+        return AotFunction(path, example_args)
+    except (RuntimeError, OSError):
+        path.unlink(missing_ok=True)  # truncated or built by something else: build it again
+        return None
+
+
+def build(fn: Callable[..., Sequence[torch.Tensor]], label: str, example_args: Sequence[torch.Tensor]) -> AotFunction:
+    """Trace `fn(*example_args)` (a pure function of tensors returning a tuple of tensors), compile it with
+    AOTInductor and store the library under its key. Raises whatever tracing or compiling raises."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    class Wrapped(torch.nn.Module):
+        def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            return tuple(fn(*args))
+
+    from torch._inductor import aoti_compile_and_package  # the compiler: imported only when something is built
+
+    args = tuple(example_args)
+    # fake tensors: tracing reads no values and changes nothing; make_fx flattens torch.func.grad into aten ops,
+    # which torch.export cannot trace through itself
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch's own deprecation notes from inside export
+        graph = make_fx(Wrapped(), tracing_mode="fake")(*args)
+        exported = torch.export.export(graph, args, strict=False)
+    directory = cache_dir()
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{aot_key(label, args)}.so"
+    with tempfile.TemporaryDirectory(dir=directory, prefix=".build-") as tmp:
+        package = aoti_compile_and_package(exported, package_path=os.path.join(tmp, "fn.pt2"))
+        with zipfile.ZipFile(package) as archive:
+            libraries = [n for n in archive.namelist() if n.endswith(".so")]
+            if len(libraries) != 1:
+                raise RuntimeError(f"AOTInductor package holds {len(libraries)} libraries, expected 1")
+            staged = Path(tmp) / "fn.so"
+            staged.write_bytes(archive.read(libraries[0]))
+        os.chmod(staged, 0o755)
+        os.replace(staged, path)  # atomic: a concurrent run sees the old state or the whole library
+    return AotFunction(path, args)
+
+
+def load_or_build(fn: Callable[..., Sequence[torch.Tensor]], label: str,
+                  example_args: Sequence[torch.Tensor]) -> tuple[AotFunction, bool]:
+    """(the compiled function, whether it was built now) for `fn` under `label` with inputs like `example_args`."""
+    cached = load_cached(label, example_args)
+    if cached is not None:
+        return cached, False
+    return build(fn, label, example_args), True
+
+
+__all__ = ["AotFunction", "aot_key", "build", "cache_dir", "load_cached", "load_or_build", "module_signature",
+           "source_digest"]

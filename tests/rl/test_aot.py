@@ -1,0 +1,112 @@
+"""The ahead-of-time compiled step (ppox.rl.aot): built once, loaded after, equal to eager, refuses wrong inputs."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from gymnasium import spaces
+
+from ppox.core.objective import ObjectiveConfig
+from ppox.core.update import PolicyOutput, ppo_update
+from ppox.rl import aot
+from ppox.rl.fast import CompiledUpdate
+from ppox.rl.policy import Policy
+from ppox.rl.spaces import ActionSpec
+
+
+def affine(x: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.tanh(x @ w), (x * 2).sum(0)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ppox-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PPOX_CACHE_DIR", str(root))
+        yield root / "aot"
+
+
+def test_built_once_then_loaded_and_equal_to_eager(cache):
+    x, w = torch.randn(5, 3), torch.randn(3, 2)
+    fn, built = aot.load_or_build(affine, "affine", [x, w])
+    assert built and len(list(cache.glob("*.so"))) == 1
+    again, built = aot.load_or_build(affine, "affine", [x, w])
+    assert not built  # the second time it is only loaded
+    x2, w2 = torch.randn(5, 3), torch.randn(3, 2)
+    for f in (fn, again):
+        out = f([x2, w2])
+        for got, want in zip(out, affine(x2, w2), strict=True):
+            assert torch.allclose(got, want, atol=1e-6)
+    assert not list(cache.glob(".build-*"))  # no build leftovers
+
+
+def test_inputs_of_another_layout_are_refused(cache):
+    x, w = torch.randn(5, 3), torch.randn(3, 2)
+    fn, _ = aot.load_or_build(affine, "affine", [x, w])
+    with pytest.raises(ValueError, match="compiled for inputs"):
+        fn([torch.randn(6, 3), w])  # another shape: the library would read out of bounds
+    with pytest.raises(ValueError, match="compiled for inputs"):
+        fn([torch.randn(3, 5).T, w])  # same shape, other strides
+    with pytest.raises(ValueError, match="compiled for inputs"):
+        fn([x.double(), w])
+
+
+def test_the_key_covers_label_layout_and_sources(cache, monkeypatch):
+    x, w = torch.randn(5, 3), torch.randn(3, 2)
+    key = aot.aot_key("affine", [x, w])
+    assert key == aot.aot_key("affine", [torch.zeros(5, 3), torch.zeros(3, 2)])  # values do not matter
+    assert key != aot.aot_key("affine2", [x, w])
+    assert key != aot.aot_key("affine", [torch.randn(6, 3), w])
+    assert key != aot.aot_key("affine", [x.double(), w])
+    monkeypatch.setattr(aot, "_SOURCE_DIGEST", "edited")
+    assert key != aot.aot_key("affine", [x, w])  # an edited checkout never loads a stale library
+
+
+def test_a_broken_library_is_removed_and_rebuilt(cache):
+    x, w = torch.randn(4, 3), torch.randn(3, 2)
+    path = cache / f"{aot.aot_key('affine', [x, w])}.so"
+    cache.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x7fELF truncated")
+    assert aot.load_cached("affine", [x, w]) is None and not path.exists()
+
+
+def test_module_signature_sees_what_a_trace_would_freeze():
+    obs = spaces.Box(-1.0, 1.0, (5,))
+    a = Policy(obs, ActionSpec("discrete", nvec=(3,), start=(0,)), hidden_sizes=(8,))
+    b = Policy(obs, ActionSpec("discrete", nvec=(3,), start=(0,)), hidden_sizes=(8,), activation="relu")
+    c = Policy(obs, ActionSpec("discrete", nvec=(3,), start=(1,)), hidden_sizes=(8,))
+    assert aot.module_signature(a) == aot.module_signature(copy.deepcopy(a))  # weights are inputs, not baked in
+    assert len({aot.module_signature(p) for p in (a, b, c)}) == 3
+    assert "0x" not in aot.module_signature(a)  # the same in every process
+
+
+def test_compiled_update_uses_the_library_and_matches_eager(cache):
+    torch.manual_seed(0)
+    obs = spaces.Box(-1.0, 1.0, (5,))
+    eager_agent = Policy(obs, ActionSpec("continuous", dim=2, low=(-1.0, -1.0), high=(1.0, 1.0)), (16,),
+                         init_log_std=-0.5)
+    fast_agent = copy.deepcopy(eager_agent)
+    n = 64
+    x = torch.randn(n, 5)
+    with torch.no_grad():
+        actions, logprobs, values = eager_agent.act(x)
+    batch = {"obs": x, "actions": actions, "logprobs": logprobs, "values": values,
+             "advantages": torch.randn(n), "returns": torch.randn(n)}
+    settings = ObjectiveConfig(ent_coef=0.01)
+    eager_opt = torch.optim.Adam(eager_agent.parameters(), lr=1e-2, eps=1e-5)
+    fast_opt = torch.optim.Adam(fast_agent.parameters(), lr=1e-2, eps=1e-5)
+    fast = CompiledUpdate(fast_agent, fast_opt, settings, 0.5, compile=True)
+    for it in range(2):
+        r_eager = ppo_update(batch, lambda mb: PolicyOutput(*eager_agent(mb["obs"], mb["actions"])), eager_opt,
+                             eager_agent.parameters(), settings, update_epochs=2, num_minibatches=4, max_grad_norm=0.5,
+                             target_kl=0.5, generator=torch.Generator().manual_seed(it))
+        r_fast = fast.update(batch, update_epochs=2, num_minibatches=4, target_kl=0.5,
+                             generator=torch.Generator().manual_seed(it))
+    assert fast._aot_steps and not fast._aot_failed  # the ahead-of-time library ran, not torch.compile
+    for p, q in zip(eager_agent.parameters(), fast_agent.parameters(), strict=True):
+        assert torch.allclose(p, q, atol=1e-5, rtol=1e-4)
+    for k, v in r_eager.stats.items():
+        assert r_fast.stats[k] == pytest.approx(v, rel=1e-3, abs=1e-5), k
+    assert float(fast_opt.state_dict()["state"][0]["step"]) == float(eager_opt.state_dict()["state"][0]["step"])
