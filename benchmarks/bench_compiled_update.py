@@ -1,6 +1,11 @@
 """Time ppox's compiled PPO update (ppox.rl.fast.CompiledUpdate) by how many minibatch steps one compiled call runs.
 
-    python benchmarks/bench_compiled_update.py [--unroll iteration epoch minibatch eager] [--target-kl 0.03]
+    python benchmarks/bench_compiled_update.py [--unroll iteration epoch minibatch minibatch-dynamo eager] \
+        [--target-kl 0.03] [--name NAME]
+
+"minibatch" is the default path: on a CPU one ahead-of-time compiled library call per minibatch (ppox.rl.aot;
+its first call loads the library, or builds it if this machine has not yet); "minibatch-dynamo" is the same
+step compiled in-process by torch.compile (what a GPU, or PPOX_AOT=0, uses).
 
 Each setting runs in a fresh process (so its compile time is what a new run pays, with inductor's warm
 on-disk cache after the first setting has filled it): one update of the CartPole-sized policy at CleanRL's
@@ -12,9 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
+from pathlib import Path
+
+import torch
 
 
 def one(unroll: str, updates: int, target_kl: float | None, epochs: int, minibatches: int) -> dict:
@@ -45,7 +54,8 @@ def one(unroll: str, updates: int, target_kl: float | None, epochs: int, minibat
                               max_grad_norm=0.5, target_kl=target_kl, generator=gen)
     else:
         fast = CompiledUpdate(agent, opt, ObjectiveConfig(), 0.5, compile=True)
-        fast.unroll = unroll
+        fast.unroll = "minibatch" if unroll == "minibatch-dynamo" else unroll
+        fast.ahead_of_time = fast.ahead_of_time and unroll == "minibatch"
 
         def run():
             return fast.update(batch, update_epochs=epochs, num_minibatches=minibatches, target_kl=target_kl,
@@ -69,6 +79,7 @@ def main() -> None:
     parser.add_argument("--minibatches", type=int, default=4)
     parser.add_argument("--target-kl", type=float, default=None)
     parser.add_argument("--repeat", type=int, default=2, help="rounds over the settings, alternating")
+    parser.add_argument("--name", default=None, help="also write benchmarks/results/<name>.md")
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -83,10 +94,18 @@ def main() -> None:
                 cmd += ["--target-kl", str(args.target_kl)]
             out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
             rows.append(json.loads(out.strip().splitlines()[-1]))
-    print(f"command: python {' '.join(sys.argv)}\n")
-    print("| unroll | first call (s) | ms per update | epochs run |\n|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['unroll']} | {r['first_call_s']} | {r['ms_per_update']} | {r['epochs_run']} |")
+    lines = [f"Command:\n\n    python benchmarks/bench_compiled_update.py {' '.join(sys.argv[1:])}\n",
+             f"torch {torch.__version__}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end, "
+             f"{time.strftime('%Y-%m-%d %H:%M')}. One update = {args.epochs} epochs x {args.minibatches} minibatches "
+             "of the CartPole-sized policy on 512 transitions; each setting in a fresh process.\n",
+             "| setting | first call (s) | ms per update | epochs run |", "|---|---:|---:|---:|"]
+    lines += [f"| {r['unroll']} | {r['first_call_s']} | {r['ms_per_update']} | {r['epochs_run']} |" for r in rows]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.name:
+        out = Path(__file__).resolve().parent / "results" / f"{args.name}.md"
+        out.write_text(f"# {args.name}\n\n{text}")
+        print(f"wrote {out}")
 
 
 if __name__ == "__main__":

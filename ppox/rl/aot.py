@@ -11,10 +11,10 @@ without importing the compiler at all, and each call skips torch.compile's Pytho
 The key covers everything the compiled code depends on: torch's version, the CPU (architecture and the SIMD
 level torch detects), the content of ppox's source files, what the caller says the function is (`label`),
 and the shape, stride and dtype of every input. The library reads its inputs as exactly those layouts without
-checking them, so `AotFunction` checks every call's inputs against them (cheap next to the call) and refuses
-anything else. A library is written atomically (temporary file, then rename); one that cannot be loaded is
-rebuilt. It is code built on this machine by ppox from ppox's own sources, like inductor's own cache; a model
-file never carries one.
+checking them, so `AotFunction` checks a call's inputs against them and refuses anything else (a loop whose
+inputs keep their layouts checks once, then uses `call_unchecked`). A library is written atomically (temporary
+file, then rename); one that cannot be loaded is rebuilt. It is code built on this machine by ppox from ppox's
+own sources, like inductor's own cache; a model file never carries one.
 """
 
 from __future__ import annotations
@@ -99,11 +99,20 @@ class AotFunction:
         # torch's own runner for an AOTInductor CPU library (what torch._export.aot_load wraps); one model instance
         self._run = torch._C._aoti.AOTIModelContainerRunnerCpu(str(path), 1).run
 
-    def __call__(self, args: list[torch.Tensor]) -> list[torch.Tensor]:
+    def check(self, args: Sequence[torch.Tensor]) -> None:
+        """Raise ValueError unless `args` are laid out as the library was built for (it reads them unchecked)."""
         if len(args) != len(self._layouts) or any(_layout(a) != want for a, want in zip(args, self._layouts,
                                                                                           strict=False)):
             got = [_layout(a) for a in args]
             raise ValueError(f"{self.path.name} was compiled for inputs {self._layouts}, got {got}")
+
+    def __call__(self, args: list[torch.Tensor]) -> list[torch.Tensor]:
+        self.check(args)
+        return self._run(args)
+
+    def call_unchecked(self, args: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The library's call without `check`: for a loop whose inputs are `check`ed once and keep their layouts
+        (e.g. the library's own outputs fed back in, slices of one contiguous index tensor)."""
         return self._run(args)
 
 

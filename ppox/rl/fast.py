@@ -41,6 +41,7 @@ from torch.func import functional_call, grad
 from ppox.core.objective import ObjectiveConfig
 from ppox.core.update import PolicyOutput, UpdateResult, ppo_loss
 from ppox.io import atomic_write_json
+from ppox.rl import aot
 from ppox.rl.policy import forward_inputs
 
 STAT_KEYS = ("policy_loss", "value_loss", "entropy", "kl_penalty", "approx_kl", "old_approx_kl", "clipfrac")
@@ -212,9 +213,7 @@ def decide_compile(
 def _compiled_marker() -> Path:
     """ppox's list of update graphs compiled here, kept next to its ahead-of-time compiled libraries (ppox.rl.aot,
     the CPU's compiled update), so that "warm" means that the compiled code is really there to be loaded."""
-    from ppox.rl.aot import cache_dir
-
-    return cache_dir().parent / "compiled_updates.json"
+    return aot.cache_dir().parent / "compiled_updates.json"
 
 
 def update_cache_key(policy: torch.nn.Module, objective: ObjectiveConfig, minibatch_size: int,
@@ -223,10 +222,8 @@ def update_cache_key(policy: torch.nn.Module, objective: ObjectiveConfig, miniba
     minibatch size, where ppox's source lies and what it says (inductor's cache does not carry over to another
     checkout, and ppox.rl.aot's libraries are rebuilt for edited sources). A key that is off only costs a wrong
     warm/cold note, never a wrong result."""
-    from ppox.rl.aot import source_digest
-
     text = "|".join((torch.__version__, device.type, repr(policy), repr(objective), str(minibatch_size),
-                     str(Path(__file__).resolve().parent), source_digest()))
+                     str(Path(__file__).resolve().parent), aot.source_digest()))
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
@@ -385,7 +382,7 @@ class CompiledUpdate:
         # torch.compile. A policy with buffers keeps torch.compile (a traced graph would freeze their values).
         self.ahead_of_time = (self._on_cpu and os.environ.get("PPOX_AOT", "1") != "0"
                               and not any(True for _ in policy.buffers()))
-        self._aot_steps: dict[tuple, Callable] = {}  # input signature -> the compiled library's entry point
+        self._aot_steps: dict[tuple, aot.AotFunction] = {}  # input signature -> the compiled library's entry point
         self._aot_failed = False
         # How many minibatch steps one compiled call runs: "minibatch" (1), "epoch" (num_minibatches) or "iteration"
         # (all, target_kl's stop masked inside the graph). Unrolled steps cost their trace and compile time on every
@@ -463,15 +460,13 @@ class CompiledUpdate:
             self._chunks[key] = fn
         return self._chunks[key]
 
-    def _aot_step(self, signature: tuple, keys: list[str], example_args: list[torch.Tensor]) -> Callable | None:
+    def _aot_step(self, signature: tuple, keys: list[str], example_args: list[torch.Tensor]) -> aot.AotFunction | None:
         """The ahead-of-time compiled minibatch step for inputs like `example_args` (loaded, or built and cached on
         first use: ppox.rl.aot), or None where it does not apply or could not be built (then torch.compile)."""
         if not (self._compiled and self.ahead_of_time and self.unroll == "minibatch") or self._aot_failed:
             return None
         if signature in self._aot_steps:
             return self._aot_steps[signature]
-        from ppox.rl import aot
-
         group = self.optimizer.param_groups[0]
         beta1, beta2 = group["betas"]
         pure = minibatch_step(self.policy, self.objective, self.max_grad_norm, beta1, beta2, group["eps"])
@@ -574,6 +569,8 @@ class CompiledUpdate:
             example = [flat_params, flat_exp_avg, flat_exp_avg_sq, step_count,
                        torch.zeros(minibatch_size, dtype=torch.int64, device=device), lr, kl, *values]
             aot_step = self._aot_step(signature, keys, example)
+            if aot_step is not None:
+                aot_step.check(example)
         chunk = self._chunk(epochs_per_call, minibatches_per_call, masked) if aot_step is None else None
         skip_guards = self._compiled and self._signature == signature and aot_step is None
         stance = (torch.compiler.set_stance("default", skip_guard_eval_unsafe=True) if skip_guards
@@ -603,7 +600,9 @@ class CompiledUpdate:
                     epoch_start = totals.clone() if target_kl is not None else None
                     for part in idx:
                         if aot_step is not None:
-                            flat_params, flat_exp_avg, flat_exp_avg_sq, step_count, row = aot_step(
+                            # checked once per update (aot_step.check above): the state tensors are the library's
+                            # own outputs and every `part` a contiguous slice of one permutation, so layouts hold
+                            flat_params, flat_exp_avg, flat_exp_avg_sq, step_count, row = aot_step.call_unchecked(
                                 [flat_params, flat_exp_avg, flat_exp_avg_sq, step_count, part[0, 0], lr, kl, *values])
                             totals = totals + row
                             continue
