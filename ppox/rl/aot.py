@@ -19,19 +19,25 @@ own sources, like inductor's own cache; a model file never carries one.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import platform
 import re
+import sys
 import tempfile
+import time
 import warnings
 import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
+from torch.utils._pytree import tree_flatten, tree_unflatten
 
 _SOURCE_DIGEST: str | None = None
+MAX_LIBRARIES = 64  # most recently used libraries kept in the cache (~2 MB each for a small MLP's step)
 
 
 def cache_dir() -> Path:
@@ -122,10 +128,21 @@ def load_cached(label: str, example_args: Sequence[torch.Tensor]) -> AotFunction
     if not path.is_file():
         return None
     try:
-        return AotFunction(path, example_args)
+        loaded = AotFunction(path, example_args)
     except (RuntimeError, OSError):
         path.unlink(missing_ok=True)  # truncated or built by something else: build it again
         return None
+    with contextlib.suppress(OSError):
+        os.utime(path)  # last use, for pruning
+    return loaded
+
+
+def prune(directory: Path, keep: int = MAX_LIBRARIES) -> None:
+    """Remove all but the `keep` most recently used libraries (every edit of ppox's sources, torch upgrade or new
+    configuration adds one; the cache must not grow without end)."""
+    libraries = sorted(directory.glob("*.so"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in libraries[keep:]:
+        old.unlink(missing_ok=True)
 
 
 def build(fn: Callable[..., Sequence[torch.Tensor]], label: str, example_args: Sequence[torch.Tensor]) -> AotFunction:
@@ -150,7 +167,9 @@ def build(fn: Callable[..., Sequence[torch.Tensor]], label: str, example_args: S
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{aot_key(label, args)}.so"
     with tempfile.TemporaryDirectory(dir=directory, prefix=".build-") as tmp:
-        package = aoti_compile_and_package(exported, package_path=os.path.join(tmp, "fn.pt2"))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            package = aoti_compile_and_package(exported, package_path=os.path.join(tmp, "fn.pt2"))
         with zipfile.ZipFile(package) as archive:
             libraries = [n for n in archive.namelist() if n.endswith(".so")]
             if len(libraries) != 1:
@@ -159,6 +178,8 @@ def build(fn: Callable[..., Sequence[torch.Tensor]], label: str, example_args: S
             staged.write_bytes(archive.read(libraries[0]))
         os.chmod(staged, 0o755)
         os.replace(staged, path)  # atomic: a concurrent run sees the old state or the whole library
+    with contextlib.suppress(OSError):
+        prune(directory)
     return AotFunction(path, args)
 
 
@@ -171,5 +192,48 @@ def load_or_build(fn: Callable[..., Sequence[torch.Tensor]], label: str,
     return build(fn, label, example_args), True
 
 
-__all__ = ["AotFunction", "aot_key", "build", "cache_dir", "load_cached", "load_or_build", "module_signature",
-           "source_digest"]
+class LazyAot:
+    """`fn(*args)` (args: tensors, or dicts/tuples of tensors; returns a flat tuple of tensors) compiled ahead of
+    time at its first call, for that call's input layouts (loaded from the cache, or built), then called through
+    the library. Every call flattens its arguments, makes them contiguous and checks their layouts. Where building
+    fails, one note line and `fallback` (e.g. the torch.compile'd `fn`) serves this and every later call.
+    `timed(seconds)` receives the load or build time."""
+
+    def __init__(self, fn: Callable[..., Sequence[torch.Tensor]], label: str, fallback: Callable,
+                 timed: Callable[[float], None] | None = None) -> None:
+        self.fn, self.label, self.fallback, self.timed = fn, label, fallback, timed
+        self.compiled: AotFunction | None = None
+        self.failed = False
+        self._spec = None
+
+    def __call__(self, *args: Any) -> tuple[torch.Tensor, ...]:
+        if self.failed:
+            return self.fallback(*args)
+        leaves, spec = tree_flatten(args)
+        leaves = [leaf.contiguous() for leaf in leaves]
+        if self.compiled is None:
+            self._spec = spec
+            fn = self.fn
+
+            def flat_fn(*flat: torch.Tensor) -> tuple[torch.Tensor, ...]:
+                return tuple(fn(*tree_unflatten(list(flat), spec)))
+
+            start = time.perf_counter()
+            try:
+                self.compiled, _ = load_or_build(flat_fn, f"{self.label}|{spec}", leaves)
+            except Exception as exc:  # any tracing or compiler failure: the fallback still applies
+                self.failed = True
+                first_line = (str(exc).strip().splitlines() or [""])[0][:200]
+                print(f"note: ahead-of-time compile failed ({type(exc).__name__}: {first_line}); using torch.compile",
+                      file=sys.stderr, flush=True)
+                return self.fallback(*args)
+            finally:
+                if self.timed is not None:
+                    self.timed(time.perf_counter() - start)
+        elif spec != self._spec:
+            raise ValueError(f"{self.label.split('|')[0]}: called with {spec}, compiled for {self._spec}")
+        return tuple(self.compiled(leaves))
+
+
+__all__ = ["AotFunction", "LazyAot", "aot_key", "build", "cache_dir", "load_cached", "load_or_build",
+           "module_signature", "prune", "source_digest"]

@@ -121,6 +121,9 @@ class CompileTimer:
     def __init__(self) -> None:
         self.seconds = 0.0
 
+    def add(self, seconds: float) -> None:
+        self.seconds += seconds
+
     def wrap(self, fn: Callable, calls: int = 1) -> Callable:
         """Time the first `calls` calls of `fn` (the ones that compile) and add them to `seconds`."""
         remaining = [calls]

@@ -47,6 +47,7 @@ from ppox.core import AdaptiveKLController, explained_variance, gae, kl_estimate
 from ppox.errors import ConfigError, PPOXError
 from ppox.io import LOCK_FILE, RunDirLock, atomic_write_json, check_run_dir, os_error
 from ppox.logger import MetricsLogger
+from ppox.rl import aot
 from ppox.rl.config import PPOConfig, preset_config
 from ppox.rl.fast import (
     STAT_KEYS,
@@ -283,8 +284,23 @@ class Population:
             minibatch_updates=iterations * cfg.update_epochs * cfg.num_minibatches * self.num_agents)
         enabled = self.compile_decision.enabled
         self.compile_timer = CompileTimer()
-        self._compiled_update = _compiled(self._make_update_step(), enabled, self.compile_timer,
-                                          cpp_wrapper=self.device.type == "cpu")
+        step = self._make_update_step()
+        if enabled and self.device.type == "cpu" and os.environ.get("PPOX_AOT", "1") != "0":
+            # built ahead of time into a cached library, as the single-agent update (ppox.rl.aot); torch.compile
+            # (made only if needed) where that fails
+            dynamo: list[Callable] = []
+
+            def fallback(*args: Any) -> Any:
+                if not dynamo:
+                    dynamo.append(_compiled(step, True, self.compile_timer, cpp_wrapper=True))
+                return dynamo[0](*args)
+
+            label = "|".join(("population minibatch step", aot.module_signature(self.policy), repr(self.objective),
+                              repr(self.config.max_grad_norm), str(self.num_agents)))
+            self._compiled_update = aot.LazyAot(step, label, fallback=fallback, timed=self.compile_timer.add)
+        else:
+            self._compiled_update = _compiled(step, enabled, self.compile_timer,
+                                              cpp_wrapper=self.device.type == "cpu")
         self._act_step = _compiled(self._act, enabled, self.compile_timer)
         if enabled and not getattr(self.envs, "_compiled_dynamics", False):
             compile_torch_env(self.envs, self.compile_timer)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 
 import pytest
 import torch
@@ -110,3 +111,12 @@ def test_compiled_update_uses_the_library_and_matches_eager(cache):
     for k, v in r_eager.stats.items():
         assert r_fast.stats[k] == pytest.approx(v, rel=1e-3, abs=1e-5), k
     assert float(fast_opt.state_dict()["state"][0]["step"]) == float(eager_opt.state_dict()["state"][0]["step"])
+
+
+def test_the_cache_keeps_only_the_most_recently_used_libraries(tmp_path):
+    for i in range(5):
+        lib = tmp_path / f"{i}.so"
+        lib.write_bytes(b"x")
+        os.utime(lib, (1000 + i, 1000 + i))
+    aot.prune(tmp_path, keep=2)
+    assert sorted(p.name for p in tmp_path.glob("*.so")) == ["3.so", "4.so"]

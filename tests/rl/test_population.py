@@ -10,6 +10,7 @@ import torch
 from ppox.cli.main import main
 from ppox.core.update import PolicyOutput, ppo_update
 from ppox.errors import ConfigError
+from ppox.rl import aot
 from ppox.rl.fast import STAT_KEYS
 from ppox.rl.population import Population, parse_seeds
 from ppox.rl.ppo import PPO
@@ -47,11 +48,15 @@ def _filled_batch(pop: Population, seed: int = 0) -> dict[str, torch.Tensor]:
     return pop._batch(buf, *pop._advantages(buf, last_value))
 
 
-def test_update_is_the_single_agent_update(tiny):
+@pytest.mark.parametrize("compile", [False, True], ids=["eager", "compiled"])
+def test_update_is_the_single_agent_update(tiny, compile):
     """One epoch of one minibatch (no shuffling effect): each agent's new weights are those of core's ppo_update
-    with torch.optim.Adam on the same data, i.e. the vmapped loss, clipping and Adam step are the single run's."""
-    config = tiny(env_backend="torch", num_minibatches=1, update_epochs=2, learning_rate=3e-3)
+    with torch.optim.Adam on the same data, i.e. the vmapped loss, clipping and Adam step are the single run's;
+    compiled, the step is the ahead-of-time library on a CPU (ppox.rl.aot)."""
+    config = tiny(env_backend="torch", num_minibatches=1, update_epochs=2, learning_rate=3e-3, compile=compile)
     pop = Population(config, seeds=[1, 2])
+    if compile:
+        assert isinstance(pop._compiled_update, aot.LazyAot)
     batch = _filled_batch(pop)
     before = [pop.agent_state_dict(i) for i in range(2)]
     lr = torch.tensor([3e-3, 1e-3])  # a per-agent learning rate, as a sweep would give
@@ -66,6 +71,8 @@ def test_update_is_the_single_agent_update(tiny):
                    max_grad_norm=config.max_grad_norm)
         for k, v in policy.state_dict().items():
             torch.testing.assert_close(pop.agent_state_dict(i)[k], v, rtol=1e-5, atol=1e-6, msg=k)
+    if compile:
+        assert pop._compiled_update.compiled is not None and not pop._compiled_update.failed
 
 
 def test_agents_are_independent(tiny):
