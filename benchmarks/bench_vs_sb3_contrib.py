@@ -79,8 +79,10 @@ def run_ppox(a: argparse.Namespace) -> dict:
     np.random.seed(a.seed)  # InvalidActionEnvDiscrete draws its invalid actions from numpy's global generator
     settings = dict(RECURRENT) if a.task == "recurrent" else {
         **MASKABLE, "env_id": register_invalid_action_env(a.mask_dim, a.mask_invalid)}
+    compile_setting = {"auto": "auto", "true": True, "false": False}[a.compile]
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = PPOConfig(**settings, seed=a.seed, total_timesteps=a.steps, compile=a.compile, torch_threads=a.threads,
+        cfg = PPOConfig(**settings, seed=a.seed, total_timesteps=a.steps, compile=compile_setting,
+                        torch_threads=a.threads,
                         progress=False, tensorboard=False, eval_episodes=0, run_dir=tmp, overwrite=True)
         model = PPO(cfg)
         start = time.perf_counter()
@@ -88,9 +90,10 @@ def run_ppox(a: argparse.Namespace) -> dict:
         wall = time.perf_counter() - start
         ev = model.evaluate(a.eval_episodes)
         compile_s = model.compile_timer.seconds
+        compiled = bool(model.compile_decision.enabled and model._compiled_update is not None)
     return {"lib": "ppox", "wall_s": wall, "steps": model.global_step, "sps": model.global_step / wall,
             "compile_s": compile_s, "eval_mean": ev["mean"], "eval_std": ev["std"], "peak_rss_mib": peak_rss_mib(),
-            "torch_threads": torch.get_num_threads(), "compile": a.compile,
+            "torch_threads": torch.get_num_threads(), "compile": compiled,
             "rollout": type(model.collector).__name__, "env_backend": model.envs.backend}
 
 
@@ -197,6 +200,11 @@ def child(**kw) -> dict:
 
 
 # ---------------------------------------------------------------------------- report
+def compiled_cell(run: dict) -> str:
+    """Whether a run's update was compiled, with the seconds it took (a warm cache loads it in milliseconds)."""
+    return f"yes ({run['compile_s']:.1f})" if run["compile"] else "no"
+
+
 def compare(a: argparse.Namespace, command: str) -> None:
     runs: list[dict] = []
     steps = {"recurrent": a.recurrent_steps, "maskable": a.maskable_steps}
@@ -212,7 +220,8 @@ def compare(a: argparse.Namespace, command: str) -> None:
     envs = {"recurrent": "CartPole-v1, velocities hidden",
             "maskable": f"InvalidActionEnvDiscrete(dim={a.mask_dim}, n_invalid_actions={a.mask_invalid})"}
     md = ["ppox and sb3-contrib 2.9 alternate run by run (same load), 1 torch thread each, CPU. sps = env steps / "
-          f"wall seconds of `learn` ({'ppox compile time included' if a.compile else 'ppox eager'}). Return = mean "
+          f"wall seconds of `learn` (ppox --compile {a.compile}: compile time included, the per-run table says which "
+          "runs compiled and for how long). Return = mean "
           f"deterministic eval return over {a.eval_episodes} episodes per seed, then mean ± std over seeds; "
           "p = Welch t-test on those per-seed returns.", "",
           "| comparison | env | lib | seeds | steps | sps median (min-max) | paired ratio ppox/contrib (median) "
@@ -237,9 +246,10 @@ def compare(a: argparse.Namespace, command: str) -> None:
                       f"| {max(r['peak_rss_mib'] for r in rs):,.0f} |")
     md += ["", "Paired ratio per seed (ppox sps / sb3-contrib sps, the two runs back to back):", ""]
     md += [f"* {task}: {', '.join(f'{x:.2f}x' for x in summary[task]['paired_ratios'])}" for task in a.tasks]
-    md += ["", "Per run:", "", "| comparison | seed | lib | sps | wall s | eval return | rollout |",
-           "|---|---:|---|---:|---:|---:|---|"]
-    md += [f"| {r['task']} | {r['seed']} | {r['lib']} | {r['sps']:,.0f} | {r['wall_s']:.1f} | {fmt(r['eval_mean'])} "
+    md += ["", "Per run:", "", "| comparison | seed | lib | sps | wall s | compiled (s) | eval return | rollout |",
+           "|---|---:|---|---:|---:|---|---:|---|"]
+    md += [f"| {r['task']} | {r['seed']} | {r['lib']} | {r['sps']:,.0f} | {r['wall_s']:.1f} "
+           f"| {compiled_cell(r)} | {fmt(r['eval_mean'])} "
            f"| {r['rollout']} |" for r in runs]
     md += ["", "Settings, identical for both libraries (ppox `PPOConfig` names; sb3-contrib: n_steps, "
            "batch_size = num_envs * num_steps / num_minibatches, n_epochs, learning_rate annealed linearly to 0, "
@@ -272,8 +282,11 @@ def main() -> None:
     p.add_argument("--mask-dim", type=int, default=20, help="InvalidActionEnvDiscrete's actions (= observations)")
     p.add_argument("--mask-invalid", type=int, default=15, help="invalid actions at each step")
     p.add_argument("--threads", type=int, default=1, help="torch threads (both libraries)")
-    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
-                   help="ppox: compiled minibatch update (a recurrent update runs eager regardless)")
+    p.add_argument("--compile", choices=("auto", "true", "false"), default="auto",
+                   help="ppox's compile setting: true compiles the minibatch update (its time counts in the wall "
+                        "seconds; a warm cache loads it in milliseconds), auto is what a user gets (eager below "
+                        "ppox.rl.fast.AUTO_COMPILE_MIN_UPDATES minibatch updates); a recurrent update runs eager "
+                        "regardless")
     p.add_argument("--name", default=None, help="results file name (default from the settings)")
     # one run in a child process; prints JSON
     p.add_argument("--_run", action="store_true", help=argparse.SUPPRESS)

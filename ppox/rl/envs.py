@@ -42,6 +42,7 @@ from ppox.rl.spaces import (
     encode_obs,
     image_layout,
     obs_dim,
+    obs_floats,
     to_env_action,
 )
 
@@ -209,6 +210,9 @@ class VecEnv:
                 {k: v for k, v in self.single_observation_space.spaces.items() if k != ACTION_MASK_KEY})
         self.use_action_masks = action_masks
         self._mask_source: str | None = None  # "obs", "info", "method" or "none"; found at the first reset
+        # source "method" on a SyncVectorEnv: each sub-env's bound `action_masks` (what SyncVectorEnv.call looks up
+        # through the wrappers on every call), bound to the vector env it was read from (a restart makes a new one)
+        self._mask_fns: tuple[Any, list[Callable[[], Any]]] | None = None
         self.action_mask: np.ndarray | None = None  # (num_envs, head_size) bool, valid actions of the current obs
         self._steps = 0
         self._hidden = velocity_indices(self.name) if mask_velocity else None
@@ -375,17 +379,48 @@ class VecEnv:
         source = self._mask_source
         if source == "none" or source is None:
             return None
-        raw = obs[ACTION_MASK_KEY] if source == "obs" else (
-            info[ACTION_MASK_KEY] if source == "info" else np.stack(self.envs.call("action_masks")))
-        mask = np.asarray(raw).astype(bool, copy=source == "obs").reshape(self.num_envs, -1)
+        mask = self._call_action_masks() if source == "method" else None
+        if mask is None:
+            raw = obs[ACTION_MASK_KEY] if source == "obs" else (
+                info[ACTION_MASK_KEY] if source == "info" else np.stack(self.envs.call("action_masks")))
+            mask = np.asarray(raw).astype(bool, copy=source == "obs").reshape(self.num_envs, -1)
         if mask.shape[1] != self.spec.head_size:
             raise EnvError(f"{self.name}'s action mask has {mask.shape[1]} entries per env; its action space "
                            f"{self.single_action_space} needs {self.spec.head_size} (one per choice)")
-        valid = np.logical_or.reduceat(mask, np.cumsum((0, *self.spec.nvec[:-1])), axis=1).all(axis=1)
+        nvec = self.spec.nvec
+        # one sub-space (Discrete): any() per row, the reduceat's answer at ~2/3 of its cost
+        valid = mask.any(axis=1) if len(nvec) == 1 else np.logical_or.reduceat(
+            mask, np.cumsum((0, *nvec[:-1])), axis=1).all(axis=1)
         if not valid.all():
             i = int(np.flatnonzero(~valid)[0])
             raise EnvError(f"environment {i} of {self.name} offers no valid action: its action mask is all False "
                            f"at step {int(self._episode_length[i])} of its episode (vector step {self._steps})")
+        return mask
+
+    def _call_action_masks(self) -> np.ndarray | None:
+        """`action_masks()` of every sub-env of a SyncVectorEnv, written row by row into a new (num_envs, head_size)
+        bool array: the same calls as `SyncVectorEnv.call("action_masks")` without its per-call attribute lookup
+        through the wrappers and the stacking (~40% of the read for 4 envs). None for async workers (the generic
+        path reads theirs)."""
+        envs = self.envs
+        if not isinstance(envs, gym.vector.SyncVectorEnv):
+            return None
+        if self._mask_fns is None or self._mask_fns[0] is not envs:
+            self._mask_fns = (envs, [env.get_wrapper_attr("action_masks") for env in envs.envs])
+        head = self.spec.head_size
+        mask = np.empty((self.num_envs, head), dtype=bool)
+        for i, fn in enumerate(self._mask_fns[1]):
+            raw = fn()
+            try:
+                if len(raw) != head:  # a row of another length would broadcast into this one
+                    raise ValueError
+                mask[i] = raw
+            except (ValueError, TypeError):  # not a flat row: flattened, as the generic path's reshape does
+                flat = np.asarray(raw).reshape(-1)
+                if flat.size != head:
+                    raise EnvError(f"{self.name}'s action mask has {flat.size} entries per env; its action space "
+                                   f"{self.single_action_space} needs {head} (one per choice)") from None
+                mask[i] = flat.astype(bool)
         return mask
 
     def _hide_velocities(self, obs):
@@ -499,8 +534,9 @@ class VecEnv:
                 for i in idx:
                     one = _batch_of_one(raw_final[i], self.single_observation_space)
                     final_obs[i] = self._encode(one)[0]
-        if not torch.isfinite(next_obs).all():
-            bad = int(torch.nonzero(~torch.isfinite(next_obs).all(dim=1))[0])
+        floats = obs_floats(next_obs, self.single_observation_space)  # a packed Dict: its vector keys
+        if not torch.isfinite(floats).all():
+            bad = int(torch.nonzero(~torch.isfinite(floats).all(dim=1))[0])
             raise NonFiniteEnvValue(bad, f"environment {bad} returned a non-finite observation")
         self._hide_velocities(final_obs)
         return StepResult(
@@ -577,7 +613,7 @@ class VecEnv:
             self._check_obs(obs, raw_dtype)
         reward = np.asarray(reward)
         next_obs = self._encode_np(obs)
-        self._check_finite(reward, next_obs)
+        self._check_finite(reward, obs_floats(next_obs, self.single_observation_space))
         self._episode_return += reward
         self._episode_length += 1
         terminated = np.asarray(terminated, dtype=bool)

@@ -8,7 +8,7 @@ own pieces, never a re-implementation of them:
 
 Inputs and outputs (batch dimension dynamic):
 * `obs`: a Box observation batch (batch, *shape) as the env gives it (float32, or uint8 for images), or a
-  Discrete one (batch,) int64. Dict and Tuple observations are fed encoded (ppox.rl.spaces.encode_obs: one
+  Discrete one (batch,) int64. Dict and Tuple observations are fed encoded (ppox.rl.spaces.encode_flat: one
   float32 vector per observation); the command says so. An action mask in a Dict observation is not applied
   by the exported graph.
 * recurrent policies also take `state` (batch, state_size) float32 and `episode_starts` (batch,) float32
@@ -37,7 +37,7 @@ from torch import nn
 
 from ppox.errors import PPOXError
 from ppox.io import atomic_write_bytes
-from ppox.rl.spaces import encode_obs
+from ppox.rl.spaces import encode_flat, encode_obs
 
 if TYPE_CHECKING:
     from ppox.rl.ppo import PPO
@@ -107,7 +107,7 @@ def _sample_inputs(model: PPO, batch: int, seed: int) -> tuple[Any, torch.Tensor
         stacked = {k: np.stack([r[k] for r in raw]) for k in space.spaces}
     else:
         stacked = tuple(np.stack([r[i] for r in raw]) for i in range(len(space.spaces)))
-    return stacked, encode_obs(stacked, space)
+    return stacked, encode_flat(stacked, space)
 
 
 def export_policy(model: PPO, path: str | Path, fmt: Literal["onnx", "torchscript"] = "onnx",
@@ -130,7 +130,7 @@ def export_policy(model: PPO, path: str | Path, fmt: Literal["onnx", "torchscrip
         inputs, outputs = ["obs", "state", "episode_starts"], ["actions", "state_out"]
     note = None if deployed.raw_input else (
         f"the {type(model.observation_space).__name__} observation is an input encoded with "
-        "ppox.rl.spaces.encode_obs (one float32 vector per observation)")
+        "ppox.rl.spaces.encode_flat (one float32 vector per observation)")
     if fmt == "onnx":
         data = _to_onnx(deployed, args, inputs, outputs)
         got = _run_onnx(data, args, inputs)

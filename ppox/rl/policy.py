@@ -45,6 +45,8 @@ from ppox.rl.spaces import (
     image_scale,
     image_shape,
     obs_dim,
+    packed_dict,
+    unpack_dict,
 )
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU}
@@ -119,37 +121,48 @@ class CNNEncoder(nn.Module):
 
 
 class DictEncoder(nn.Module):
-    """A Dict observation holding images: one CNN per image key, one MLP over the other keys together,
-    features concatenated (batch, out_features). Its input is the Dict's flat encoding (ppox.rl.spaces:
-    keys in order, each image flattened in its own layout); the slices are unpacked here."""
+    """A Dict observation holding images: one CNN per image key, one MLP over the other keys together (in
+    key order), features concatenated (batch, out_features).
+
+    Its input is either the packed uint8 rows the rollout stores (ppox.rl.spaces.PackedDict: the vector keys'
+    float32 bytes, then each image (C, H, W)), or the Dict's float32 flat encoding (ppox.rl.spaces.encode_flat:
+    keys in order, each image flattened in its own layout), which an exported policy takes because a bitcast
+    cannot be traced (ppox.rl.export). Both give the same features; the CNNs scale the pixels to [0, 1]."""
 
     def __init__(self, space: spaces.Dict, hidden_sizes: tuple[int, ...], activation: str) -> None:
         super().__init__()
-        self.image_parts: list[tuple[int, int, tuple[int, ...], bool]] = []  # (start, end, shape, hwc)
-        self.vector_parts: list[tuple[int, int]] = []
+        self.layout = packed_dict(space)
+        # the slices of the flat encoding: (start, end, shape, hwc) per image, (start, end) per vector key
+        self.flat_images: list[tuple[int, int, tuple[int, ...], bool]] = []
+        self.flat_vectors: list[tuple[int, int]] = []
         cnns = []
         start = 0
         for sub in space.spaces.values():
             end = start + obs_dim(sub)
             layout = image_layout(sub)
             if layout is None:
-                self.vector_parts.append((start, end))
+                self.flat_vectors.append((start, end))
             else:
-                self.image_parts.append((start, end, tuple(sub.shape), layout == "HWC"))
+                self.flat_images.append((start, end, tuple(sub.shape), layout == "HWC"))
                 cnns.append(CNNEncoder(*image_shape(sub), image_scale(sub)))
             start = end
         self.cnns = nn.ModuleList(cnns)
-        width = sum(end - start for start, end in self.vector_parts)
+        width = self.layout.vector_width
         self.mlp = MLPEncoder(width, hidden_sizes, activation) if width else None
         self.out_features = sum(c.out_features for c in cnns) + (self.mlp.out_features if self.mlp else 0)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        features = []
-        for (start, end, shape, hwc), cnn in zip(self.image_parts, self.cnns, strict=True):
-            image = obs[:, start:end].reshape(obs.shape[0], *shape)
-            features.append(cnn(image.permute(0, 3, 1, 2) if hwc else image))
+        if obs.dtype == torch.uint8:  # packed rows (batch, nbytes)
+            vector, images = unpack_dict(obs, self.layout)
+        else:  # the flat encoding (batch, obs_dim) float32
+            images = []
+            for start, end, shape, hwc in self.flat_images:
+                image = obs[:, start:end].reshape(obs.shape[0], *shape)
+                images.append(image.permute(0, 3, 1, 2) if hwc else image)
+            vector = torch.cat([obs[:, a:b] for a, b in self.flat_vectors], dim=1)
+        features = [cnn(image) for image, cnn in zip(images, self.cnns, strict=True)]
         if self.mlp is not None:
-            features.append(self.mlp(torch.cat([obs[:, a:b] for a, b in self.vector_parts], dim=1)))
+            features.append(self.mlp(vector))
         return torch.cat(features, dim=1)
 
 

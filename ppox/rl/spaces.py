@@ -1,9 +1,10 @@
 """Observation encoding and action distributions for gymnasium spaces.
 
 Observations: images (rank-3 uint8/bool Box: kept uint8 (C, H, W), see `obs_storage`), Box (flattened),
-Discrete (one-hot), Dict/Tuple of those (flattened, concatenated in the space's key order; a Dict's
-images are unpacked again by its encoder). Actions: Discrete (categorical), Box (diagonal Gaussian),
-MultiDiscrete (independent categoricals). Anything else is refused with a clear error.
+Discrete (one-hot), Dict/Tuple of those (flattened, concatenated in the space's key order; a Dict holding
+images is packed into uint8 rows instead, `PackedDict`, which its encoder unpacks). Actions: Discrete
+(categorical), Box (diagonal Gaussian), MultiDiscrete (independent categoricals). Anything else is refused
+with a clear error.
 """
 
 from __future__ import annotations
@@ -85,12 +86,68 @@ def has_image(space: spaces.Space) -> bool:
     return image_layout(space) is not None
 
 
+# A Dict holding images is stored packed: one uint8 row per observation, so that its pixels cost a byte
+# each as a plain image's do and every reader of the rollout (minibatch gather, recurrent sequences,
+# checkpoints) handles one tensor. The row holds first the float32 values of the other keys as raw bytes
+# (4 per value; keys in the space's order, each encoded as `encode_flat` does), then each image's pixels
+# (C, H, W) in key order. `unpack_dict` reads it back (a bitcast: the values are exact); the policy's
+# DictEncoder scales the pixels to [0, 1] as CNNEncoder does for a plain image.
+@dataclass(frozen=True)
+class PackedDict:
+    """Where the parts of a Dict holding images lie in its packed uint8 row (see above)."""
+
+    vector_keys: tuple[str, ...]
+    vector_width: int  # float32 values of the vector keys together: bytes 0 .. 4 * vector_width
+    images: tuple[tuple[str, tuple[int, int, int]], ...]  # (key, (C, H, W)) in key order, after the vectors
+
+    @property
+    def nbytes(self) -> int:
+        return 4 * self.vector_width + sum(c * h * w for _, (c, h, w) in self.images)
+
+
+def packed_dict(space: spaces.Space) -> PackedDict | None:
+    """The packed layout of a Dict observation space holding images, else None."""
+    if not isinstance(space, spaces.Dict) or not has_image(space):
+        return None
+    vectors = [k for k, s in space.spaces.items() if image_layout(s) is None]
+    return PackedDict(tuple(vectors), sum(obs_dim(space.spaces[k]) for k in vectors),
+                      tuple((k, image_shape(s)) for k, s in space.spaces.items() if image_layout(s) is not None))
+
+
 def obs_storage(space: spaces.Space) -> tuple[tuple[int, ...], torch.dtype]:
-    """The shape of one encoded observation and its dtype: (C, H, W) uint8 for an image, else (obs_dim,)
-    float32 (a Dict holding images included: its encoder unpacks them, ppox.rl.policy.DictEncoder)."""
+    """The shape of one encoded observation and its dtype: (C, H, W) uint8 for an image, (nbytes,) uint8 for
+    a Dict holding images (`PackedDict`), else (obs_dim,) float32."""
     if image_layout(space) is not None:
         return image_shape(space), torch.uint8
+    layout = packed_dict(space)
+    if layout is not None:
+        return (layout.nbytes,), torch.uint8
     return (obs_dim(space),), torch.float32
+
+
+def unpack_dict(obs: torch.Tensor, layout: PackedDict) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Packed rows uint8 (batch, nbytes) -> (the vector keys float32 (batch, vector_width), the images uint8
+    [(batch, C, H, W)] in key order)."""
+    width = 4 * layout.vector_width
+    # a fresh contiguous copy of the few vector bytes: the bitcast needs rows that start 4-byte aligned
+    vector = obs[:, :width].contiguous().view(torch.float32)
+    images, start = [], width
+    for _, shape in layout.images:
+        end = start + shape[0] * shape[1] * shape[2]
+        images.append(obs[:, start:end].reshape(obs.shape[0], *shape))
+        start = end
+    return vector, images
+
+
+def obs_floats(obs: torch.Tensor | np.ndarray, space: spaces.Space) -> torch.Tensor | np.ndarray:
+    """The float values of an encoded batch, for finiteness checks: the batch itself, or for a packed Dict
+    its vector keys (batch, vector_width) (numpy or torch, as given; pixels are always finite)."""
+    layout = packed_dict(space)
+    if layout is None:
+        return obs
+    if isinstance(obs, np.ndarray):
+        return np.ascontiguousarray(obs[:, :4 * layout.vector_width]).view(np.float32)
+    return unpack_dict(obs, layout)[0]
 
 
 def encode_image_np(obs: np.ndarray, space: spaces.Box) -> np.ndarray:
@@ -103,17 +160,26 @@ def encode_image_np(obs: np.ndarray, space: spaces.Box) -> np.ndarray:
 
 def encode_obs(obs, space: spaces.Space, device: torch.device | str = "cpu") -> torch.Tensor:
     """Batched raw observations (leading dim = num_envs) -> float32 tensor (num_envs, obs_dim), or for an
-    image space uint8 (num_envs, C, H, W) (see `obs_storage`)."""
+    image space uint8 (num_envs, C, H, W), for a Dict holding images packed uint8 rows (num_envs, nbytes)
+    (see `obs_storage`)."""
     if image_layout(space) is not None:
         if isinstance(obs, torch.Tensor):
             t = obs.permute(0, 3, 1, 2) if image_layout(space) == "HWC" else obs
             return t.to(device=device, dtype=torch.uint8).contiguous()
         return torch.from_numpy(encode_image_np(obs, space)).to(device)
-    return _encode_flat(obs, space, device)
+    layout = packed_dict(space)
+    if layout is not None:
+        parts = [torch.cat([encode_flat(obs[k], space.spaces[k], device) for k in layout.vector_keys],
+                           dim=1).view(torch.uint8)] if layout.vector_keys else []
+        parts += [encode_obs(obs[k], space.spaces[k], device).flatten(1) for k, _ in layout.images]
+        return torch.cat(parts, dim=1)
+    return encode_flat(obs, space, device)
 
 
-def _encode_flat(obs, space: spaces.Space, device: torch.device | str) -> torch.Tensor:
-    """(num_envs, obs_dim) float32; the images of a Dict flattened in their own layout."""
+def encode_flat(obs, space: spaces.Space, device: torch.device | str = "cpu") -> torch.Tensor:
+    """(num_envs, obs_dim) float32, every key of a Dict flattened in its own layout, in key order: the
+    storage of every observation that holds no image, and the input of an exported Dict policy
+    (ppox.rl.export: a bitcast cannot be traced into ONNX)."""
     if isinstance(space, spaces.Box):
         t = obs if isinstance(obs, torch.Tensor) else torch.from_numpy(np.asarray(obs))
         return t.reshape(t.shape[0], -1).to(device=device, dtype=torch.float32)
@@ -122,9 +188,9 @@ def _encode_flat(obs, space: spaces.Space, device: torch.device | str) -> torch.
         idx = (t.to(device=device, dtype=torch.long) - int(space.start)).reshape(-1)
         return torch.nn.functional.one_hot(idx, int(space.n)).to(torch.float32)
     if isinstance(space, spaces.Dict):
-        return torch.cat([_encode_flat(obs[k], s, device) for k, s in space.spaces.items()], dim=-1)
+        return torch.cat([encode_flat(obs[k], s, device) for k, s in space.spaces.items()], dim=-1)
     if isinstance(space, spaces.Tuple):
-        return torch.cat([_encode_flat(o, s, device) for o, s in zip(obs, space.spaces, strict=True)], dim=-1)
+        return torch.cat([encode_flat(o, s, device) for o, s in zip(obs, space.spaces, strict=True)], dim=-1)
     raise EnvError(f"observation space {space} is not supported; ppox supports {SUPPORTED_OBS}")
 
 

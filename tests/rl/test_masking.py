@@ -111,6 +111,80 @@ def test_mask_sources(source):
     off.close()
 
 
+class Shaped(Trap):
+    """action_masks() in another form: a python list, a (1, 4) array (reshaped, as before), or one entry."""
+
+    form = "list"
+
+    def action_masks(self):
+        mask = super().action_masks()
+        return {"list": mask.tolist(), "row": mask[None], "short": mask[:1]}[Shaped.form]
+
+
+@pytest.mark.parametrize("form", ["list", "row", "short"])
+def test_masks_read_through_the_bound_methods_are_the_calls_results(form):
+    """The sync read calls each sub-env's bound action_masks() (no lookup through the wrappers per call): the
+    same masks as SyncVectorEnv.call; a mask of another length is the one-line error, never broadcast."""
+    Shaped.form = form
+    envs = VecEnv(None, 3, 0, torch.device("cpu"), env_fn=Shaped)
+    if form == "short":
+        with pytest.raises(EnvError, match=r"action mask has 1 entries per env; .* needs 4"):
+            envs.reset()
+        envs.close()
+        return
+    envs.reset()
+    for _ in range(5):
+        expected = np.stack([np.asarray(m).reshape(-1) for m in envs.envs.call("action_masks")])
+        assert envs.action_mask.dtype == bool and np.array_equal(envs.action_mask, expected)
+        envs.step(np.argmax(envs.action_mask, axis=1))
+    first = envs._mask_fns[1]
+    envs.envs = envs._make_gym_vector_env(False)  # what a restart does: the new envs' own methods are read
+    envs.reset()
+    assert envs._mask_fns[1] is not first and envs._mask_fns[0] is envs.envs
+    assert np.array_equal(envs.action_mask, np.stack([np.asarray(m).reshape(-1)
+                                                      for m in envs.envs.call("action_masks")]))
+    envs.close()
+
+
+def test_the_compiled_update_takes_the_masks():
+    """The compiled update's step (ppox.rl.fast.minibatch_step, here run uncompiled: the function that is
+    compiled) reads a masked batch's `action_mask` as the eager update does: same weights and statistics."""
+    import copy
+
+    from ppox.core.objective import ObjectiveConfig
+    from ppox.core.update import PolicyOutput, ppo_update
+    from ppox.rl.fast import CompiledUpdate
+    from ppox.rl.policy import Policy
+    from ppox.rl.spaces import ActionSpec
+
+    torch.manual_seed(0)
+    eager = Policy(spaces.Box(-1.0, 1.0, (5,)), ActionSpec("discrete", nvec=(6,), start=(0,)), hidden_sizes=(16,))
+    fast = copy.deepcopy(eager)
+    obs = torch.randn(64, 5)
+    mask = torch.rand(64, 6) < 0.5
+    mask[torch.arange(64), torch.randint(0, 6, (64,))] = True
+    with torch.no_grad():
+        actions, logprobs, values = eager.act(obs, action_mask=mask)
+    batch = {"obs": obs, "actions": actions, "logprobs": logprobs, "values": values, "action_mask": mask,
+             "advantages": torch.randn(64), "returns": torch.randn(64)}
+    settings = ObjectiveConfig(ent_coef=0.01)
+    eager_opt = torch.optim.Adam(eager.parameters(), lr=1e-2, eps=1e-5)
+    update = CompiledUpdate(fast, torch.optim.Adam(fast.parameters(), lr=1e-2, eps=1e-5), settings, 0.5,
+                            compile=False)
+    def forward(mb):
+        return PolicyOutput(*eager(mb["obs"], mb["actions"], action_mask=mb["action_mask"]))
+
+    r_eager = ppo_update(batch, forward, eager_opt, eager.parameters(), settings, update_epochs=2, num_minibatches=4,
+                         max_grad_norm=0.5, generator=torch.Generator().manual_seed(1))
+    r_fast = update.update(batch, update_epochs=2, num_minibatches=4, generator=torch.Generator().manual_seed(1))
+    for p, q in zip(eager.parameters(), fast.parameters(), strict=True):
+        assert torch.allclose(p, q, atol=1e-5, rtol=1e-4)
+    for k, v in r_eager.stats.items():
+        assert r_fast.stats[k] == pytest.approx(v, rel=1e-3, abs=1e-5), k
+    # about half the actions masked: the entropy is that of the valid ones, far below the unmasked log(6)
+    assert r_fast.stats["entropy"] < math.log(6) - 0.2
+
+
 class NoValid(Trap):
     def _new(self):
         obs, info = super()._new()

@@ -13,13 +13,25 @@ import pytest
 import torch
 from gymnasium import spaces
 from gymnasium.wrappers import TimeLimit
+from safetensors.torch import load_file, save_file
 
 from ppox.errors import ConfigError, EnvError, ModelFileError
-from ppox.rl.envs import VecEnv, check_env_id
+from ppox.rl.envs import NonFiniteEnvValue, VecEnv, check_env_id
+from ppox.rl.export import export_policy
 from ppox.rl.policy import CNNEncoder, DictEncoder, ImageMLPEncoder, MLPEncoder, Policy, encoder_name
 from ppox.rl.ppo import PPO
-from ppox.rl.rollout import TorchCollector
-from ppox.rl.spaces import action_spec, encode_obs, image_layout, image_shape, obs_storage
+from ppox.rl.rollout import Rollout, TorchCollector
+from ppox.rl.spaces import (
+    action_spec,
+    encode_flat,
+    encode_obs,
+    image_layout,
+    image_shape,
+    obs_floats,
+    obs_storage,
+    packed_dict,
+    unpack_dict,
+)
 
 from .pixel_envs import PixelPick
 from .test_checkpoint import Killed, assert_same_run, kill_at_env_step
@@ -55,8 +67,29 @@ def test_hwc_images_are_stored_uint8_chw_not_flattened():
 
 def test_flat_spaces_keep_their_float_vectors():
     assert obs_storage(spaces.Box(-1, 1, (3,))) == ((3,), torch.float32)
-    d = spaces.Dict({"image": box((5, 5, 1)), "v": spaces.Box(-1, 1, (2,))})
-    assert obs_storage(d) == ((27,), torch.float32)
+    assert obs_storage(spaces.Dict({"a": spaces.Box(-1, 1, (2,)), "b": spaces.Discrete(3)})) == ((5,), torch.float32)
+
+
+def test_dict_images_are_stored_uint8_and_vector_keys_float32():
+    # keys in order: image (HWC 5x6x3 uint8), n (Discrete 3: one-hot), v (Box 2 float32)
+    d = spaces.Dict({"image": box((5, 6, 3)), "v": spaces.Box(-1, 1, (2,)), "n": spaces.Discrete(3)})
+    layout = packed_dict(d)
+    assert layout.vector_keys == ("n", "v") and layout.vector_width == 5 and layout.images == (("image", (3, 5, 6)),)
+    assert obs_storage(d) == ((4 * 5 + 90,), torch.uint8)  # 110 bytes a row, was 95 float32 values (380 bytes)
+    rng = np.random.default_rng(0)
+    raw = {"image": rng.integers(0, 256, (2, 5, 6, 3)).astype(np.uint8), "n": np.array([2, 0]),
+           "v": np.array([[0.25, -1.0], [np.pi, 1e-30]], np.float32)}
+    packed = encode_obs(raw, d)
+    assert packed.dtype == torch.uint8 and packed.shape == (2, 110)
+    vector, (image,) = unpack_dict(packed[:, :], layout)
+    assert vector.dtype == torch.float32 and image.dtype == torch.uint8
+    torch.testing.assert_close(vector, torch.tensor([[0, 0, 1, 0.25, -1.0], [1, 0, 0, np.float32(np.pi), 1e-30]]),
+                               rtol=0, atol=0)  # exact: the float32 bits themselves
+    assert torch.equal(image, encode_obs(raw["image"], d["image"]))  # (C, H, W) as a plain image is stored
+    torch.testing.assert_close(obs_floats(packed, d), vector, rtol=0, atol=0)
+    np.testing.assert_array_equal(obs_floats(packed.numpy(), d), vector.numpy())
+    as_tensors = encode_obs({k: torch.from_numpy(v) for k, v in raw.items()}, d)  # torch envs' Dicts alike
+    assert torch.equal(as_tensors, packed)
 
 
 # ---------------------------------------------------------------------------- encoders
@@ -87,10 +120,12 @@ def test_dict_encoder_is_a_cnn_per_image_and_an_mlp_for_the_rest():
     assert enc.out_features == 128 + 8
     raw = {"a": np.array([[0.5, -0.5]], np.float32), "b": np.array([2]),
            "image": np.random.default_rng(0).integers(0, 256, (1, 12, 12, 1)).astype(np.uint8)}
-    flat = encode_obs(raw, space)  # keys in the space's order (sorted: a, b, image)
+    packed = encode_obs(raw, space)  # uint8: vector keys in the space's order (sorted: a, b), then the image
     expected = torch.cat([enc.cnns[0](torch.from_numpy(raw["image"]).permute(0, 3, 1, 2)),
                           enc.mlp(torch.tensor([[0.5, -0.5, 0.0, 0.0, 1.0]]))], dim=1)
-    torch.testing.assert_close(enc(flat), expected)
+    assert packed.dtype == torch.uint8
+    torch.testing.assert_close(enc(packed), expected)
+    torch.testing.assert_close(enc(encode_flat(raw, space)), expected, rtol=0, atol=0)  # export's float input
 
 
 def test_encoder_choice_and_override(capsys):
@@ -138,11 +173,37 @@ def test_image_env_trains_with_uint8_rollout_storage_and_saves_loads(tmp_path):
     assert loaded.evaluate(episodes=2)["episodes"] == 2
 
 
-def test_dict_image_env_trains(tmp_path):
+def test_dict_image_env_trains_with_uint8_images_in_the_rollout(tmp_path, monkeypatch):
+    buffers = []
+    allocate = Rollout.allocate
+    monkeypatch.setattr(Rollout, "allocate", lambda *a, **kw: buffers.append(allocate(*a, **kw)) or buffers[-1])
     with PPO(PICK_DICT, run_dir=tmp_path / "run", **TINY) as model:
         assert isinstance(model.agent.actor_body, DictEncoder)
         model.learn()
-    PPO.load(tmp_path / "run").predict({"image": np.zeros((12, 12, 1), np.uint8), "noise": np.zeros(2, np.float32)})
+        obs = {"image": np.zeros((12, 12, 1), np.uint8), "noise": np.array([0.5, -0.5], np.float32)}
+        obs["image"][3:5, 8:10] = 255
+        action = model.predict(obs)
+    (buf,) = buffers
+    # a row: the 2 noise values as float32 bytes, then the 12x12 image: 152 bytes, where float32 took 146 x 4
+    assert buf.obs.dtype == torch.uint8 and buf.obs.shape == (16, 2, 8 + 144)
+    assert buf.obs.nbytes * 3.8 < 16 * 2 * 146 * 4
+    noise, (image,) = unpack_dict(buf.obs.flatten(0, 1), packed_dict(model.observation_space))
+    assert ((noise >= -1) & (noise <= 1)).all() and noise.abs().sum() > 0  # the env's values, bit for bit
+    assert (image.flatten(1).max(1).values == 255).all() and image.shape == (32, 1, 12, 12)  # each holds its block
+    loaded = PPO.load(tmp_path / "run")
+    assert loaded.predict(obs) == action
+    assert loaded.evaluate(episodes=2)["episodes"] == 2
+    for fmt in ("onnx", "torchscript"):  # the exported graph takes the float32 flat encoding (no bitcast)
+        assert export_policy(loaded, tmp_path / f"policy.{fmt}", fmt).max_abs_diff <= 1e-5
+
+
+def test_recurrent_dict_image_policy_replays_packed_sequences(tmp_path):
+    with PPO(PICK_DICT, run_dir=tmp_path / "run", memory="lstm", **TINY) as model:
+        model.learn()  # the update replays (sequences, steps, nbytes) uint8 rows through the DictEncoder
+        assert model._next_obs.dtype == torch.uint8
+        obs = {"image": np.zeros((12, 12, 1), np.uint8), "noise": np.zeros(2, np.float32)}
+        action, state = model.predict(obs, state=None, episode_start=np.array([True]))
+    assert state.shape == (1, model.agent.state_size) and action in (0, 1)
 
 
 def _rewrite_header(path: Path, change) -> None:
@@ -172,15 +233,34 @@ def test_norm_obs_is_refused_for_images(tmp_path):
         PPO(PICK, run_dir=tmp_path / "run", norm_obs=True, **TINY)
 
 
-def test_cnn_resume_after_kill_is_exact(tmp_path, monkeypatch):
+@pytest.mark.parametrize("env_id", [PICK, PICK_DICT])
+def test_cnn_resume_after_kill_is_exact(tmp_path, monkeypatch, env_id):
     kw = dict(TINY, total_timesteps=96, checkpoint_every=2)
     ref, run = tmp_path / "ref", tmp_path / "run"
-    PPO(PICK, run_dir=ref, **kw).learn()
+    PPO(env_id, run_dir=ref, **kw).learn()
     kill_at_env_step(monkeypatch, 16 * 2 + 5)
     with pytest.raises(Killed):
-        PPO(PICK, run_dir=run, **kw).learn()
+        PPO(env_id, run_dir=run, **kw).learn()
+    ckpt = run / "checkpoints" / (run / "checkpoints" / "latest").read_text().strip()
+    next_obs = load_file(ckpt / "trainer.safetensors")["next_obs"]
+    assert next_obs.dtype == torch.uint8  # images (and a Dict's packed rows) are checkpointed as stored
     PPO.resume(run).learn()
     assert_same_run(ref, run)
+
+
+def test_a_checkpoint_with_float32_dict_images_resumes_with_new_episodes(tmp_path, monkeypatch, capsys):
+    kw = dict(TINY, total_timesteps=96, checkpoint_every=2)
+    run = tmp_path / "run"
+    kill_at_env_step(monkeypatch, 16 * 2 + 5)
+    with pytest.raises(Killed):
+        PPO(PICK_DICT, run_dir=run, **kw).learn()
+    ckpt = run / "checkpoints" / (run / "checkpoints" / "latest").read_text().strip()
+    tensors = load_file(ckpt / "trainer.safetensors")
+    tensors["next_obs"] = torch.zeros(2, 146)  # the float32 flat rows that checkpoints held before packing
+    save_file(tensors, ckpt / "trainer.safetensors")
+    PPO.resume(run).learn()
+    assert "older layout" in capsys.readouterr().err
+    assert json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["global_step"] == 96
 
 
 def test_vecenv_reports_whole_images_and_finished_env_indices():
@@ -193,6 +273,23 @@ def test_vecenv_reports_whole_images_and_finished_env_indices():
     assert result.obs.dtype == torch.uint8 and result.obs.shape == (2, 1, 12, 12)
     assert result.finished_envs == [0, 1] and result.finished_lengths == [16, 16]
     assert not math.isnan(sum(result.finished_returns))
+    envs.close()
+
+
+def test_a_nan_in_a_dict_images_vector_key_is_caught():
+    class NaNNoise(PixelPick):  # env 1's noise turns NaN after the reset; the packed row would hide it
+        nan = False
+
+        def _obs(self):
+            obs = super()._obs()
+            obs["noise"][0] = np.nan if self.nan else 0.0
+            return obs
+
+    envs = VecEnv(PICK_DICT, 2, 0, torch.device("cpu"), env_fn=lambda: TimeLimit(NaNNoise(dict_obs=True), 16))
+    envs.reset()
+    envs.envs.envs[1].unwrapped.nan = True
+    with pytest.raises(NonFiniteEnvValue, match="environment 1 returned a non-finite observation"):
+        envs.step(torch.zeros(2, dtype=torch.long))
     envs.close()
 
 
