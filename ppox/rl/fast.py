@@ -222,11 +222,14 @@ def _compiled_marker() -> Path:
 def update_cache_key(policy: torch.nn.Module, objective: ObjectiveConfig, minibatch_size: int,
                      device: torch.device) -> str:
     """What an update graph is compiled for: torch's version, the device, the policy's layers, the loss, the
-    minibatch size, where ppox's source lies and what it says (inductor's cache does not carry over to another
-    checkout, and ppox.rl.aot's libraries are rebuilt for edited sources). A key that is off only costs a wrong
-    warm/cold note, never a wrong result."""
-    text = "|".join((torch.__version__, device.type, repr(policy), repr(objective), str(minibatch_size),
-                     str(Path(__file__).resolve().parent), aot.source_digest()))
+    minibatch size, what ppox's sources say (ppox.rl.aot's libraries are rebuilt for edited sources) and, off the
+    CPU, where they lie (inductor's cache does not carry over to another checkout). A key that is off only costs a
+    wrong warm/cold note, never a wrong result."""
+    # a CPU's compiled update is ppox.rl.aot's library, keyed by the sources' content, so another checkout of the
+    # same sources loads it; inductor's cache (torch.compile, a GPU) does not carry over to another checkout
+    where = "" if device.type == "cpu" else str(Path(__file__).resolve().parent)
+    text = "|".join((torch.__version__, device.type, repr(policy), repr(objective), str(minibatch_size), where,
+                     aot.source_digest()))
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
