@@ -183,25 +183,51 @@ def build(fn: Callable[..., Sequence[torch.Tensor]], label: str, example_args: S
     return AotFunction(path, args)
 
 
-def load_or_build(fn: Callable[..., Sequence[torch.Tensor]], label: str,
-                  example_args: Sequence[torch.Tensor]) -> tuple[AotFunction, bool]:
-    """(the compiled function, whether it was built now) for `fn` under `label` with inputs like `example_args`."""
+def load_or_build(fn: Callable[..., Sequence[torch.Tensor]], label: str, example_args: Sequence[torch.Tensor],
+                  prepare: Callable[[], None] | None = None) -> tuple[AotFunction, bool]:
+    """(the compiled function, whether it was built now) for `fn` under `label` with inputs like `example_args`;
+    `prepare()` runs before a build (not before a load)."""
     cached = load_cached(label, example_args)
     if cached is not None:
         return cached, False
+    if prepare is not None:
+        prepare()
     return build(fn, label, example_args), True
+
+
+def enabled(device: torch.device, module: torch.nn.Module) -> bool:
+    """Whether a compiled step of `module` on `device` is built ahead of time: on a CPU unless PPOX_AOT=0, and
+    not for a module with buffers (a traced graph would freeze their values; torch.compile reads them)."""
+    return device.type == "cpu" and os.environ.get("PPOX_AOT", "1") != "0" and next(module.buffers(), None) is None
+
+
+def load_or_build_or_none(fn: Callable[..., Sequence[torch.Tensor]], label: str,
+                          example_args: Sequence[torch.Tensor], prepare: Callable[[], None] | None = None,
+                          timed: Callable[[float], None] | None = None) -> AotFunction | None:
+    """`load_or_build`, or None after one note line where tracing or compiling fails (the caller's torch.compile
+    then serves). `timed(seconds)` receives the load or build time."""
+    start = time.perf_counter()
+    try:
+        return load_or_build(fn, label, example_args, prepare)[0]
+    except Exception as exc:  # any tracing or compiler failure: torch.compile still applies
+        first_line = (str(exc).strip().splitlines() or [""])[0][:200]
+        print(f"note: ahead-of-time compile failed ({type(exc).__name__}: {first_line}); using torch.compile",
+              file=sys.stderr, flush=True)
+        return None
+    finally:
+        if timed is not None:
+            timed(time.perf_counter() - start)
 
 
 class LazyAot:
     """`fn(*args)` (args: tensors, or dicts/tuples of tensors; returns a flat tuple of tensors) compiled ahead of
-    time at its first call, for that call's input layouts (loaded from the cache, or built), then called through
-    the library. Every call flattens its arguments, makes them contiguous and checks their layouts. Where building
-    fails, one note line and `fallback` (e.g. the torch.compile'd `fn`) serves this and every later call.
-    `timed(seconds)` receives the load or build time."""
+    time at its first call, for that call's input layouts (`load_or_build_or_none`), then called through the
+    library. Every call flattens its arguments, makes them contiguous and checks their layouts. Where building
+    fails, `fallback` (e.g. the torch.compile'd `fn`) serves this and every later call."""
 
     def __init__(self, fn: Callable[..., Sequence[torch.Tensor]], label: str, fallback: Callable,
-                 timed: Callable[[float], None] | None = None) -> None:
-        self.fn, self.label, self.fallback, self.timed = fn, label, fallback, timed
+                 prepare: Callable[[], None] | None = None, timed: Callable[[float], None] | None = None) -> None:
+        self.fn, self.label, self.fallback, self.prepare, self.timed = fn, label, fallback, prepare, timed
         self.compiled: AotFunction | None = None
         self.failed = False
         self._spec = None
@@ -218,22 +244,14 @@ class LazyAot:
             def flat_fn(*flat: torch.Tensor) -> tuple[torch.Tensor, ...]:
                 return tuple(fn(*tree_unflatten(list(flat), spec)))
 
-            start = time.perf_counter()
-            try:
-                self.compiled, _ = load_or_build(flat_fn, f"{self.label}|{spec}", leaves)
-            except Exception as exc:  # any tracing or compiler failure: the fallback still applies
+            self.compiled = load_or_build_or_none(flat_fn, f"{self.label}|{spec}", leaves, self.prepare, self.timed)
+            if self.compiled is None:
                 self.failed = True
-                first_line = (str(exc).strip().splitlines() or [""])[0][:200]
-                print(f"note: ahead-of-time compile failed ({type(exc).__name__}: {first_line}); using torch.compile",
-                      file=sys.stderr, flush=True)
                 return self.fallback(*args)
-            finally:
-                if self.timed is not None:
-                    self.timed(time.perf_counter() - start)
         elif spec != self._spec:
             raise ValueError(f"{self.label.split('|')[0]}: called with {spec}, compiled for {self._spec}")
         return tuple(self.compiled(leaves))
 
 
-__all__ = ["AotFunction", "LazyAot", "aot_key", "build", "cache_dir", "load_cached", "load_or_build",
-           "module_signature", "prune", "source_digest"]
+__all__ = ["AotFunction", "LazyAot", "aot_key", "build", "cache_dir", "enabled", "load_cached", "load_or_build",
+           "load_or_build_or_none", "module_signature", "prune", "source_digest"]

@@ -384,10 +384,8 @@ class CompiledUpdate:
         self._chunks: dict[tuple, Callable] = {}  # (epochs, minibatches, masked) -> the (compiled) chunk function
         self._signature: tuple | None = None  # inputs the compiled graph was built for
         # On a CPU the one-minibatch step is compiled ahead of time into a cached library (ppox.rl.aot): a warm run
-        # then loads it in milliseconds instead of tracing again, and each call is cheaper. False (or PPOX_AOT=0):
-        # torch.compile. A policy with buffers keeps torch.compile (a traced graph would freeze their values).
-        self.ahead_of_time = (self._on_cpu and os.environ.get("PPOX_AOT", "1") != "0"
-                              and not any(True for _ in policy.buffers()))
+        # then loads it in milliseconds instead of tracing again, and each call is cheaper. False: torch.compile.
+        self.ahead_of_time = aot.enabled(torch.device("cpu") if self._on_cpu else self._device, policy)
         self._aot_steps: dict[tuple, aot.AotFunction] = {}  # input signature -> the compiled library's entry point
         self._aot_failed = False
         # How many minibatch steps one compiled call runs: "minibatch" (1), "epoch" (num_minibatches) or "iteration"
@@ -486,23 +484,13 @@ class CompiledUpdate:
 
         label = "|".join(("ppo minibatch step", aot.module_signature(self.policy), repr(self.objective),
                           repr(self.max_grad_norm), repr((beta1, beta2, group["eps"])), repr(keys)))
-        start = time.perf_counter()
-        try:
-            cached = aot.load_cached(label, example_args)
-            if cached is None:
-                remember_cpu_isa_probe()
-                cached = aot.build(step, label, example_args)
-        except Exception as exc:  # any tracing or compiler failure: torch.compile still applies
+        timed = self._timer.add if self._timer is not None else None
+        compiled = aot.load_or_build_or_none(step, label, example_args, remember_cpu_isa_probe, timed)
+        if compiled is None:
             self._aot_failed = True
-            first_line = (str(exc).strip().splitlines() or [""])[0][:200]
-            print(f"note: ahead-of-time compile failed ({type(exc).__name__}: {first_line}); using torch.compile",
-                  file=sys.stderr, flush=True)
-            return None
-        finally:
-            if self._timer is not None:
-                self._timer.seconds += time.perf_counter() - start
-        self._aot_steps[signature] = cached
-        return cached
+        else:
+            self._aot_steps[signature] = compiled
+        return compiled
 
     def _plan(self, update_epochs: int, num_minibatches: int) -> tuple[int, int]:
         """(epochs, minibatches) per compiled call, by `self.unroll`."""

@@ -56,6 +56,7 @@ from ppox.rl.fast import (
     compile_torch_env,
     decide_compile,
     minibatch_step,
+    remember_cpu_isa_probe,
 )
 from ppox.rl.normalize import ObsNormalizer, RewardScaler, RunningMeanStd
 from ppox.rl.policy import Policy
@@ -285,7 +286,7 @@ class Population:
         enabled = self.compile_decision.enabled
         self.compile_timer = CompileTimer()
         step = self._make_update_step()
-        if enabled and self.device.type == "cpu" and os.environ.get("PPOX_AOT", "1") != "0":
+        if enabled and aot.enabled(self.device, self.policy):
             # built ahead of time into a cached library, as the single-agent update (ppox.rl.aot); torch.compile
             # (made only if needed) where that fails
             dynamo: list[Callable] = []
@@ -296,8 +297,9 @@ class Population:
                 return dynamo[0](*args)
 
             label = "|".join(("population minibatch step", aot.module_signature(self.policy), repr(self.objective),
-                              repr(self.config.max_grad_norm), str(self.num_agents)))
-            self._compiled_update = aot.LazyAot(step, label, fallback=fallback, timed=self.compile_timer.add)
+                              repr(self.config.max_grad_norm)))
+            self._compiled_update = aot.LazyAot(step, label, fallback=fallback, prepare=remember_cpu_isa_probe,
+                                                timed=self.compile_timer.add)
         else:
             self._compiled_update = _compiled(step, enabled, self.compile_timer,
                                               cpp_wrapper=self.device.type == "cpu")

@@ -120,3 +120,23 @@ def test_the_cache_keeps_only_the_most_recently_used_libraries(tmp_path):
         os.utime(lib, (1000 + i, 1000 + i))
     aot.prune(tmp_path, keep=2)
     assert sorted(p.name for p in tmp_path.glob("*.so")) == ["3.so", "4.so"]
+
+
+def test_a_failing_build_says_so_once_and_the_fallback_serves(cache, monkeypatch, capsys):
+    def no_compiler(*args, **kwargs):
+        raise RuntimeError("g++: command not found")
+
+    monkeypatch.setattr(aot, "build", no_compiler)
+    calls = []
+
+    def fallback(x, w):
+        calls.append(1)
+        return affine(x, w)
+
+    lazy = aot.LazyAot(affine, "affine-never-built", fallback=fallback)
+    x, w = torch.randn(7, 3), torch.randn(3, 2)
+    for _ in range(2):
+        out = lazy(x, w)
+        assert torch.equal(out[0], affine(x, w)[0])
+    assert lazy.failed and len(calls) == 2
+    assert capsys.readouterr().err.count("ahead-of-time compile failed (RuntimeError: g++") == 1
