@@ -219,6 +219,40 @@ def load_or_build_or_none(fn: Callable[..., Sequence[torch.Tensor]], label: str,
             timed(time.perf_counter() - start)
 
 
+# torch.optim.Optimizer methods that torch wraps with `torch._disable_dynamo`, whose first call imports dynamo
+_DYNAMO_WRAPPED_OPTIMIZER_METHODS = ("add_param_group", "zero_grad", "state_dict", "load_state_dict")
+
+
+def defer_dynamo_import() -> None:
+    """Keep torch.optim from importing dynamo (~0.8 s) in a process that never compiles anything.
+
+    torch wraps some Optimizer methods (constructing one calls `add_param_group`) so that torch.compile skips them:
+    the wrapper's first call imports torch._dynamo just to build that "skip me" marker, and caches the result on
+    the function as `__dynamo_disable`. With the update loaded from an ahead-of-time library nothing else imports
+    dynamo, so that import would be a large part of a short run's start. This pre-fills the cache with a shim that
+    calls the method directly while dynamo is not imported (then nothing can be tracing it, so skipping is moot)
+    and, once dynamo is imported by anything, installs and uses torch's own marker, as the wrapper would have."""
+    if "torch._dynamo" in sys.modules:
+        return
+    for name in _DYNAMO_WRAPPED_OPTIMIZER_METHODS:
+        fn = getattr(getattr(torch.optim.Optimizer, name, None), "__wrapped__", None)
+        if fn is not None and getattr(fn, "__dynamo_disable", None) is None:
+            fn.__dynamo_disable = _until_dynamo_imported(fn)
+
+
+def _until_dynamo_imported(fn: Callable) -> Callable:
+    def call(*args: Any, **kwargs: Any) -> Any:
+        if "torch._dynamo" not in sys.modules:
+            return fn(*args, **kwargs)
+        import torch._dynamo
+
+        disabled = torch._dynamo.disable(fn, recursive=True)
+        fn.__dynamo_disable = disabled
+        return disabled(*args, **kwargs)
+
+    return call
+
+
 class LazyAot:
     """`fn(*args)` (args: tensors, or dicts/tuples of tensors; returns a flat tuple of tensors) compiled ahead of
     time at its first call, for that call's input layouts (`load_or_build_or_none`), then called through the
@@ -253,5 +287,5 @@ class LazyAot:
         return tuple(self.compiled(leaves))
 
 
-__all__ = ["AotFunction", "LazyAot", "aot_key", "build", "cache_dir", "enabled", "load_cached", "load_or_build",
-           "load_or_build_or_none", "module_signature", "prune", "source_digest"]
+__all__ = ["AotFunction", "LazyAot", "aot_key", "build", "cache_dir", "defer_dynamo_import", "enabled", "load_cached",
+           "load_or_build", "load_or_build_or_none", "module_signature", "prune", "source_digest"]

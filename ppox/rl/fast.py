@@ -17,7 +17,10 @@ the host inside an epoch: statistics are summed as tensors and read once at the 
 tests/rl/test_fast.py checks that both paths give the same weights and statistics.
 
 Where this is not applicable (grad accumulation, distributed all-reduce, an optimizer other than
-plain Adam, a policy with memory) `CompiledUpdate.supported` is False and the trainer uses the eager loop.
+plain Adam, a policy with memory anywhere but in the CPU's ahead-of-time library) `CompiledUpdate.supported` is
+False and the trainer uses the eager loop. A policy with memory: the eager update runs torch's LSTM/GRU kernel
+over segments cut at episode starts (data-dependent shapes); the ahead-of-time step replays each sequence step by
+step through the rollout's own one-step path instead (`unrolled_memory`), one fixed-shape graph.
 """
 
 from __future__ import annotations
@@ -39,10 +42,10 @@ import torch
 from torch.func import functional_call, grad
 
 from ppox.core.objective import ObjectiveConfig
-from ppox.core.update import PolicyOutput, UpdateResult, ppo_loss
+from ppox.core.update import PolicyOutput, UpdateResult, ppo_loss, ppo_update
 from ppox.io import atomic_write_json
 from ppox.rl import aot
-from ppox.rl.policy import forward_inputs
+from ppox.rl.policy import RecurrentCore, forward_inputs
 
 STAT_KEYS = ("policy_loss", "value_loss", "entropy", "kl_penalty", "approx_kl", "old_approx_kl", "clipfrac")
 
@@ -160,6 +163,9 @@ def compile_torch_env(env, timer: CompileTimer | None = None) -> None:
 # ~1 ms per minibatch update of a small MLP (benchmarks/bench_compiled_update.py, docs/performance.md). Short runs
 # (and the tests) stay eager, so that trying a new setting never starts with a build longer than the run.
 AUTO_COMPILE_MIN_UPDATES = 2500
+# A recurrent policy's minibatch update replays whole sequences through both memory cores (~10x the eager time of
+# an MLP's at the cartpole-no-velocity preset's 32 x 32 steps), so fewer of them repay its (larger) build.
+AUTO_COMPILE_MIN_RECURRENT_UPDATES = 500
 
 
 @dataclass(frozen=True)
@@ -189,27 +195,31 @@ def decide_compile(
     recurrent: bool,
     distributed: bool,
     minibatch_updates: int,
+    ahead_of_time: bool = True,
 ) -> CompileDecision:
     """Resolve a config's `compile` (True, False or "auto") for a run of `minibatch_updates` minibatch updates.
 
-    "auto" compiles only where the compiled update applies (plain Adam, no memory core, one process) and can be
-    built (a CPU with a C++ compiler, or CUDA with triton), and only when the run is long enough to repay it.
+    "auto" compiles only where the compiled update applies (plain Adam, one process; with a memory core, only where
+    it is built ahead of time: `ahead_of_time`, ppox.rl.aot.enabled) and can be built (a CPU with a C++ compiler, or
+    CUDA with triton), and only when the run is long enough to repay it.
     """
     if setting is True or setting is False:
         return CompileDecision(setting, "--compile" if setting else "--no-compile")
+    least = AUTO_COMPILE_MIN_RECURRENT_UPDATES if recurrent else AUTO_COMPILE_MIN_UPDATES
     why_not = (
-        "the update of a policy with memory runs eagerly" if recurrent
+        f"the update of a policy with memory compiles on a CPU only (ahead of time), not on {device.type}"
+        if recurrent and not ahead_of_time
         else "the optimizer is not plain Adam" if not adam_supported(optimizer)
         else "torchrun's update runs eagerly" if distributed
         else "no C++ compiler found (set CXX)" if device.type == "cpu" and cpp_compiler() is None
         else "triton is not installed" if device.type == "cuda" and importlib.util.find_spec("triton") is None
         else f"torch.compile is not used on {device.type}" if device.type not in ("cpu", "cuda")
-        else f"{minibatch_updates} minibatch updates do not repay compiling (from {AUTO_COMPILE_MIN_UPDATES})"
-        if minibatch_updates < AUTO_COMPILE_MIN_UPDATES
+        else f"{minibatch_updates} minibatch updates do not repay compiling (from {least})"
+        if minibatch_updates < least
         else None
     )
     if why_not is not None:
-        return CompileDecision(False, f"auto: eager, {why_not}", said=minibatch_updates >= AUTO_COMPILE_MIN_UPDATES)
+        return CompileDecision(False, f"auto: eager, {why_not}", said=minibatch_updates >= least)
     return CompileDecision(True, f"auto: compiled, {minibatch_updates} minibatch updates on {device.type}")
 
 
@@ -303,6 +313,19 @@ def adam_supported(optimizer: torch.optim.Optimizer) -> bool:
                 or g.get("capturable"))
 
 
+@contextlib.contextmanager
+def unrolled_memory(policy: torch.nn.Module):
+    """Within: the policy's memory cores replay sequences step by step (RecurrentCore.unrolled), for tracing."""
+    cores = [m for m in policy.modules() if isinstance(m, RecurrentCore)]
+    for core in cores:
+        core.unrolled = True
+    try:
+        yield
+    finally:
+        for core in cores:
+            core.unrolled = False
+
+
 def minibatch_step(policy: torch.nn.Module, objective: ObjectiveConfig, max_grad_norm: float | None, beta1: float,
                    beta2: float, eps: float) -> Callable:
     """One PPO minibatch step as a pure function (compilable, vmappable over agents: ppox.rl.population):
@@ -368,12 +391,6 @@ class CompiledUpdate:
         self.optimizer = optimizer
         self.objective = objective
         self.max_grad_norm = max_grad_norm
-        # a recurrent policy's update cuts its sequences at episode starts into data-dependent shapes (one
-        # kernel run over padded segments, ppox.rl.policy.RecurrentCore), which a compiled graph cannot hold, so
-        # it runs the eager loop (said once when the run starts)
-        self.supported = adam_supported(optimizer) and not getattr(policy, "recurrent", False)
-        if compile and getattr(policy, "recurrent", False):
-            print("note: --compile: the update of a policy with memory runs eagerly", file=sys.stderr, flush=True)
         self.names = [n for n, p in policy.named_parameters() if p.requires_grad]
         self._params = dict(policy.named_parameters())
         self._sizes = [self._params[n].numel() for n in self.names]  # the parameters' slices of a flat buffer
@@ -388,6 +405,15 @@ class CompiledUpdate:
         self.ahead_of_time = aot.enabled(torch.device("cpu") if self._on_cpu else self._device, policy)
         self._aot_steps: dict[tuple, aot.AotFunction] = {}  # input signature -> the compiled library's entry point
         self._aot_failed = False
+        # A recurrent policy's eager update cuts its sequences at episode starts (one kernel run over padded
+        # segments: data-dependent shapes, ppox.rl.policy.RecurrentCore); its compiled step replays each sequence
+        # step by step instead (`unrolled_memory`), which only the ahead-of-time build traces (make_fx runs the
+        # Python loop once). Elsewhere (a GPU, PPOX_AOT=0) a recurrent update runs eagerly (said when a run starts).
+        self.recurrent = bool(getattr(policy, "recurrent", False))
+        self.supported = adam_supported(optimizer) and (not self.recurrent or self.ahead_of_time)
+        if compile and self.recurrent and not self.ahead_of_time:
+            print("note: --compile: the update of a policy with memory compiles on a CPU only; it runs eagerly here",
+                  file=sys.stderr, flush=True)
         # How many minibatch steps one compiled call runs: "minibatch" (1), "epoch" (num_minibatches) or "iteration"
         # (all, target_kl's stop masked inside the graph). Unrolled steps cost their trace and compile time on every
         # run (the warm cache saves only code generation): with the update ~1/3 of an iteration on a CPU, the
@@ -478,9 +504,9 @@ class CompiledUpdate:
         def step(flat_params: torch.Tensor, flat_exp_avg: torch.Tensor, flat_exp_avg_sq: torch.Tensor,
                  adam_step_count: torch.Tensor, idx: torch.Tensor, lr: torch.Tensor, kl_coef: torch.Tensor,
                  *values: torch.Tensor) -> tuple[torch.Tensor, ...]:
-            return pure(flat_params, flat_exp_avg, flat_exp_avg_sq, adam_step_count, dict(zip(keys, values,
-                                                                                            strict=True)),
-                        idx, lr, kl_coef)
+            with unrolled_memory(self.policy):  # while tracing: sequences replayed step by step
+                return pure(flat_params, flat_exp_avg, flat_exp_avg_sq, adam_step_count,
+                            dict(zip(keys, values, strict=True)), idx, lr, kl_coef)
 
         label = "|".join(("ppo minibatch step", aot.module_signature(self.policy), repr(self.objective),
                           repr(self.max_grad_norm), repr((beta1, beta2, group["eps"])), repr(keys)))
@@ -499,6 +525,9 @@ class CompiledUpdate:
         if self.unroll == "epoch":
             return 1, num_minibatches
         return 1, 1
+
+    def _eager_forward(self, mb: dict[str, torch.Tensor]) -> PolicyOutput:
+        return PolicyOutput(*self.policy(mb["obs"], mb["actions"], **forward_inputs(mb)))
 
     # the loop -----------------------------------------------------------------------------------
     def _adam_state(self) -> tuple[list, list, list]:
@@ -565,6 +594,12 @@ class CompiledUpdate:
             aot_step = self._aot_step(signature, keys, example)
             if aot_step is not None:
                 aot_step.check(example)
+        if aot_step is None and self.recurrent:  # the build failed (noted): the eager loop serves from now on
+            self.supported = False
+            return ppo_update(batch, self._eager_forward, self.optimizer, self.policy.parameters(), self.objective,
+                              update_epochs=update_epochs, num_minibatches=num_minibatches,
+                              max_grad_norm=self.max_grad_norm, target_kl=target_kl, kl_coef=kl_coef,
+                              generator=generator)
         chunk = self._chunk(epochs_per_call, minibatches_per_call, masked) if aot_step is None else None
         skip_guards = self._compiled and self._signature == signature and aot_step is None
         stance = (torch.compiler.set_stance("default", skip_guard_eval_unsafe=True) if skip_guards
@@ -627,6 +662,8 @@ class CompiledUpdate:
 
 
 __all__ = [
+    "AUTO_COMPILE_MIN_RECURRENT_UPDATES",
+    "AUTO_COMPILE_MIN_UPDATES",
     "CompileDecision",
     "CompileTimer",
     "CompiledUpdate",
@@ -639,5 +676,6 @@ __all__ = [
     "decide_compile",
     "minibatch_step",
     "remember_compiled",
+    "unrolled_memory",
     "update_cache_key",
 ]

@@ -296,7 +296,12 @@ class RecurrentCore(nn.Module):
     tests/rl/test_memory.py pins both against nn.LSTM / nn.GRU and against each other (outputs, final states
     and gradients, resets included).
     Initialisation as CleanRL's: orthogonal weights (gain 1), zero biases.
+
+    `unrolled` (set only while ppox.rl.fast traces a compiled update, `unrolled_memory`): a sequence runs as its
+    steps, each the one-step path; a compiled graph then holds the whole replay with no data-dependent shapes.
     """
+
+    unrolled = False
 
     def __init__(self, kind: str, in_features: int, size: int) -> None:
         super().__init__()
@@ -331,11 +336,24 @@ class RecurrentCore(nn.Module):
             else:
                 state = self.cell(features, state)
             return state[:, : self.out_features], state
+        if self.unrolled:
+            return self._unrolled(features, state, episode_starts)
         if episode_starts is None or not bool(episode_starts[1:].any()):
             if episode_starts is not None:
                 state = state * (~episode_starts[0]).unsqueeze(-1).to(state.dtype)
             return self._kernel(features, state, None)
         return self._segments(features, state, episode_starts, final_state)
+
+    def _unrolled(
+        self, features: torch.Tensor, state: torch.Tensor, episode_starts: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A sequence (T, batch, n) as T one-step calls (the rollout's own step, resets included): fixed shapes
+        whatever the episode starts, so that a compiled update (ppox.rl.fast) can hold it as one graph."""
+        outputs = []
+        for t in range(features.shape[0]):
+            out, state = self(features[t], state, None if episode_starts is None else episode_starts[t])
+            outputs.append(out)
+        return torch.stack(outputs), state
 
     def _segments(
         self, features: torch.Tensor, state: torch.Tensor, episode_starts: torch.Tensor, final_state: bool
@@ -435,6 +453,28 @@ class FusedMLP:
 
     layers: list[tuple[torch.Tensor, torch.Tensor]]
     activation: str
+    head_size: int
+
+
+@dataclass
+class FusedMemory:
+    """A recurrent policy of MLP encoders as one stack per stage, the actor's and the critic's side by side
+    (one side with a shared trunk): `encoder` [(bias (out,), weight^T (in, out))], each layer followed by the
+    activation; `cores` (1 or 2) LSTM / GRU cells of `size` units with block-diagonal gate matrices, gates grouped
+    per core: w_ih^T (features, cores * gates * size), w_hh^T (cores * size, cores * gates * size), the biases
+    (cores * gates * size,); `heads` (bias (head_size + 1,), weight^T (cores * size, head_size + 1)): the action
+    head's outputs, then V(s). The state layout is the policy's: per core [h, c] (LSTM) or h (GRU)."""
+
+    encoder: list[tuple[torch.Tensor, torch.Tensor]]
+    activation: str
+    kind: str
+    cores: int
+    size: int
+    w_ih: torch.Tensor
+    w_hh: torch.Tensor
+    b_ih: torch.Tensor
+    b_hh: torch.Tensor
+    heads: tuple[torch.Tensor, torch.Tensor]
     head_size: int
 
 
@@ -647,6 +687,31 @@ class Policy(nn.Module):
         return FusedMLP(layers, self.actor_body.activation, self.actor_head.out_features)
 
 
+    @torch.no_grad()
+    def fused_memory(self) -> FusedMemory | None:
+        """This recurrent network as stacked / block-diagonal matrices (copies of the current weights), for the
+        rollout's fast steps; None unless it is MLP encoder(s), LSTM/GRU core(s) and the two linear heads."""
+        if not (self.recurrent and type(self.actor_body) is MLPEncoder
+                and (self.critic_body is None or type(self.critic_body) is MLPEncoder)):
+            return None
+        bodies = [self.actor_body] if self.critic_body is None else [self.actor_body, self.critic_body]
+        cells = [self.core.cell] if self.critic_core is None else [self.core.cell, self.critic_core.cell]
+        encoder = []
+        for i, linears in enumerate(zip(*(body.linears() for body in bodies), strict=True)):
+            w = torch.cat([m.weight for m in linears]) if i == 0 else torch.block_diag(*(m.weight for m in linears))
+            encoder.append((torch.cat([m.bias for m in linears]), w.T.contiguous()))
+        heads_w = (torch.cat([self.actor_head.weight, self.critic_head.weight]) if len(cells) == 1 else
+                   torch.block_diag(self.actor_head.weight, self.critic_head.weight))
+        return FusedMemory(
+            encoder, self.actor_body.activation, self.core.kind, len(cells), self.core.out_features,
+            torch.block_diag(*(c.weight_ih for c in cells)).T.contiguous(),
+            torch.block_diag(*(c.weight_hh for c in cells)).T.contiguous(),
+            torch.cat([c.bias_ih for c in cells]), torch.cat([c.bias_hh for c in cells]),
+            (torch.cat([self.actor_head.bias, self.critic_head.bias]), heads_w.T.contiguous()),
+            self.actor_head.out_features,
+        )
+
+
 __all__ = ["ENCODERS", "FORWARD_INPUTS", "LATENT_DIM", "PRIVILEGED_KEY", "CNNEncoder", "DictEncoder", "FusedMLP",
-           "ImageMLPEncoder", "MLPEncoder", "NoMemory", "Policy", "PrivilegedEncoder", "RecurrentCore",
+           "FusedMemory", "ImageMLPEncoder", "MLPEncoder", "NoMemory", "Policy", "PrivilegedEncoder", "RecurrentCore",
            "encoder_name", "forward_inputs", "has_privileged", "layer_init", "make_core", "make_encoder"]

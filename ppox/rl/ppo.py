@@ -38,6 +38,7 @@ from ppox.io import (
     read_json,
     save_tensors,
 )
+from ppox.rl import aot
 from ppox.rl import checkpoint as ckpt
 from ppox.rl.callbacks import CallbackLike, CallbackList, make_callbacks, start_callbacks
 from ppox.rl.config import PPOConfig, preset_config
@@ -168,6 +169,7 @@ class PPO:
         # foreach: one multi-tensor Adam step over all parameters (torch picks it only on CUDA by default); the same
         # numbers as the per-tensor loop (the same-seed record is identical), a fraction of its per-op overhead on
         # a CPU, where the eager update's many small tensors make the loop a large part of each minibatch
+        aot.defer_dynamo_import()  # a run whose update loads an ahead-of-time library never imports the compiler
         self.optimizer = torch.optim.Adam(self.agent.parameters(), lr=config.learning_rate, eps=1e-5, foreach=True)
         self.obs_norm = ObsNormalizer(self.obs_dim, config.clip_obs, self.device) if config.norm_obs else None
         self.reward_scaler = (
@@ -217,6 +219,7 @@ class PPO:
         self.compile_decision = decide_compile(
             cfg.compile, device=self.device, optimizer=self.optimizer, recurrent=self.agent.recurrent,
             distributed=self.collective.enabled, minibatch_updates=iterations * cfg.update_epochs * cfg.num_minibatches,
+            ahead_of_time=aot.enabled(self.device, self.agent),
         )
         self._update_cache_key = update_cache_key(self.agent, self.objective, cfg.batch_size // cfg.num_minibatches,
                                                   self.device)

@@ -6,8 +6,9 @@ Two backends, one chosen per run by `make_collector` (the only place that decide
   `FusedTorchStep` where the policy fuses (ppox.rl.policy.Policy.fused_mlp), else the module's own
   `act` (compiled with `compile`).
 * `NumpyCollector`: CPU with envs that step in numpy (ppox's numpy twins, gymnasium vector envs):
-  numpy policy step (`NumpyPolicy`), numpy env steps and normalisation, written into numpy views of
-  the buffer's CPU tensors, so no tensor op runs per step (~2x faster at a few envs).
+  numpy policy step (`NumpyPolicy`; `NumpyRecurrentPolicy` for MLP encoders with an LSTM/GRU core, from
+  `Policy.fused_memory`), numpy env steps and normalisation, written into numpy views of the buffer's CPU
+  tensors, so no tensor op runs per step (~2x faster at a few envs).
 
 Both sample the policy's distribution; each draws its own random stream (torch's generator; the
 trainer's numpy Generator, saved in checkpoints). Neither re-implements the network: the fast steps
@@ -116,8 +117,12 @@ def make_collector(
     torch. The torch path is the fallback for any policy (memory, any encoder), never an error; `carry`:
     a recurrent policy's state (required then)."""
     on_cpu = next(policy.parameters()).device.type == "cpu"
-    if config.rollout_backend != "torch" and on_cpu and envs.numpy_backend and NumpyPolicy.supported(policy):
-        return NumpyCollector(envs, NumpyPolicy(policy, rng), config.num_steps, obs_norm, reward_scaler)
+    if config.rollout_backend != "torch" and on_cpu and envs.numpy_backend:
+        if NumpyPolicy.supported(policy):
+            return NumpyCollector(envs, NumpyPolicy(policy, rng), config.num_steps, obs_norm, reward_scaler)
+        if NumpyRecurrentPolicy.supported(policy):
+            return NumpyCollector(envs, NumpyRecurrentPolicy(policy, rng), config.num_steps, obs_norm, reward_scaler,
+                                  carry)
     if config.rollout_backend == "numpy":
         _note_once(f"rollout_backend numpy cannot run this policy ({_why_not_numpy(policy, on_cpu, envs)}): "
                    "the torch rollout runs it")
@@ -126,7 +131,7 @@ def make_collector(
 
 def _why_not_numpy(policy: Policy, on_cpu: bool, envs: VecEnv) -> str:
     if policy.recurrent:
-        return "a memory core"
+        return "a memory core behind an encoder other than an MLP"
     if not on_cpu:
         return "not on the CPU"
     return "its envs do not step in numpy" if not envs.numpy_backend else "not a pair of MLPs"
@@ -332,6 +337,9 @@ class NumpyPolicy:
         fused = self.policy.fused_mlp()
         self.layers = [(b.numpy().astype(np.float32), w.numpy().astype(np.float32)) for b, w in fused.layers]
         self.tanh, self.head = fused.activation == "tanh", fused.head_size
+        self._refresh_log_std()
+
+    def _refresh_log_std(self) -> None:
         log_std = self.policy.log_std
         if log_std is not None:
             self.std = log_std.exp().numpy().astype(np.float32)
@@ -373,7 +381,11 @@ class NumpyPolicy:
         head_size): `head` is the logits (categorical; masked ones MASKED_LOGIT, as in the torch
         distributions; `mask` (batch, head_size) bool, True = allowed) or the mean (Gaussian). `V(s)` is a
         view of a new array."""
-        h = self._forward(obs)
+        return self._pick(self._forward(obs), mask, noise)
+
+    def _pick(self, h: np.ndarray, mask: np.ndarray | None, noise: np.ndarray
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """`sample` from the network's outputs h (batch, head_size + 1)."""
         head, value = h[:, : self.head], h[:, self.head]
         if mask is not None:
             head = np.where(mask, head, _MASKED_LOGIT32)
@@ -415,6 +427,94 @@ class NumpyPolicy:
         return actions, self.log_prob(head, actions, noise), value.copy()
 
 
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    # through tanh: no overflow warning from exp(-x) for very negative x
+    return np.tanh(x * np.float32(0.5)) * np.float32(0.5) + np.float32(0.5)
+
+
+class NumpyRecurrentPolicy(NumpyPolicy):
+    """`NumpyPolicy` for a policy with memory (`Policy.fused_memory`): the encoder stack, one step of the LSTM /
+    GRU cell(s) (the state zeroed where an episode starts, as `RecurrentCore` does), the heads; sampling and
+    log-probs as `NumpyPolicy`'s. `state`: (batch, state_size) float32 in the policy's layout. The same numbers
+    as `Policy.act` for equal noise (tests/rl/test_rollout.py)."""
+
+    @staticmethod
+    def supported(policy: Policy) -> bool:
+        return next(policy.parameters()).device.type == "cpu" and policy.fused_memory() is not None
+
+    @torch.no_grad()
+    def refresh(self) -> None:
+        fused = self.policy.fused_memory()
+
+        def arr(t: torch.Tensor) -> np.ndarray:
+            return t.numpy().astype(np.float32)
+
+        self.encoder = [(arr(b), arr(w)) for b, w in fused.encoder]
+        self.tanh, self.head = fused.activation == "tanh", fused.head_size
+        self.lstm, self.cores, self.size = fused.kind == "lstm", fused.cores, fused.size
+        self.w_ih, self.w_hh = arr(fused.w_ih), arr(fused.w_hh)
+        if self.lstm:  # every LSTM gate adds both biases
+            self.bias = arr(fused.b_ih + fused.b_hh)
+        else:  # the GRU's candidate gate scales the recurrent part, bias included, by the reset gate
+            self.b_ih, self.b_hh = arr(fused.b_ih), arr(fused.b_hh)
+        self.heads = (arr(fused.heads[0]), arr(fused.heads[1]))
+        self._refresh_log_std()
+
+    def _step(self, obs: np.ndarray, state: np.ndarray, starts: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """(outputs (batch, head_size + 1): the action head's, then V(s); the new state (batch, state_size))."""
+        x = obs
+        for b, w in self.encoder:
+            x = x @ w
+            x += b
+            if self.tanh:
+                np.tanh(x, out=x)
+            else:
+                np.maximum(x, 0, out=x)
+        if starts is not None and np.count_nonzero(starts):
+            state = np.where(starts[:, None], np.float32(0.0), state)
+        batch, cores, size = len(obs), self.cores, self.size
+        if self.lstm:
+            s = state.reshape(batch, cores, 2, size)  # per core [h, c]
+            gates = x @ self.w_ih
+            gates += s[:, :, 0].reshape(batch, cores * size) @ self.w_hh
+            gates += self.bias
+            g = gates.reshape(batch, cores, 4, size)  # per core the gates i, f, g, o
+            c = _sigmoid(g[:, :, 1]) * s[:, :, 1] + _sigmoid(g[:, :, 0]) * np.tanh(g[:, :, 2])
+            h = _sigmoid(g[:, :, 3]) * np.tanh(c)
+            new_state = np.stack([h, c], axis=2).reshape(batch, cores * 2 * size)
+        else:
+            s = state.reshape(batch, cores, size)
+            gi = (x @ self.w_ih + self.b_ih).reshape(batch, cores, 3, size)  # per core the gates r, z, n
+            gh = (state @ self.w_hh + self.b_hh).reshape(batch, cores, 3, size)
+            r = _sigmoid(gi[:, :, 0] + gh[:, :, 0])
+            z = _sigmoid(gi[:, :, 1] + gh[:, :, 1])
+            n = np.tanh(gi[:, :, 2] + r * gh[:, :, 2])
+            h = (1 - z) * n + z * s
+            new_state = h.reshape(batch, cores * size)
+        b, w = self.heads
+        out = h.reshape(batch, cores * size) @ w
+        out += b
+        return out, new_state
+
+    def sample(self, obs: np.ndarray, mask: np.ndarray | None, noise: np.ndarray, state: np.ndarray | None = None,
+               starts: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
+        """`NumpyPolicy.sample` from `state` (reset where `starts`), and the new state."""
+        out, new_state = self._step(obs, state, starts)
+        return (*self._pick(out, mask, noise), new_state)
+
+    def value(self, obs: np.ndarray, state: np.ndarray | None = None, starts: np.ndarray | None = None
+              ) -> np.ndarray:
+        """V(s) from `state` (reset where `starts`); the state is not moved."""
+        return self._step(obs, state, starts)[0][:, self.head].copy()
+
+    def __call__(self, obs: np.ndarray, mask: np.ndarray | None = None, state: np.ndarray | None = None,
+                 starts: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
+        """(actions, log pi(a|s), V(s), new state)."""
+        noise = self.draw_noise(len(obs))
+        head, actions, value, new_state = self.sample(obs, mask, noise, state, starts)
+        return actions, self.log_prob(head, actions, noise), value.copy(), new_state
+
+
 class NumpyCollector:
     """The rollout in numpy (see the module docstring): numpy policy step, numpy env steps, numpy
     normalisation, written into numpy views of the buffer's (CPU) tensors."""
@@ -422,9 +522,12 @@ class NumpyCollector:
     step_hook: Callable[[int, Any], Any] | None = None  # after each env step (ppox.rl.callbacks' on_step)
 
     def __init__(self, envs: VecEnv, policy: NumpyPolicy, num_steps: int, obs_norm: ObsNormalizer | None,
-                 reward_scaler: RewardScaler | None) -> None:
+                 reward_scaler: RewardScaler | None, carry: Carry | None = None) -> None:
         self.envs, self.policy, self.num_steps = envs, policy, num_steps
         self.obs_norm, self.reward_scaler = obs_norm, reward_scaler
+        if isinstance(policy, NumpyRecurrentPolicy) != (carry is not None):
+            raise ValueError("a recurrent policy's rollout needs its Carry (and only it has one)")
+        self.carry = carry  # the recurrent state, carried across rollouts (the trainer's, saved in checkpoints)
         self._logits_buf: np.ndarray | None = None
 
     def collect(self, buf: Rollout, obs: torch.Tensor, finished: Finished) -> tuple[torch.Tensor, torch.Tensor]:
@@ -436,6 +539,10 @@ class NumpyCollector:
         b_rewards, b_terminated, b_end, b_final = (buf.rewards.numpy(), buf.terminated.numpy(),
                                                    buf.episode_end.numpy(), buf.final_values.numpy())
         b_masks = buf.action_masks.numpy() if buf.action_masks is not None else None
+        carry = self.carry
+        if carry is not None:  # (num_envs, state_size) float32 and (num_envs,) bool, new arrays at each step
+            state, starts = carry.state.numpy().copy(), carry.episode_starts.numpy().copy()
+            b_states, b_starts = buf.states.numpy(), buf.episode_starts.numpy()
         b_final.fill(0.0)
         obs = obs.numpy()
         mask = envs.action_mask  # (num_envs, head_size) bool where the env gives masks, else None
@@ -445,7 +552,12 @@ class NumpyCollector:
             b_obs[step] = obs
             if mask is not None:
                 b_masks[step] = mask
-            head, actions, b_values[step] = policy.sample(obs, mask, noise[step])  # V(s) into the buffer
+            if carry is not None:
+                b_starts[step] = starts
+                b_states[step] = state
+                head, actions, b_values[step], state = policy.sample(obs, mask, noise[step], state, starts)
+            else:
+                head, actions, b_values[step] = policy.sample(obs, mask, noise[step])  # V(s) into the buffer
             b_actions[step] = actions
             if logits is not None:
                 logits[step] = head
@@ -464,7 +576,10 @@ class NumpyCollector:
                 final = result.final_obs[idx]
                 if obs_norm is not None:
                     final = obs_norm.normalize_np(final, update=False)
-                b_final[step, idx] = policy.value(final)
+                # a recurrent policy reads it with the state it carried into that last step
+                b_final[step, idx] = policy.value(final) if carry is None else policy.value(final, state[idx])
+            if carry is not None:
+                starts = episode_end.copy()
             obs = result.obs if obs_norm is None else obs_norm.normalize_np(result.obs, update=True)
             mask = result.action_mask
             if result.finished_returns:
@@ -472,6 +587,9 @@ class NumpyCollector:
             if step_hook is not None:
                 step_hook(step, result)
         b_logprobs[:] = policy.log_prob(logits, b_actions, noise)
+        if carry is not None:
+            carry.state, carry.episode_starts = torch.from_numpy(state), torch.from_numpy(starts)
+            return torch.from_numpy(obs), torch.from_numpy(policy.value(obs, state, starts))
         return torch.from_numpy(obs), torch.from_numpy(policy.value(obs))
 
     def _logits(self, shape: tuple[int, ...]) -> np.ndarray:
@@ -481,5 +599,5 @@ class NumpyCollector:
         return self._logits_buf
 
 
-__all__ = ["Carry", "Collector", "FusedTorchStep", "NumpyCollector", "NumpyPolicy", "Rollout", "TorchCollector",
-           "make_collector", "torch_policy_step"]
+__all__ = ["Carry", "Collector", "FusedTorchStep", "NumpyCollector", "NumpyPolicy", "NumpyRecurrentPolicy", "Rollout",
+           "TorchCollector", "make_collector", "torch_policy_step"]

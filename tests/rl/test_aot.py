@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -140,3 +142,29 @@ def test_a_failing_build_says_so_once_and_the_fallback_serves(cache, monkeypatch
         assert torch.equal(out[0], affine(x, w)[0])
     assert lazy.failed and len(calls) == 2
     assert capsys.readouterr().err.count("ahead-of-time compile failed (RuntimeError: g++") == 1
+
+
+def test_optimizers_do_not_import_dynamo_until_something_else_does():
+    # the compiled update's run constructs, saves and loads Adam but never steps it (ppox.rl.fast does the maths);
+    # a fresh interpreter: in this one dynamo is imported already, which makes defer_dynamo_import a no-op
+    code = """
+import sys, torch
+from ppox.rl import aot
+aot.defer_dynamo_import()
+p = torch.nn.Parameter(torch.zeros(3))
+opt = torch.optim.Adam([p], lr=0.1)
+p.grad = torch.ones(3)
+opt.zero_grad()
+opt.load_state_dict(opt.state_dict())
+assert "torch._dynamo" not in sys.modules, "an optimizer method imported dynamo"
+assert p.grad is None and opt.param_groups[0]["lr"] == 0.1
+import torch._dynamo
+p.grad = torch.ones(3)
+opt.step()  # an eager step imports dynamo itself (torch's graph-break markers); the compiled update takes none
+opt.zero_grad()  # from now on, torch's own marker: compiled code skips the method as torch intends
+marker = torch.optim.Optimizer.zero_grad.__wrapped__.__dynamo_disable
+assert getattr(marker, "_torchdynamo_disable", False), marker
+print("ok")
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]

@@ -262,7 +262,7 @@ def test_compiling_for_cuda_skips_the_cpu_isa_probe(monkeypatch):
 
 
 def test_auto_compile_decision():
-    from ppox.rl.fast import AUTO_COMPILE_MIN_UPDATES, decide_compile
+    from ppox.rl.fast import AUTO_COMPILE_MIN_RECURRENT_UPDATES, AUTO_COMPILE_MIN_UPDATES, decide_compile
 
     agent = Policy(OBS, DISCRETE, hidden_sizes=(8,))
     adam = torch.optim.Adam(agent.parameters())
@@ -277,8 +277,13 @@ def test_auto_compile_decision():
     assert decide().enabled == (fast_cpp_compiler() is not None)
     short = decide(minibatch_updates=AUTO_COMPILE_MIN_UPDATES - 1)
     assert not short.enabled and "do not repay" in short.reason and not short.said  # not news
-    assert not decide(recurrent=True).enabled and not decide(distributed=True).enabled
-    assert decide(recurrent=True).said  # a long run that cannot compile is a slow path: said
+    assert not decide(distributed=True).enabled and decide(distributed=True).said  # a slow path: said
+    # a policy with memory: compiled ahead of time only (a CPU), from fewer (bigger) minibatch updates
+    assert decide(recurrent=True, minibatch_updates=AUTO_COMPILE_MIN_RECURRENT_UPDATES).enabled == (
+        fast_cpp_compiler() is not None)
+    assert not decide(recurrent=True, minibatch_updates=AUTO_COMPILE_MIN_RECURRENT_UPDATES - 1).enabled
+    elsewhere = decide(recurrent=True, ahead_of_time=False)
+    assert not elsewhere.enabled and elsewhere.said and "CPU only" in elsewhere.reason
     assert not decide(optimizer=torch.optim.SGD(agent.parameters(), lr=0.1)).enabled
     assert not decide(device=torch.device("mps")).enabled
 

@@ -13,6 +13,7 @@ from ppox.rl.rollout import (
     FusedTorchStep,
     NumpyCollector,
     NumpyPolicy,
+    NumpyRecurrentPolicy,
     Rollout,
     TorchCollector,
     torch_policy_step,
@@ -164,6 +165,69 @@ def test_fused_torch_step_matches_the_module(kind):
             p.add_(0.1)
     step.refresh()
     assert torch.allclose(step(obs[:8])[2], policy.value(obs[:8]).detach(), atol=1e-5)
+
+
+@pytest.mark.parametrize("shared_trunk", [False, True])
+@pytest.mark.parametrize("memory", ["lstm", "gru"])
+@pytest.mark.parametrize("kind", ["discrete", "continuous"])
+def test_numpy_recurrent_policy_equals_the_module_given_the_same_noise(kind, memory, shared_trunk):
+    """NumpyRecurrentPolicy is derived from the module (Policy.fused_memory): for the same state, episode starts
+    and noise, the same actions, log-probs, values and new states as Policy.act, up to float32 rounding."""
+    spec = SPECS[kind]
+    torch.manual_seed(0)
+    policy = Policy(OBS, spec, hidden_sizes=(16, 8), memory=memory, memory_size=6, shared_trunk=shared_trunk,
+                    init_log_std=-0.3)
+    assert NumpyRecurrentPolicy.supported(policy) and not NumpyPolicy.supported(policy)
+    with torch.no_grad():  # non-zero biases everywhere, so that a misplaced bias shows
+        for name, p in policy.named_parameters():
+            if "bias" in name:
+                p.uniform_(-0.5, 0.5)
+    rng = RecordingRng()
+    numpy_policy = NumpyRecurrentPolicy(policy, rng)
+    obs, state = torch.randn(500, 5), torch.randn(500, policy.state_size)
+    starts = torch.rand(500) < 0.3
+    actions, logprobs, values, new_state = numpy_policy(obs.numpy(), None, state.numpy(), starts.numpy())
+    assert logprobs.dtype == values.dtype == new_state.dtype == np.float32 and new_state.shape == state.shape
+    noise = torch.from_numpy(rng.draws[-1])
+    ref_actions, ref_logprobs, ref_values, ref_state = policy.act(
+        obs, noise=noise if kind == "continuous" else torch.exp(-noise.double()).float(), state=state,
+        episode_starts=starts)
+    if kind == "continuous":
+        assert np.allclose(actions, ref_actions.numpy(), atol=1e-5)
+    else:
+        assert (actions == ref_actions.numpy()).mean() > 0.99  # exp/log rounding may flip a near-tie
+        same = actions == ref_actions.numpy()
+        assert np.allclose(logprobs[same], ref_logprobs.numpy()[same], atol=1e-5)
+    assert np.allclose(values, ref_values.numpy(), atol=1e-5)
+    assert np.allclose(new_state, ref_state.numpy(), atol=1e-5)
+    assert np.allclose(new_state[starts.numpy()], policy.act(obs[starts], state=torch.zeros_like(state[starts]))[3],
+                       atol=1e-5)  # an episode start: from a zero state
+    assert np.allclose(numpy_policy.value(obs.numpy()[:8], state.numpy()[:8]),
+                       policy.value(obs[:8], state[:8]).detach().numpy(), atol=1e-5)
+
+
+def test_numpy_rollout_of_a_recurrent_policy_is_replayed_by_the_update(tmp_path):
+    """A recurrent run on the CPU rolls out in numpy; the update's sequence forward from the stored states
+    reproduces the stored log-probs and values (states and episode starts stored right), and the carried state
+    continues into the next rollout."""
+    model = _model(tmp_path, memory="lstm", memory_size=8, hidden_sizes=(8,), num_minibatches=2)
+    assert type(model.collector) is NumpyCollector and isinstance(model.collector.policy, NumpyRecurrentPolicy)
+    buf = Rollout.allocate(32, 4, model.envs.obs_dim, model.spec, model.device, state_size=model.agent.state_size)
+    obs = model.envs.reset()
+    for _ in range(2):
+        start = model._carry.state.clone()
+        obs, last_value = model.collector.collect(buf, obs, [])
+        assert torch.equal(buf.states[0], start) and bool(buf.episode_end.any())
+        assert torch.equal(buf.episode_starts[1:], buf.episode_end[:-1])
+        batch = model._batch(buf, *model._advantages(buf, last_value))
+        with torch.no_grad():
+            out = model._forward(batch)
+        assert torch.allclose(out.logprobs, batch["logprobs"], atol=1e-5)
+        assert torch.allclose(out.values, batch["values"], atol=1e-5)
+        with torch.no_grad():
+            expected = model.agent.value(obs, model._carry.state, model._carry.episode_starts)
+        assert torch.allclose(last_value, expected, atol=1e-5)
+    model.close()
 
 
 def test_unfusable_policies_run_the_module():
