@@ -260,9 +260,11 @@ def compare(a: argparse.Namespace, command: str) -> None:
         md.append(f"* {task}: `{json.dumps(RECURRENT if task == 'recurrent' else MASKABLE)}`")
     md += ["", "Known differences: sb3-contrib initialises its LSTM with torch's default (uniform), ppox "
            "orthogonally with zero biases (CleanRL's); sb3-contrib cuts its recurrent minibatches at episode "
-           "starts and pads them, ppox's minibatches are whole env sequences, which its update cuts at episode "
-           "starts and pads for one run of torch's LSTM kernel (with num_minibatches 1 both update on the whole "
-           "rollout); ppox steps CartPole with its numpy twin "
+           "starts and pads them, ppox's minibatches are whole env sequences, which its compiled update replays "
+           "step by step through the LSTM cell (resets where episodes start; its eager update cuts them at "
+           "episode starts and pads them for one run of torch's LSTM kernel; with num_minibatches 1 both update "
+           "on the whole rollout); ppox rolls out in numpy (NumpyRecurrentPolicy: the same network, numpy's "
+           "random stream), sb3-contrib in torch; ppox steps CartPole with its numpy twin "
            "(env_backend auto, as its presets do: gymnasium's dynamics step for step), sb3-contrib gymnasium's env "
            "in a DummyVecEnv; evaluation episodes use different env seeds."]
     name = a.name or f"contrib_recurrent{a.recurrent_steps}_maskable{a.maskable_steps}"
