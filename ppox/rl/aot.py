@@ -195,10 +195,11 @@ def load_or_build(fn: Callable[..., Sequence[torch.Tensor]], label: str, example
     return build(fn, label, example_args), True
 
 
-def enabled(device: torch.device, module: torch.nn.Module) -> bool:
-    """Whether a compiled step of `module` on `device` is built ahead of time: on a CPU unless PPOX_AOT=0, and
+def enabled(device: torch.device, module: torch.nn.Module | None = None) -> bool:
+    """Whether a compiled step (of `module`) on `device` is built ahead of time: on a CPU unless PPOX_AOT=0, and
     not for a module with buffers (a traced graph would freeze their values; torch.compile reads them)."""
-    return device.type == "cpu" and os.environ.get("PPOX_AOT", "1") != "0" and next(module.buffers(), None) is None
+    return (device.type == "cpu" and os.environ.get("PPOX_AOT", "1") != "0"
+            and (module is None or next(module.buffers(), None) is None))
 
 
 def load_or_build_or_none(fn: Callable[..., Sequence[torch.Tensor]], label: str,

@@ -37,6 +37,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.func import functional_call, grad
@@ -148,13 +149,38 @@ def compile_torch_env(env, timer: CompileTimer | None = None) -> None:
     """Compile the physics of a ppox.envs batched torch env (one fused kernel instead of ~20-150 ops).
 
     Only the pure `_dynamics(state, actions)` function is compiled; seeding, resets and the
-    TimeLimit stay eager, so the env's random stream and results are unchanged.
+    TimeLimit stay eager, so the env's random stream and results are unchanged. On a CPU, without domain
+    randomisation (whose parameters the physics reads as tensors that change), it is built ahead of time
+    (ppox.rl.aot: the env's scalar settings are part of the library's key), with torch.compile as the fallback.
     """
     dynamics = getattr(env, "_dynamics", None)
     if dynamics is None:
         return
+    if aot.enabled(torch.device(getattr(env, "device", "cpu"))) and getattr(env, "randomization", None) is None:
+        settings = sorted((k, v) for k, v in vars(env).items() if isinstance(v, (bool, int, float, str)))
+        label = f"torch env dynamics|{type(env).__module__}.{type(env).__qualname__}|{settings!r}"
+        env._dynamics = aot.LazyAot(dynamics, label, fallback=made_on_first_call(lambda: _compiled_dynamics(
+            dynamics, timer)), prepare=remember_cpu_isa_probe, timed=timer.add if timer is not None else None)
+        return
+    env._dynamics = _compiled_dynamics(dynamics, timer)
+
+
+def _compiled_dynamics(dynamics: Callable, timer: CompileTimer | None) -> Callable:
     compiled = torch.compile(dynamics, fullgraph=True, dynamic=False)
-    env._dynamics = timer.wrap(compiled) if timer is not None else compiled
+    return timer.wrap(compiled) if timer is not None else compiled
+
+
+def made_on_first_call(make: Callable[[], Callable]) -> Callable:
+    """A function that calls `make()`'s result, made at the first call (an ahead-of-time library's torch.compile
+    fallback: a run that never needs it never imports the compiler)."""
+    made: list[Callable] = []
+
+    def call(*args: Any) -> Any:
+        if not made:
+            made.append(make())
+        return made[0](*args)
+
+    return call
 
 
 # ---------------------------------------------------------------------------- compile="auto"
@@ -674,6 +700,7 @@ __all__ = [
     "compile_torch_env",
     "compiled_before",
     "decide_compile",
+    "made_on_first_call",
     "minibatch_step",
     "remember_compiled",
     "unrolled_memory",

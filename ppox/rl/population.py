@@ -55,6 +55,7 @@ from ppox.rl.fast import (
     compile_fn,
     compile_torch_env,
     decide_compile,
+    made_on_first_call,
     minibatch_step,
     remember_cpu_isa_probe,
 )
@@ -286,24 +287,25 @@ class Population:
         enabled = self.compile_decision.enabled
         self.compile_timer = CompileTimer()
         step = self._make_update_step()
+        signature = aot.module_signature(self.policy)
         if enabled and aot.enabled(self.device, self.policy):
-            # built ahead of time into a cached library, as the single-agent update (ppox.rl.aot); torch.compile
-            # (made only if needed) where that fails
-            dynamo: list[Callable] = []
-
-            def fallback(*args: Any) -> Any:
-                if not dynamo:
-                    dynamo.append(_compiled(step, True, self.compile_timer, cpp_wrapper=True))
-                return dynamo[0](*args)
-
-            label = "|".join(("population minibatch step", aot.module_signature(self.policy), repr(self.objective),
+            # built ahead of time into cached libraries, as the single-agent update (ppox.rl.aot); torch.compile
+            # (made only if needed) where that fails. The rollout's step gets its noise as an input: the draw
+            # stays torch's own (the eager path's numbers), and the library holds no random state.
+            label = "|".join(("population minibatch step", signature, repr(self.objective),
                               repr(self.config.max_grad_norm)))
-            self._compiled_update = aot.LazyAot(step, label, fallback=fallback, prepare=remember_cpu_isa_probe,
-                                                timed=self.compile_timer.add)
+            self._compiled_update = aot.LazyAot(
+                step, label, fallback=made_on_first_call(lambda: _compiled(step, True, self.compile_timer,
+                                                                           cpp_wrapper=True)),
+                prepare=remember_cpu_isa_probe, timed=self.compile_timer.add)
+            self._act_step = aot.LazyAot(
+                self._act, f"population act step|{signature}|{self.spec!r}",
+                fallback=made_on_first_call(lambda: _compiled(self._act, True, self.compile_timer)),
+                prepare=remember_cpu_isa_probe, timed=self.compile_timer.add)
         else:
             self._compiled_update = _compiled(step, enabled, self.compile_timer,
                                               cpp_wrapper=self.device.type == "cpu")
-        self._act_step = _compiled(self._act, enabled, self.compile_timer)
+            self._act_step = _compiled(self._act, enabled, self.compile_timer)
         if enabled and not getattr(self.envs, "_compiled_dynamics", False):
             compile_torch_env(self.envs, self.compile_timer)
             self.envs._compiled_dynamics = True
@@ -370,19 +372,29 @@ class Population:
 
     # ------------------------------------------------------------------ rollout
     @torch.no_grad()
-    def _act(self, params: dict[str, torch.Tensor], obs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """`Policy.act` of every agent: obs (N, E, obs_dim) -> actions (N, E, *action_shape), log pi(a|s) (N, E),
-        V(s) (N, E). The network runs vmapped over the agents; the draw runs outside vmap on the whole batch
-        (the policy's own distribution: rows are independent, and a continuous policy's std is per agent)."""
+    def _act(self, flat_params: torch.Tensor, obs: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """`Policy.act` of every agent: weights (N, num_params), obs (N, E, obs_dim), the draw's noise (`_noise`)
+        -> actions (N, E, *action_shape), log pi(a|s) (N, E), V(s) (N, E). The network runs vmapped over the
+        agents; the draw runs outside vmap on the whole batch (the policy's own distribution: rows are
+        independent, and a continuous policy's std is per agent)."""
+        params = self.params(flat_params)
         head, value = self._head_and_value(params, obs)
         log_std = params.get("log_std")  # (N, dim) for continuous actions, else None
         dist = self.policy.distribution
         if log_std is None:
-            actions = dist.sample(head.flatten(0, 1), None, False).view(head.shape[:2])
+            actions = dist.sample(head.flatten(0, 1), None, False, noise=noise).view(head.shape[:2])
         else:
-            actions = dist.sample(head, log_std.unsqueeze(1), False)
+            actions = dist.sample(head, log_std.unsqueeze(1), False, noise=noise)
         logprobs, _ = self._log_prob(head, log_std, actions)
         return actions, logprobs, value
+
+    def _noise(self) -> torch.Tensor:
+        """One rollout step's draw from torch's generator, what the distribution's `sample` would draw itself:
+        uniform (N * E, head_size) for categorical heads, standard normal (N, E, dim) for Gaussian ones."""
+        n, e = self.num_agents, self.config.num_envs
+        if self.spec.kind == "continuous":
+            return torch.randn(n, e, self.spec.dim, device=self.device)
+        return torch.rand(n * e, self.spec.head_size, device=self.device)
 
     def _normalize(self, obs: torch.Tensor, update: bool) -> torch.Tensor:
         """obs (N, E, obs_dim), each agent by its own statistics."""
@@ -410,11 +422,12 @@ class Population:
             "ep_length": torch.empty(t_max, n * e, dtype=torch.long, device=dev),
         }
         params = self.params()
+        flat_params = self.flat_params.detach()
         obs = self._next_obs
         always_bootstrap = dev.type != "cpu"  # no host sync per step on an accelerator: compute and mask
         for step in range(t_max):
             buf["obs"][step] = obs
-            actions, logprobs, values = self._act_step(params, obs)
+            actions, logprobs, values = self._act_step(flat_params, obs, self._noise())
             buf["actions"][step] = actions
             buf["logprobs"][step] = logprobs
             buf["values"][step] = values

@@ -354,3 +354,23 @@ def test_the_first_compile_of_an_update_is_noted_and_remembered(tmp_path, monkey
     assert fast.compiled_before(key) and json.loads(marker.read_text()) == [key]
     marker.write_text("{corrupt")
     assert not fast.compiled_before(key)  # a corrupt list means cold, never an error
+
+
+def test_torch_env_physics_built_ahead_of_time_matches_eager(tmp_path, monkeypatch):
+    """compile_torch_env on a CPU: the physics is an ahead-of-time library (keyed by the env's settings) giving
+    the eager env's states, rewards and flags; a randomised env (tensor parameters) keeps torch.compile."""
+    from ppox.envs.torch_envs import make_torch_vec_env
+    from ppox.rl import aot
+    from ppox.rl.fast import compile_torch_env
+
+    monkeypatch.setenv("PPOX_CACHE_DIR", str(tmp_path))
+    eager, compiled = (make_torch_vec_env("CartPole-v1", 8, seed=3) for _ in range(2))
+    compile_torch_env(compiled)
+    assert isinstance(compiled._dynamics, aot.LazyAot)
+    eager.reset(seed=3)
+    compiled.reset(seed=3)
+    actions = torch.randint(0, 2, (50, 8), generator=torch.Generator().manual_seed(0))
+    for a in actions:
+        for got, want in zip(compiled.step(a)[:4], eager.step(a)[:4], strict=True):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert compiled._dynamics.compiled is not None and not compiled._dynamics.failed

@@ -73,6 +73,14 @@ def test_update_is_the_single_agent_update(tiny, compile):
             torch.testing.assert_close(pop.agent_state_dict(i)[k], v, rtol=1e-5, atol=1e-6, msg=k)
     if compile:
         assert pop._compiled_update.compiled is not None and not pop._compiled_update.failed
+        # the rollout's step and the env's physics are libraries too: with the same noise, the eager numbers
+        assert isinstance(pop._act_step, aot.LazyAot) and pop._act_step.compiled is not None
+        assert isinstance(pop.envs._dynamics, aot.LazyAot) and pop.envs._dynamics.compiled is not None
+        obs = pop._next_obs
+        noise = pop._noise()
+        for got, want in zip(pop._act_step(pop.flat_params.detach(), obs, noise),
+                             pop._act(pop.flat_params.detach(), obs, noise), strict=True):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
 def test_agents_are_independent(tiny):
