@@ -686,7 +686,6 @@ class Policy(nn.Module):
             layers.append((torch.cat([a.bias, c.bias]), w.T.contiguous()))
         return FusedMLP(layers, self.actor_body.activation, self.actor_head.out_features)
 
-
     @torch.no_grad()
     def fused_memory(self) -> FusedMemory | None:
         """This recurrent network as stacked / block-diagonal matrices (copies of the current weights), for the
