@@ -34,6 +34,8 @@ RL_RUNS: dict[str, tuple[str, dict]] = {
     "pendulum_preset_norms": ("Pendulum-v1", {"total_timesteps": 16384}),
     "cartpole_torch_envs": ("CartPole-v1", {"total_timesteps": 4096, "env_backend": "torch", "num_envs": 16,
                                             "num_steps": 32}),
+    # memory: the numpy recurrent rollout and the eager sequence update (a run this short stays eager)
+    "cartpole_lstm_no_velocity": ("CartPole-v1", {"preset": "cartpole-no-velocity", "total_timesteps": 8192}),
 }
 
 
