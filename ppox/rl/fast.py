@@ -43,7 +43,7 @@ import torch
 from torch.func import functional_call, grad
 
 from ppox.core.objective import ObjectiveConfig
-from ppox.core.update import PolicyOutput, UpdateResult, ppo_loss, ppo_update
+from ppox.core.update import PolicyOutput, UpdateResult, ppo_loss
 from ppox.io import atomic_write_json
 from ppox.rl import aot
 from ppox.rl.policy import RecurrentCore, forward_inputs
@@ -552,9 +552,6 @@ class CompiledUpdate:
             return 1, num_minibatches
         return 1, 1
 
-    def _eager_forward(self, mb: dict[str, torch.Tensor]) -> PolicyOutput:
-        return PolicyOutput(*self.policy(mb["obs"], mb["actions"], **forward_inputs(mb)))
-
     # the loop -----------------------------------------------------------------------------------
     def _adam_state(self) -> tuple[list, list, list]:
         """The optimizer's own state tensors (created like Adam does on its first step)."""
@@ -580,7 +577,9 @@ class CompiledUpdate:
         target_kl: float | None = None,
         kl_coef: float = 0.0,
         generator: torch.Generator | None = None,
-    ) -> UpdateResult:
+    ) -> UpdateResult | None:
+        """`ppo_update`'s result; None (nothing changed, `supported` now False) where a recurrent policy's step could
+        not be built ahead of time, for the caller's eager loop to run instead."""
         batch_size = next(iter(batch.values())).shape[0]
         if batch_size % num_minibatches:
             raise ValueError(f"batch size {batch_size} is not divisible by num_minibatches {num_minibatches}")
@@ -620,12 +619,9 @@ class CompiledUpdate:
             aot_step = self._aot_step(signature, keys, example)
             if aot_step is not None:
                 aot_step.check(example)
-        if aot_step is None and self.recurrent:  # the build failed (noted): the eager loop serves from now on
+        if aot_step is None and self.recurrent:  # the build failed (noted): the caller's eager loop serves from now on
             self.supported = False
-            return ppo_update(batch, self._eager_forward, self.optimizer, self.policy.parameters(), self.objective,
-                              update_epochs=update_epochs, num_minibatches=num_minibatches,
-                              max_grad_norm=self.max_grad_norm, target_kl=target_kl, kl_coef=kl_coef,
-                              generator=generator)
+            return None
         chunk = self._chunk(epochs_per_call, minibatches_per_call, masked) if aot_step is None else None
         skip_guards = self._compiled and self._signature == signature and aot_step is None
         stance = (torch.compiler.set_stance("default", skip_guard_eval_unsafe=True) if skip_guards

@@ -30,6 +30,7 @@ from __future__ import annotations
 import math
 import sys
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -446,6 +447,14 @@ def forward_inputs(mb: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 # ---------------------------------------------------------------------------- the policy
+def _side_by_side(linears: Sequence[nn.Linear], same_input: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Linear layers run as one: (bias (sum of outs,), weight^T (in, sum of outs)). `same_input`: they read one
+    input (weights stacked); else each its own slice of a concatenated input (weights block-diagonal)."""
+    weights = [m.weight for m in linears]
+    w = torch.cat(weights) if same_input else torch.block_diag(*weights)
+    return torch.cat([m.bias for m in linears]), w.T.contiguous()
+
+
 @dataclass
 class FusedMLP:
     """Actor and critic as one MLP: layer 1 stacked, deeper layers block-diagonal, the last layer's output
@@ -680,10 +689,7 @@ class Policy(nn.Module):
             return None
         actor = [*self.actor_body.linears(), self.actor_head]
         critic = [*self.critic_body.linears(), self.critic_head]
-        layers = []
-        for i, (a, c) in enumerate(zip(actor, critic, strict=True)):
-            w = torch.cat([a.weight, c.weight]) if i == 0 else torch.block_diag(a.weight, c.weight)
-            layers.append((torch.cat([a.bias, c.bias]), w.T.contiguous()))
+        layers = [_side_by_side(pair, same_input=i == 0) for i, pair in enumerate(zip(actor, critic, strict=True))]
         return FusedMLP(layers, self.actor_body.activation, self.actor_head.out_features)
 
     @torch.no_grad()
@@ -695,18 +701,14 @@ class Policy(nn.Module):
             return None
         bodies = [self.actor_body] if self.critic_body is None else [self.actor_body, self.critic_body]
         cells = [self.core.cell] if self.critic_core is None else [self.core.cell, self.critic_core.cell]
-        encoder = []
-        for i, linears in enumerate(zip(*(body.linears() for body in bodies), strict=True)):
-            w = torch.cat([m.weight for m in linears]) if i == 0 else torch.block_diag(*(m.weight for m in linears))
-            encoder.append((torch.cat([m.bias for m in linears]), w.T.contiguous()))
-        heads_w = (torch.cat([self.actor_head.weight, self.critic_head.weight]) if len(cells) == 1 else
-                   torch.block_diag(self.actor_head.weight, self.critic_head.weight))
+        encoder = [_side_by_side(linears, same_input=i == 0)
+                   for i, linears in enumerate(zip(*(body.linears() for body in bodies), strict=True))]
         return FusedMemory(
             encoder, self.actor_body.activation, self.core.kind, len(cells), self.core.out_features,
             torch.block_diag(*(c.weight_ih for c in cells)).T.contiguous(),
             torch.block_diag(*(c.weight_hh for c in cells)).T.contiguous(),
             torch.cat([c.bias_ih for c in cells]), torch.cat([c.bias_hh for c in cells]),
-            (torch.cat([self.actor_head.bias, self.critic_head.bias]), heads_w.T.contiguous()),
+            _side_by_side((self.actor_head, self.critic_head), same_input=len(cells) == 1),
             self.actor_head.out_features,
         )
 

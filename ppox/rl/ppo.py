@@ -462,10 +462,12 @@ class PPO:
         cfg = self.config
         if self._compiled_update is not None and self._compiled_update.supported and not self.collective.enabled:
             try:
-                return self._compiled_update.update(
+                result = self._compiled_update.update(
                     batch, update_epochs=cfg.update_epochs, num_minibatches=cfg.num_minibatches,
                     target_kl=cfg.target_kl, kl_coef=self.kl_controller.coef, generator=generator,
                 )
+                if result is not None:  # None: a recurrent step that could not be built (noted); eager below
+                    return result
             except RuntimeError as exc:
                 if not type(exc).__module__.startswith(("torch._dynamo", "torch._inductor")):
                     raise

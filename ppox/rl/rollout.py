@@ -347,17 +347,7 @@ class NumpyPolicy:
 
     def _forward(self, obs: np.ndarray) -> np.ndarray:
         """(batch, head_size + 1) float32: the action head's outputs, then V(s); a new array."""
-        h = obs
-        last = len(self.layers) - 1
-        for i, (b, w) in enumerate(self.layers):
-            h = h @ w
-            h += b
-            if i < last:
-                if self.tanh:
-                    np.tanh(h, out=h)
-                else:
-                    np.maximum(h, 0, out=h)
-        return h
+        return _dense(obs, self.layers, self.tanh, activate_last=False)
 
     def value(self, obs: np.ndarray) -> np.ndarray:
         """V(s) for float32 observations (batch, obs_dim)."""
@@ -427,6 +417,21 @@ class NumpyPolicy:
         return actions, self.log_prob(head, actions, noise), value.copy()
 
 
+def _dense(x: np.ndarray, layers: list[tuple[np.ndarray, np.ndarray]], tanh: bool, activate_last: bool) -> np.ndarray:
+    """x @ W + b through `layers` [(bias, weight^T)], tanh or ReLU (in place) after each layer but, unless
+    `activate_last`, the last; a new array."""
+    last = len(layers) - 1
+    for i, (b, w) in enumerate(layers):
+        x = x @ w
+        x += b
+        if i < last or activate_last:
+            if tanh:
+                np.tanh(x, out=x)
+            else:
+                np.maximum(x, 0, out=x)
+    return x
+
+
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     # through tanh: no overflow warning from exp(-x) for very negative x
     return np.tanh(x * np.float32(0.5)) * np.float32(0.5) + np.float32(0.5)
@@ -462,14 +467,7 @@ class NumpyRecurrentPolicy(NumpyPolicy):
 
     def _step(self, obs: np.ndarray, state: np.ndarray, starts: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         """(outputs (batch, head_size + 1): the action head's, then V(s); the new state (batch, state_size))."""
-        x = obs
-        for b, w in self.encoder:
-            x = x @ w
-            x += b
-            if self.tanh:
-                np.tanh(x, out=x)
-            else:
-                np.maximum(x, 0, out=x)
+        x = _dense(obs, self.encoder, self.tanh, activate_last=True)
         if starts is not None and np.count_nonzero(starts):
             state = np.where(starts[:, None], np.float32(0.0), state)
         batch, cores, size = len(obs), self.cores, self.size

@@ -217,6 +217,21 @@ def test_compiled_update_of_memory_is_ahead_of_time_only(monkeypatch):
     assert not make().supported
 
 
+def test_a_recurrent_step_that_cannot_be_built_leaves_the_update_to_the_eager_loop(tmp_path, monkeypatch):
+    """A failed ahead-of-time build (noted by ppox.rl.aot) hands the update to the trainer's eager loop: the run
+    trains on, and later updates do not try to build again."""
+    from ppox.rl import aot
+
+    calls = []
+    monkeypatch.setattr(aot, "load_or_build_or_none", lambda *args, **kwargs: calls.append(1))
+    model = PPO("CartPole-v1", run_dir=tmp_path / "run", **dict(TINY, compile=True))
+    before = [p.detach().clone() for p in model.agent.parameters()]
+    model.learn()
+    assert calls == [1] and not model._compiled_update.supported
+    assert model.summary["compile"] is True and model.iteration == 6
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.agent.parameters(), strict=True))
+
+
 @pytest.mark.parametrize("memory", ["lstm", "gru"])
 def test_compiled_recurrent_update_matches_the_eager_one(tmp_path, monkeypatch, memory):
     """The ahead-of-time update (sequences unrolled step by step, resets included) takes the weights and Adam's
