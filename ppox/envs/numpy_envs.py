@@ -55,7 +55,7 @@ class NumpyClassicControlVecEnv(ClassicControl, VectorEnv):
     """Base class: state, TimeLimit, SAME_STEP autoreset, per-env seeding.
 
     Subclasses inherit an env's parameters, spaces and reset range from ``ppox.envs.constants``
-    first, and implement ``_dynamics`` (whole batch), ``_observe`` and where needed ``_draw``.
+    first, and implement ``_dynamics`` (whole batch), ``_observe`` and where needed ``_draws``.
     ``state`` is ``(num_envs, state_dim)`` float64 like gymnasium's ``env.unwrapped.state``
     (a view of the row-major ``(state_dim, num_envs)`` array; settable).
     """
@@ -199,7 +199,32 @@ class NumpyClassicControlVecEnv(ClassicControl, VectorEnv):
 
     def _draw(self, i: int) -> np.ndarray:
         """Env i's initial state: the same generator call as gymnasium's reset."""
-        return self._rngs[i].uniform(low=self._low, high=self._high, size=(self.state_dim,)).astype(self.reset_dtype)
+        return self._draws(i, 1)[0]
+
+    def _draws(self, i: int, count: int) -> np.ndarray:
+        """Env i's next `count` initial states, ``(count, state_dim)``, in one generator call that leaves the
+        generator where `count` calls of gymnasium's reset draw would (numpy fills element by element)."""
+        shape = (count, self.state_dim)
+        return self._rngs[i].uniform(low=self._low, high=self._high, size=shape).astype(self.reset_dtype)
+
+    def peek_resets(self, count: int) -> np.ndarray:
+        """The initial states of every env's next `count` resets, ``(num_envs, count, state_dim)`` float64, without
+        moving any generator: a rollout that steps the physics elsewhere (ppox.rl.compiled_rollout) takes its
+        resets from here in order and then calls `consume_resets`, so the episodes are the ones `step` would give."""
+        if self.randomization is not None:
+            raise ValueError("peek_resets: a randomised env also draws its parameters at each reset")
+        out = np.empty((self.num_envs, count, self.state_dim))
+        for i, rng in enumerate(self._rngs):
+            saved = rng.bit_generator.state
+            out[i] = self._draws(i, count)
+            rng.bit_generator.state = saved
+        return out
+
+    def consume_resets(self, used: np.ndarray) -> None:
+        """Move env i's generator past `used[i]` reset draws (the ones a `peek_resets` caller used)."""
+        for i, n in enumerate(np.asarray(used).tolist()):
+            if n:
+                self._draws(i, int(n))
 
     def _dynamics(self, s: np.ndarray, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(state_dim, n)`` state -> (new ``(state_dim, n)`` state, float64 reward, bool terminated)."""
@@ -370,9 +395,10 @@ class AcrobotNumpyVecEnv(Acrobot, NumpyClassicControlVecEnv):
 class MountainCarNumpyVecEnv(MountainCar, NumpyClassicControlVecEnv):
     """MountainCar-v0. State ``[position, velocity]``; actions {0, 1, 2}."""
 
-    def _draw(self, i: int) -> np.ndarray:
+    def _draws(self, i: int, count: int) -> np.ndarray:
         # gymnasium: state = [uniform(low, high), 0]
-        return np.array([self._rngs[i].uniform(low=self._low, high=self._high), 0.0])
+        position = self._rngs[i].uniform(low=self._low, high=self._high, size=count)
+        return np.stack((position, np.zeros(count)), axis=1)
 
     def _push(self, actions: np.ndarray) -> np.ndarray:
         return (actions - 1) * self.force
@@ -409,9 +435,6 @@ class ContinuousMountainCarNumpyVecEnv(ContinuousMountainCar, MountainCarNumpyVe
 
 class PendulumNumpyVecEnv(Pendulum, NumpyClassicControlVecEnv):
     """Pendulum-v1 (g=10). State ``[theta, theta_dot]``; torque in [-2, 2]."""
-
-    def _draw(self, i: int) -> np.ndarray:
-        return self._rngs[i].uniform(low=self._low, high=self._high)
 
     def _dynamics(self, s, actions):
         th, thdot = s

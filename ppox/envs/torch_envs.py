@@ -207,6 +207,16 @@ class TorchClassicControlVecEnv(ClassicControl, VectorEnv[torch.Tensor, torch.Te
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.env_id}, num_envs={self.num_envs}, device={self.device})"
 
+    def physics(self, state: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One physics step as a pure function, no TimeLimit or reset: ``(state_dim, num_envs)`` states in
+        ``physics_dtype`` and the actions as `step` takes them -> (next state, reward in ``physics_dtype``,
+        terminated). Traceable: ppox.rl.compiled_rollout compiles it together with the policy."""
+        return self._dynamics(state, self._prepare_actions(actions))
+
+    def observe(self, state: torch.Tensor) -> torch.Tensor:
+        """The ``(num_envs, obs_dim)`` observation of ``(state_dim, num_envs)`` states (not randomised envs)."""
+        return self._observe(state)
+
     # ------------------------------------------------------------ internals
 
     def _observation(self, state: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:

@@ -248,6 +248,21 @@ class VecEnv:
                 "action_mask": None if self.action_mask is None else self.action_mask.copy(),
                 "action_mask_source": self._mask_source}
 
+    @property
+    def twin(self) -> Any | None:
+        """ppox's numpy twin behind these envs where it steps them as they are (no randomisation, no hidden
+        velocities): its physics can then run elsewhere (ppox.rl.compiled_rollout); else None."""
+        if self.backend != "numpy" or self._hidden is not None:
+            return None
+        return self.envs if getattr(self.envs, "randomization", None) is None else None
+
+    def record_steps(self, steps: int, episode_return: np.ndarray, episode_length: np.ndarray) -> None:
+        """After `steps` vector steps of the twin taken outside `step` (ppox.rl.compiled_rollout): the returns and
+        lengths of the episodes now in progress, (num_envs,) each."""
+        self._episode_return[:] = episode_return
+        self._episode_length[:] = episode_length
+        self._steps += steps
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore state_dict(); episode counters given as None are left alone (the envs start new episodes)."""
         self.restarts = int(state["restarts"])

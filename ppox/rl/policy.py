@@ -32,6 +32,7 @@ import sys
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from gymnasium import spaces
@@ -487,6 +488,19 @@ class FusedMemory:
     head_size: int
 
 
+class PolicyMethod(nn.Module):
+    """Runs one method of a policy (`act`, `value`, ...) under torch.func.functional_call, which calls `forward`:
+    its parameters are the policy's, named "policy.<name>" (the population's vmapped steps, the compiled rollout)."""
+
+    def __init__(self, policy: nn.Module, method: str) -> None:
+        super().__init__()
+        self.policy = policy
+        self.method = method
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return getattr(self.policy, self.method)(*args, **kwargs)
+
+
 class Policy(nn.Module):
     """Actor-critic: encoder(s), memory core, action head and value head (see the module docstring).
 
@@ -714,5 +728,6 @@ class Policy(nn.Module):
 
 
 __all__ = ["ENCODERS", "FORWARD_INPUTS", "LATENT_DIM", "PRIVILEGED_KEY", "CNNEncoder", "DictEncoder", "FusedMLP",
-           "FusedMemory", "ImageMLPEncoder", "MLPEncoder", "NoMemory", "Policy", "PrivilegedEncoder", "RecurrentCore",
-           "encoder_name", "forward_inputs", "has_privileged", "layer_init", "make_core", "make_encoder"]
+           "FusedMemory", "ImageMLPEncoder", "MLPEncoder", "NoMemory", "Policy", "PolicyMethod", "PrivilegedEncoder",
+           "RecurrentCore", "encoder_name", "forward_inputs", "has_privileged", "layer_init", "make_core",
+           "make_encoder"]

@@ -39,7 +39,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from ppox import __version__
@@ -60,7 +59,7 @@ from ppox.rl.fast import (
     remember_cpu_isa_probe,
 )
 from ppox.rl.normalize import ObsNormalizer, RewardScaler, RunningMeanStd
-from ppox.rl.policy import Policy
+from ppox.rl.policy import Policy, PolicyMethod
 from ppox.rl.ppo import PPO
 from ppox.rl.spaces import action_spec, obs_dim
 from ppox.run_context import Progress, rounding_note
@@ -138,19 +137,6 @@ def check_supported(config: PPOConfig) -> None:
 
 
 # ---------------------------------------------------------------------------- the batched policy
-class _Method(nn.Module):
-    """Runs one method of the policy under `functional_call` (which calls `forward`): its parameters are the
-    policy's, named "policy.<name>"."""
-
-    def __init__(self, policy: Policy, method: str) -> None:
-        super().__init__()
-        self.policy = policy
-        self.method = method
-
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        return getattr(self.policy, self.method)(*args, **kwargs)
-
-
 def _compiled(fn: Callable, enabled: bool, timer: CompileTimer, cpp_wrapper: bool = False) -> Callable:
     """`fn` compiled (ppox.rl.fast.compile_fn, first call timed), falling back to `fn` itself, once and with a
     warning, when compiling fails (no C++ compiler, an unsupported op): `fn` is pure, so nothing was changed."""
@@ -329,7 +315,7 @@ class Population:
     def _batched(self, method: str, randomness: str = "error") -> Callable:
         """`fn(params, *args, **kwargs)`: `Policy.<method>` on every agent's weights at once; params
         {name: (N, ...)}, args (N, ...) each, kwargs the same for all agents; outputs (N, ...)."""
-        module = _Method(self.policy, method)
+        module = PolicyMethod(self.policy, method)
 
         def one(params: dict[str, torch.Tensor], *args: torch.Tensor, **kwargs: Any):
             return functional_call(module, {f"policy.{k}": v for k, v in params.items()}, args, kwargs)
