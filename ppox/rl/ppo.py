@@ -203,13 +203,15 @@ class PPO:
 
     def _attach_envs(self, envs: VecEnv) -> None:
         """The rollout backend for these envs (numpy or torch: ppox.rl.rollout.make_collector decides)."""
-        config = self.config
-        compiled = self.compile_decision.enabled
-        # the rollout reads config.compile: it gets the resolved setting ("auto" decided by _decide_compile)
-        self.collector = make_collector(config.replace(compile=compiled), envs, self.agent, self.obs_norm,
-                                        self.reward_scaler, self._policy_rng, self.compile_timer, self._carry)
-        if compiled and config.env_backend == "torch" and self.env_fn is None:
+        self._make_collector(envs)
+        if self.compile_decision.enabled and self.config.env_backend == "torch" and self.env_fn is None:
             compile_torch_env(envs.envs, self.compile_timer)
+
+    def _make_collector(self, envs: VecEnv) -> None:
+        # the rollout reads config.compile: it gets the resolved setting ("auto" decided by _decide_compile)
+        self.collector = make_collector(self.config.replace(compile=self.compile_decision.enabled), envs, self.agent,
+                                        self.obs_norm, self.reward_scaler, self._policy_rng, self.compile_timer,
+                                        self._carry)
 
     def _decide_compile(self, total_timesteps: int) -> None:
         """Resolve config.compile ("auto": ppox.rl.fast.decide_compile) for a run of `total_timesteps` steps and
@@ -237,6 +239,8 @@ class PPO:
         self.config = self.config.replace(total_timesteps=int(total_timesteps))
         if self.config.compile == "auto" and self.iteration == 0:
             self._decide_compile(self.config.total_timesteps)
+            if self._envs is not None:  # the rollout follows the decision (a compiled update rolls out compiled)
+                self._make_collector(self._envs)
 
     def _say_compile_decision(self) -> None:
         """compile="auto": say once what was decided when it compiles or when a long run cannot (summary.json has it

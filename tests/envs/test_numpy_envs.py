@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import pickle
 
 import gymnasium as gym
@@ -127,3 +128,23 @@ def test_scalar_and_vectorised_paths_agree_over_episodes() -> None:
 def test_unknown_id() -> None:
     with pytest.raises(ValueError, match="numpy"):
         make_numpy_vec_env("Pong-v5", 2)
+
+
+@pytest.mark.parametrize("env_id", NUMPY_ENV_IDS)
+def test_peeked_resets_are_the_states_later_resets_draw(env_id):
+    """peek_resets leaves every generator where it was; after consume_resets(used) env i's generator is where `used[i]`
+    resets would leave it, and those resets drew the peeked states (what ppox.rl.compiled_rollout relies on)."""
+    env = make_numpy_vec_env(env_id, 3, seed=5)
+    before = [rng.bit_generator.state for rng in env._rngs]
+    peeked = env.peek_resets(4)
+    assert peeked.shape == (3, 4, env.state_dim)
+    assert [rng.bit_generator.state for rng in env._rngs] == before
+    twin = copy.deepcopy(env)
+    drawn = [[twin._draw(i) for _ in range(4)] for i in range(3)]
+    np.testing.assert_array_equal(peeked, np.array(drawn, dtype=np.float64))
+    env.consume_resets(np.array([0, 2, 3]))
+    again = make_numpy_vec_env(env_id, 3, seed=5)
+    for i, n in enumerate((0, 2, 3)):
+        for _ in range(n):
+            again._draw(i)
+    assert [rng.bit_generator.state for rng in env._rngs] == [rng.bit_generator.state for rng in again._rngs]
