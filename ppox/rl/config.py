@@ -63,8 +63,10 @@ class PPOConfig(ObjectiveConfig):
     """How gymnasium envs are vectorised: sync (one process), async (a worker process per env), auto = sync."""
     rollout_backend: Literal["auto", "numpy", "torch"] = "auto"
     """How the rollout runs: 'numpy' (policy step and normalisation in numpy: fastest for small MLPs on a CPU
-    with numpy or gymnasium envs), 'torch' (tensors on the device; any env, any policy) or 'auto' (numpy where
-    it applies, else torch). Where numpy does not apply (a GPU, torch envs, a shared trunk) torch runs instead."""
+    with numpy or gymnasium envs), 'torch' (tensors on the device; any env, any policy) or 'auto' (where the
+    update compiles on a CPU and the envs are ppox's numpy twins without normalisation: the compiled rollout, the
+    policy and the twin's physics several steps per library call; else numpy where it applies, else torch).
+    Where numpy does not apply (a GPU, torch envs, a shared trunk) torch runs instead."""
 
     # optimisation
     learning_rate: float = 2.5e-4

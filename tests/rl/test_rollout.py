@@ -8,6 +8,7 @@ import pytest
 import torch
 from gymnasium import spaces
 
+from ppox.rl.compiled_rollout import CompiledCollector
 from ppox.rl.policy import Policy
 from ppox.rl.rollout import (
     FusedTorchStep,
@@ -249,13 +250,14 @@ def _model(tmp_path, **overrides):
 
 
 @pytest.mark.parametrize(("overrides", "collector", "fused"), [
-    ({}, NumpyCollector, None),  # CPU + gymnasium envs: numpy
-    ({"env_backend": "numpy"}, NumpyCollector, None),
+    ({}, CompiledCollector, None),  # the preset's twin and compiled update: the compiled rollout
+    ({"compile": False}, NumpyCollector, None),  # CPU, twin or gymnasium envs: numpy
+    ({"env_backend": "gymnasium"}, NumpyCollector, None),
     ({"rollout_backend": "torch"}, TorchCollector, True),  # asked for
     ({"env_backend": "torch"}, TorchCollector, True),  # torch envs step tensors
     ({"shared_trunk": True}, TorchCollector, False),  # numpy cannot run it: torch, the module's act
     ({"shared_trunk": True, "rollout_backend": "numpy"}, TorchCollector, False),  # the same, never an error
-], ids=["auto", "numpy-envs", "torch-asked", "torch-envs", "shared-trunk", "numpy-asked-unsupported"])
+], ids=["auto", "eager", "gymnasium-envs", "torch-asked", "torch-envs", "shared-trunk", "numpy-asked-unsupported"])
 def test_the_rollout_backend_is_chosen_from_the_config(tmp_path, overrides, collector, fused):
     model = _model(tmp_path, **overrides)
     assert type(model.collector) is collector
