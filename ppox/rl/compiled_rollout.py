@@ -31,13 +31,13 @@ import torch
 from torch.func import functional_call
 
 from ppox.rl import aot
+from ppox.rl.buffer import Collector, Finished, Rollout
 from ppox.rl.fast import CompileTimer, remember_cpu_isa_probe
 from ppox.rl.policy import Policy, PolicyMethod
 
 if TYPE_CHECKING:
     from ppox.rl.envs import VecEnv
     from ppox.rl.normalize import ObsNormalizer, RewardScaler
-    from ppox.rl.rollout import Finished, NumpyCollector, Rollout
 
 MAX_CHUNK_STEPS = 8  # steps per library call: build time grows with it, the per-call overhead is small beside 8 steps
 # what one call returns per step, stacked (chunk_steps, num_envs, ...); then the carried state and V(last obs)
@@ -105,7 +105,7 @@ class CompiledCollector:
     serves a rollout with a per-step callback, and every rollout once the library could not be built."""
 
     def __init__(self, envs: VecEnv, policy: Policy, num_steps: int, rng: np.random.Generator,
-                 fallback: NumpyCollector, timer: CompileTimer | None = None) -> None:
+                 fallback: Collector, timer: CompileTimer | None = None) -> None:
         from ppox.envs import make_torch_vec_env
 
         self.envs, self.policy, self.num_steps, self.rng = envs, policy, num_steps, rng

@@ -40,6 +40,7 @@ from ppox.io import (
 )
 from ppox.rl import aot
 from ppox.rl import checkpoint as ckpt
+from ppox.rl.buffer import Carry, Rollout
 from ppox.rl.callbacks import CallbackLike, CallbackList, make_callbacks, start_callbacks
 from ppox.rl.config import PPOConfig, preset_config
 from ppox.rl.envs import ACTION_MASK_KEY, EnvFn, VecEnv
@@ -62,7 +63,7 @@ from ppox.rl.model_file import (
 )
 from ppox.rl.normalize import ObsNormalizer, RewardScaler
 from ppox.rl.policy import Policy, forward_inputs
-from ppox.rl.rollout import Carry, Rollout, make_collector
+from ppox.rl.rollout import make_collector
 from ppox.rl.spaces import (
     action_spec,
     check_observation_space,
@@ -182,7 +183,7 @@ class PPO:
         # the numpy rollout's action noise (ppox.rl.rollout.NumpyPolicy): seeded here, saved in checkpoints
         self._policy_rng = np.random.default_rng([config.seed % 2**63, self.collective.rank])
         self.collector = None  # the rollout backend, made with the envs (_attach_envs)
-        # a recurrent policy's state, carried across rollouts (ppox.rl.rollout.Carry); part of a checkpoint
+        # a recurrent policy's state, carried across rollouts (ppox.rl.buffer.Carry); part of a checkpoint
         self._carry = Carry.fresh(self.agent, config.num_envs) if self.agent.recurrent else None
         self._compile_said = False
         self._decide_compile(config.total_timesteps)

@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 import torch
 
+from ppox.rl.buffer import Rollout
 from ppox.rl.compiled_rollout import CompiledCollector, chunk_length, rollout_chunk
 from ppox.rl.envs import NonFiniteEnvValue, VecEnv
 from ppox.rl.policy import Policy
 from ppox.rl.ppo import PPO
-from ppox.rl.rollout import NumpyCollector, NumpyPolicy, Rollout
+from ppox.rl.rollout import NumpyCollector, NumpyPolicy
 
 
 class EagerLibrary:

@@ -230,7 +230,7 @@ def test_the_update_uses_the_stored_masks():
     first minibatch. Without the stored masks they would differ by log(2) (2 of 4 actions valid)."""
     model = PPO(PPOConfig(**QUIET), env_fn=lambda: Trap("method"), num_envs=4, num_steps=16)
     model._next_obs = model.envs.reset()
-    from ppox.rl.rollout import Rollout
+    from ppox.rl.buffer import Rollout
 
     buf = Rollout.allocate(16, 4, 4, model.spec, model.device, mask=True)
     last = model._collect(buf, [])

@@ -15,10 +15,10 @@ from gymnasium import spaces
 
 from ppox.core.update import PolicyOutput, ppo_update
 from ppox.errors import ConfigError
+from ppox.rl.buffer import Rollout
 from ppox.rl.config import PPOConfig
 from ppox.rl.policy import Policy, RecurrentCore
 from ppox.rl.ppo import PPO
-from ppox.rl.rollout import Rollout
 from ppox.rl.spaces import ActionSpec
 
 from .test_checkpoint import Killed, assert_same_run, kill_at_env_step

@@ -16,11 +16,12 @@ from gymnasium.wrappers import TimeLimit
 from safetensors.torch import load_file, save_file
 
 from ppox.errors import ConfigError, EnvError, ModelFileError
+from ppox.rl.buffer import Rollout
 from ppox.rl.envs import NonFiniteEnvValue, VecEnv, check_env_id
 from ppox.rl.export import export_policy
 from ppox.rl.policy import CNNEncoder, DictEncoder, ImageMLPEncoder, MLPEncoder, Policy, encoder_name
 from ppox.rl.ppo import PPO
-from ppox.rl.rollout import Rollout, TorchCollector
+from ppox.rl.rollout import TorchCollector
 from ppox.rl.spaces import (
     action_spec,
     encode_flat,

@@ -8,6 +8,7 @@ import pytest
 import torch
 from gymnasium import spaces
 
+from ppox.rl.buffer import Rollout
 from ppox.rl.compiled_rollout import CompiledCollector
 from ppox.rl.policy import Policy
 from ppox.rl.rollout import (
@@ -15,7 +16,6 @@ from ppox.rl.rollout import (
     NumpyCollector,
     NumpyPolicy,
     NumpyRecurrentPolicy,
-    Rollout,
     TorchCollector,
     torch_policy_step,
 )
