@@ -110,11 +110,13 @@ class CompiledCollector:
 
         self.envs, self.policy, self.num_steps, self.rng = envs, policy, num_steps, rng
         self.fallback = fallback
-        self.twin = envs.twin
+        # the twin's limit and physics constants; its state is read from `envs.twin` at each rollout (a resumed
+        # run's checkpoint replaces the env object)
+        self.max_episode_steps = envs.twin.max_episode_steps
         self.chunk_steps = chunk_length(num_steps)
         # the twin's physics as torch functions, in float64 like the numpy twin (its own state and generator unused)
         self.physics = make_torch_vec_env(envs.env_id, envs.num_envs, physics_dtype=torch.float64,
-                                          max_episode_steps=self.twin.max_episode_steps)
+                                          max_episode_steps=self.max_episode_steps)
         spec = policy.spec
         self._continuous = spec.kind == "continuous"
         bounds = (spec.low, spec.high) if self._continuous else ([0.0], [0.0])
@@ -153,7 +155,7 @@ class CompiledCollector:
             self.rng.random(dtype=np.float32, out=noise.numpy())
 
     def _build(self, args: list[torch.Tensor]) -> aot.AotFunction | None:
-        chunk = rollout_chunk(self.policy, self.physics, self.twin.max_episode_steps, self.chunk_steps)
+        chunk = rollout_chunk(self.policy, self.physics, self.max_episode_steps, self.chunk_steps)
         settings = sorted((k, v) for k, v in vars(self.physics).items() if isinstance(v, bool | int | float | str))
         label = "|".join(("rollout chunk", aot.module_signature(self.policy), repr(self.policy.spec),
                           f"{type(self.physics).__qualname__}{settings!r}", str(self.chunk_steps)))
@@ -183,7 +185,7 @@ class CompiledCollector:
         if self.step_hook is not None or self._failed:
             self.fallback.step_hook = self.step_hook
             return self.fallback.collect(buf, obs, finished)
-        twin = self.twin
+        twin = self.envs.twin
         noise, extra, calls = self._buffers(buf, obs)
         counters = self.envs.state_dict()  # copies of the in-progress episodes' returns and lengths
         carried = [torch.from_numpy(twin.state.T.copy()), torch.from_numpy(twin.elapsed_steps.copy()),

@@ -41,7 +41,7 @@ def make(env_id, num_envs=3, num_steps=16, max_episode_steps=None, eager=True, h
     fallback = NumpyCollector(envs, NumpyPolicy(policy, rng), num_steps, None, None)
     collector = CompiledCollector(envs, policy, num_steps, rng, fallback)
     if eager:
-        chunk = rollout_chunk(policy, collector.physics, collector.twin.max_episode_steps, collector.chunk_steps)
+        chunk = rollout_chunk(policy, collector.physics, collector.max_episode_steps, collector.chunk_steps)
         collector._build = lambda args: EagerLibrary(chunk)
     return envs, policy, collector
 
@@ -182,3 +182,29 @@ def test_compile_auto_rolls_out_compiled_on_long_runs_only(tiny):
     assert type(model.collector).__name__ == "NumpyCollector"  # a short run stays eager, rollout too
     model._set_total_timesteps(10_000_000)  # learn(total_timesteps=...) decides again before a run starts
     assert type(model.collector).__name__ == "CompiledCollector"
+
+
+def test_resume_after_a_kill_in_a_compiled_rollout_is_exact(tmp_path, monkeypatch):
+    from tests.rl.test_checkpoint import TINY, Killed, assert_same_run
+
+    kw = dict(TINY, env_backend="numpy", compile=True, checkpoint_every=2)
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    model = PPO("CartPole-v1", run_dir=ref, **kw)
+    assert type(model.collector) is CompiledCollector
+    model.learn()
+    calls, original = {"n": 0}, CompiledCollector.collect
+
+    def collect(self, *args):
+        calls["n"] += 1
+        if calls["n"] == 6:  # iteration 6: the checkpoint of iteration 4 is the latest
+            raise Killed
+        return original(self, *args)
+
+    monkeypatch.setattr(CompiledCollector, "collect", collect)
+    with pytest.raises(Killed):
+        PPO("CartPole-v1", run_dir=run, **kw).learn()
+    monkeypatch.setattr(CompiledCollector, "collect", original)
+    resumed = PPO.resume(run)
+    assert type(resumed.collector) is CompiledCollector
+    resumed.learn()
+    assert_same_run(ref, run)
