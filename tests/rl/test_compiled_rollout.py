@@ -208,3 +208,22 @@ def test_resume_after_a_kill_in_a_compiled_rollout_is_exact(tmp_path, monkeypatc
     assert type(resumed.collector) is CompiledCollector
     resumed.learn()
     assert_same_run(ref, run)
+
+
+def test_a_library_that_cannot_be_built_leaves_the_numpy_rollout(tmp_path, monkeypatch, capsys):
+    from ppox.rl import aot
+
+    monkeypatch.setenv("PPOX_CACHE_DIR", str(tmp_path))  # nothing cached: the first rollout builds
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("no C++ compiler here")
+
+    monkeypatch.setattr(aot, "build", fail)
+    envs, policy, collector = make("CartPole-v1", num_steps=8, eager=False)
+    buf, finished = buffer(envs, policy, 8), []
+    obs, _ = collector.collect(buf, envs.reset(), finished)
+    assert collector._failed
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no C++ compiler here" in err and "the numpy rollout" in err
+    collector.collect(buf, obs, finished)
+    assert capsys.readouterr().err == ""  # said once
