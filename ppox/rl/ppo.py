@@ -251,7 +251,8 @@ class PPO:
         self._compile_said = True
         if self.collective.is_main:
             cold = self.compile_decision.enabled and not compiled_before(self._update_cache_key)
-            note = " (first time here: the compiled update is built once, which takes a while; later runs load it)"
+            note = (" (first time here: the compiled update (and rollout, on ppox's twins) is built once, which takes "
+                    "a while; later runs load it)")
             print(f"compile: {self.compile_decision.reason}{note if cold else ''}", file=sys.stderr, flush=True)
 
     @property
