@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch.func import functional_call
 
+from ppox.envs import TORCH_ENV_IDS, make_torch_vec_env
 from ppox.rl import aot
 from ppox.rl.buffer import Collector, Finished, Rollout
 from ppox.rl.fast import CompileTimer, remember_cpu_isa_probe
@@ -51,14 +52,15 @@ def chunk_length(num_steps: int) -> int:
     return max(k for k in range(1, MAX_CHUNK_STEPS + 1) if num_steps % k == 0)
 
 
-def rollout_chunk(policy: Policy, physics: Any, max_episode_steps: int, chunk_steps: int) -> Callable:
+def rollout_chunk(policy: Policy, torch_twin: Any, max_episode_steps: int, chunk_steps: int) -> Callable:
     """`chunk_steps` rollout steps as a pure function (see the module docstring):
 
     `chunk(state, elapsed, episode_return, episode_length, obs, resets_used, fresh, noise, action_low, action_high,
     *params)` -> (*STEP_KEYS stacked over the steps, *CARRY_KEYS, V(next_obs)). Shapes (N envs, d state variables,
     T = the rollout's steps): state (d, N) float64; elapsed, episode_length, resets_used (N,) int64; episode_return
-    (N,) float64; obs (N, obs_dim) float32; fresh (N, T, d) float64: each env's next T initial states, of which it
-    uses them in order (resets_used counts them); noise (chunk_steps, N, head_size) float32 (uniform draws for
+    (N,) float64; obs (N, obs_dim) float32; fresh (N, T, d) float64: each env's next T initial states, taken in
+    order at its resets (resets_used counts the ones taken); `torch_twin`: the env's batched torch twin (its pure
+    `physics` and `observe`); noise (chunk_steps, N, head_size) float32 (uniform draws for
     categorical heads, N(0, 1) for Gaussian ones: `Policy.act`'s `noise`); action_low/high (action_dim,) float32
     clip Gaussian actions for the env (the buffer keeps them unclipped), unused otherwise; params: the policy's
     parameters in `named_parameters` order.
@@ -76,11 +78,11 @@ def rollout_chunk(policy: Policy, physics: Any, max_episode_steps: int, chunk_st
         for k in range(chunk_steps):
             actions, logprobs, values = functional_call(act, weights, (obs,), {"noise": noise[k]})
             env_actions = torch.minimum(torch.maximum(actions, action_low), action_high) if continuous else actions
-            next_state, reward, terminated = physics.physics(state, env_actions)
+            next_state, reward, terminated = torch_twin.physics(state, env_actions)
             elapsed = elapsed + 1
             truncated = elapsed >= max_episode_steps
             done = terminated | truncated
-            final_obs = physics.observe(next_state)
+            final_obs = torch_twin.observe(next_state)
             episode_return = episode_return + reward
             episode_length = episode_length + 1
             ended_return, ended_length = episode_return, episode_length
@@ -92,7 +94,7 @@ def rollout_chunk(policy: Policy, physics: Any, max_episode_steps: int, chunk_st
             episode_length = torch.where(done, 0, episode_length)
             steps.append((obs, actions, logprobs, values, reward.float(), terminated, done, truncated, final_obs,
                           ended_return, ended_length))
-            obs = physics.observe(state)
+            obs = torch_twin.observe(state)
         stacked = [torch.stack(column) for column in zip(*steps, strict=True)]
         next_value = functional_call(value, weights, (obs,))
         return (*stacked, state, elapsed, episode_return, episode_length, obs, resets_used, next_value)
@@ -106,8 +108,6 @@ class CompiledCollector:
 
     def __init__(self, envs: VecEnv, policy: Policy, num_steps: int, rng: np.random.Generator,
                  fallback: Collector, timer: CompileTimer | None = None) -> None:
-        from ppox.envs import make_torch_vec_env
-
         self.envs, self.policy, self.num_steps, self.rng = envs, policy, num_steps, rng
         self.fallback = fallback
         # the twin's limit and physics constants; its state is read from `envs.twin` at each rollout (a resumed
@@ -115,7 +115,7 @@ class CompiledCollector:
         self.max_episode_steps = envs.twin.max_episode_steps
         self.chunk_steps = chunk_length(num_steps)
         # the twin's physics as torch functions, in float64 like the numpy twin (its own state and generator unused)
-        self.physics = make_torch_vec_env(envs.env_id, envs.num_envs, physics_dtype=torch.float64,
+        self.torch_twin = make_torch_vec_env(envs.env_id, envs.num_envs, physics_dtype=torch.float64,
                                           max_episode_steps=self.max_episode_steps)
         spec = policy.spec
         self._continuous = spec.kind == "continuous"
@@ -133,8 +133,6 @@ class CompiledCollector:
     def why_not(envs: VecEnv, policy: Policy, obs_norm: ObsNormalizer | None,
                 reward_scaler: RewardScaler | None) -> str | None:
         """Why this rollout cannot run these envs and this policy (None: it can)."""
-        from ppox.envs import TORCH_ENV_IDS
-
         if envs.twin is None or envs.env_id not in TORCH_ENV_IDS:
             return "the envs are not one of ppox's numpy twins stepped as they are"
         if policy.recurrent or next(policy.parameters()).device.type != "cpu":
@@ -155,10 +153,10 @@ class CompiledCollector:
             self.rng.random(dtype=np.float32, out=noise.numpy())
 
     def _build(self, args: list[torch.Tensor]) -> aot.AotFunction | None:
-        chunk = rollout_chunk(self.policy, self.physics, self.max_episode_steps, self.chunk_steps)
-        settings = sorted((k, v) for k, v in vars(self.physics).items() if isinstance(v, bool | int | float | str))
+        chunk = rollout_chunk(self.policy, self.torch_twin, self.max_episode_steps, self.chunk_steps)
+        settings = sorted((k, v) for k, v in vars(self.torch_twin).items() if isinstance(v, bool | int | float | str))
         label = "|".join(("rollout chunk", aot.module_signature(self.policy), repr(self.policy.spec),
-                          f"{type(self.physics).__qualname__}{settings!r}", str(self.chunk_steps)))
+                          f"{type(self.torch_twin).__qualname__}{settings!r}", str(self.chunk_steps)))
         timed = self._timer.add if self._timer is not None else None
         return aot.load_or_build_or_none(chunk, label, args, remember_cpu_isa_probe, timed, small_batch=True,
                                          fallback="the numpy rollout")
@@ -214,7 +212,7 @@ class CompiledCollector:
         last_value = out[-1].clone()
         if not (torch.isfinite(extra["final_obs"]).all() and torch.isfinite(buf.rewards).all()):
             # nothing of the envs is written yet (their state, generators and counters): the numpy rollout takes this
-            # one from the same start and noise, and names the env or restarts the envs (--max-env-restarts)
+            # one from the same start and Generator state, and names the env or restarts the envs (--max-env-restarts)
             self.rng.bit_generator.state = noise_from
             self.fallback.step_hook = None
             return self.fallback.collect(buf, obs, finished)

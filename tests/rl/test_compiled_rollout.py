@@ -41,7 +41,7 @@ def make(env_id, num_envs=3, num_steps=16, max_episode_steps=None, eager=True, h
     fallback = NumpyCollector(envs, NumpyPolicy(policy, rng), num_steps, None, None)
     collector = CompiledCollector(envs, policy, num_steps, rng, fallback)
     if eager:
-        chunk = rollout_chunk(policy, collector.physics, collector.max_episode_steps, collector.chunk_steps)
+        chunk = rollout_chunk(policy, collector.torch_twin, collector.max_episode_steps, collector.chunk_steps)
         collector._build = lambda args: EagerLibrary(chunk)
     return envs, policy, collector
 
