@@ -8,7 +8,7 @@ WANDB_MODE=offline logs to files (wandb's `sync` uploads them later).
 
 from __future__ import annotations
 
-import contextlib
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -64,8 +64,11 @@ class WandbRun:
             for key, value in summary.items():
                 if isinstance(value, int | float | str | bool):
                     run.summary[key] = value
-        with contextlib.suppress(Exception):  # closing never masks the run's own outcome
+        try:
             run.finish()
+        except Exception as exc:  # closing never masks the run's own outcome, but is never silent either
+            print(f"warning: could not close the W&B run ({type(exc).__name__}: {str(exc)[:200]}); its records may "
+                  "be incomplete", file=sys.stderr, flush=True)
 
 
 def log_videos(run_dir: str | Path, settings: dict[str, Any], paths: list[Path]) -> None:
