@@ -81,6 +81,13 @@ def module_signature(module: torch.nn.Module) -> str:
     return "\n".join(parts)
 
 
+def settings_signature(obj: object) -> str:
+    """`obj`'s class and plain scalar attributes (an env's constants, which a traced physics step bakes in), for a
+    label."""
+    settings = sorted((k, v) for k, v in vars(obj).items() if isinstance(v, bool | int | float | str))
+    return f"{type(obj).__module__}.{type(obj).__qualname__}{settings!r}"
+
+
 def _digest(t: torch.Tensor) -> str:
     return hashlib.sha256(t.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
 
@@ -317,4 +324,5 @@ class LazyAot:
 
 
 __all__ = ["AotFunction", "LazyAot", "aot_key", "build", "cache_dir", "defer_dynamo_import", "enabled", "load_cached",
-           "load_or_build", "load_or_build_or_none", "module_signature", "prune", "source_digest"]
+           "load_or_build", "load_or_build_or_none", "module_signature", "prune", "settings_signature",
+           "source_digest"]

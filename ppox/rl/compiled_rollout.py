@@ -44,7 +44,6 @@ MAX_CHUNK_STEPS = 8  # steps per library call: build time grows with it, the per
 # what one call returns per step, stacked (chunk_steps, num_envs, ...); then the carried state and V(last obs)
 STEP_KEYS = ("obs", "actions", "logprobs", "values", "rewards", "terminated", "episode_end", "truncated", "final_obs",
              "ended_return", "ended_length")
-CARRY_KEYS = ("state", "elapsed", "episode_return", "episode_length", "next_obs", "resets_used")
 
 
 def chunk_length(num_steps: int) -> int:
@@ -56,7 +55,8 @@ def rollout_chunk(policy: Policy, torch_twin: Any, max_episode_steps: int, chunk
     """`chunk_steps` rollout steps as a pure function (see the module docstring):
 
     `chunk(state, elapsed, episode_return, episode_length, obs, resets_used, fresh, noise, action_low, action_high,
-    *params)` -> (*STEP_KEYS stacked over the steps, *CARRY_KEYS, V(next_obs)). Shapes (N envs, d state variables,
+    *params)` -> (*STEP_KEYS stacked over the steps, then the carry: state, elapsed, episode_return,
+    episode_length, next_obs, resets_used; then V(next_obs)). Shapes (N envs, d state variables,
     T = the rollout's steps): state (d, N) float64; elapsed, episode_length, resets_used (N,) int64; episode_return
     (N,) float64; obs (N, obs_dim) float32; fresh (N, T, d) float64: each env's next T initial states, taken in
     order at its resets (resets_used counts the ones taken); `torch_twin`: the env's batched torch twin (its pure
@@ -154,9 +154,8 @@ class CompiledCollector:
 
     def _build(self, args: list[torch.Tensor]) -> aot.AotFunction | None:
         chunk = rollout_chunk(self.policy, self.torch_twin, self.max_episode_steps, self.chunk_steps)
-        settings = sorted((k, v) for k, v in vars(self.torch_twin).items() if isinstance(v, bool | int | float | str))
         label = "|".join(("rollout chunk", aot.module_signature(self.policy), repr(self.policy.spec),
-                          f"{type(self.torch_twin).__qualname__}{settings!r}", str(self.chunk_steps)))
+                          aot.settings_signature(self.torch_twin), str(self.chunk_steps)))
         timed = self._timer.add if self._timer is not None else None
         return aot.load_or_build_or_none(chunk, label, args, remember_cpu_isa_probe, timed, small_batch=True,
                                          fallback="the numpy rollout")
@@ -232,4 +231,4 @@ class CompiledCollector:
         return next_obs, last_value
 
 
-__all__ = ["CARRY_KEYS", "MAX_CHUNK_STEPS", "STEP_KEYS", "CompiledCollector", "chunk_length", "rollout_chunk"]
+__all__ = ["MAX_CHUNK_STEPS", "STEP_KEYS", "CompiledCollector", "chunk_length", "rollout_chunk"]

@@ -157,8 +157,7 @@ def compile_torch_env(env, timer: CompileTimer | None = None) -> None:
     if dynamics is None:
         return
     if aot.enabled(torch.device(getattr(env, "device", "cpu"))) and getattr(env, "randomization", None) is None:
-        settings = sorted((k, v) for k, v in vars(env).items() if isinstance(v, (bool, int, float, str)))
-        label = f"torch env dynamics|{type(env).__module__}.{type(env).__qualname__}|{settings!r}"
+        label = f"torch env dynamics|{aot.settings_signature(env)}"
         env._dynamics = aot.LazyAot(dynamics, label, fallback=made_on_first_call(lambda: _compiled_dynamics(
             dynamics, timer)), prepare=remember_cpu_isa_probe, timed=timer.add if timer is not None else None)
         return
