@@ -68,6 +68,27 @@ def compile_fn(fn: Callable, enabled: bool, cpp_wrapper: bool = False, device: t
     return torch.compile(fn, fullgraph=True, dynamic=False, options=options)
 
 
+def cuda_graphs_enabled() -> bool:
+    """CUDA graphs for the compiled update and rollout (PPOX_CUDA_GRAPHS=0 turns them off, for comparisons)."""
+    return os.environ.get("PPOX_CUDA_GRAPHS", "1") != "0"
+
+
+def capture_cuda_graph(body: Callable[[], Any]) -> tuple[torch.cuda.CUDAGraph, Any]:
+    """(graph, outputs): `body` (no arguments; it reads and writes fixed tensors) run once on a side stream, which
+    compiles what it calls and lets the CUDA libraries make their handles, then captured into a CUDA graph. Each
+    `graph.replay()` then reruns the captured kernels on the same tensors and rewrites `outputs` in place. The
+    warm-up run really writes the tensors: the caller loads its inputs again before the first replay."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        body()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        outputs = body()
+    return graph, outputs
+
+
 def _isa_cache_path() -> Path:
     root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(root) / "ppox" / "inductor_vec_isa.json"
@@ -445,6 +466,11 @@ class CompiledUpdate:
         # fewer calls of "epoch"/"iteration" did not repay their longer compile over CleanRL-length runs
         # (docs/performance.md), so one call per minibatch is the default.
         self.unroll = "minibatch"
+        # On a GPU all minibatch steps of an update are one CUDA graph replay (`_graphed_update`): the compiled step
+        # captured epochs x minibatches times, on fixed buffers.
+        self._graph: dict[str, Any] | None = None
+        self._graph_failed = False
+        self._graph_generator: torch.Generator | None = None
 
     # the pure function ----------------------------------------------------------------------
     def _make_step(self) -> Callable:
@@ -464,14 +490,17 @@ class CompiledUpdate:
 
         return step
 
-    def _make_chunk(self, epochs: int, minibatches: int, masked: bool) -> Callable:
+    def _make_chunk(self, epochs: int, minibatches: int, masked: bool, step: Callable | None = None,
+                    idx_buffer: torch.Tensor | None = None) -> Callable:
         """`epochs` x `minibatches` minibatch steps unrolled into one function (one compiled graph).
 
         `masked` (several epochs per call with target_kl): target_kl's early stop without leaving the graph.
         Every epoch is computed, but after the first epoch whose mean approx_kl exceeds target_kl, the
-        steps leave the weights, Adam's state and the statistics untouched.
+        steps leave the weights, Adam's state and the statistics untouched. `step`: the minibatch step to call
+        (default `_make_step()`); `idx_buffer`: each minibatch's rows are copied into it and the step reads them
+        there (a compiled step whose inputs never move, inside a CUDA graph).
         """
-        step = self._make_step()
+        step = step or self._make_step()
         n_stats = len(STAT_KEYS)
         kl_index = STAT_KEYS.index("approx_kl")
 
@@ -492,7 +521,8 @@ class CompiledUpdate:
             for e in range(epochs):
                 epoch_start = totals
                 for j in range(minibatches):
-                    stats = step(flat_params, flat_exp_avg, flat_exp_avg_sq, adam_step_count, batch, idx[e, j], lr,
+                    rows = idx[e, j] if idx_buffer is None else idx_buffer.copy_(idx[e, j])
+                    stats = step(flat_params, flat_exp_avg, flat_exp_avg_sq, adam_step_count, batch, rows, lr,
                                  kl_coef, ~stopped if masked else None)
                     totals = totals + (torch.where(stopped, 0.0, stats) if masked else stats)
                 if masked:
@@ -551,6 +581,104 @@ class CompiledUpdate:
             return 1, num_minibatches
         return 1, 1
 
+    # the CUDA graph ----------------------------------------------------------------------------
+    def _capture_update(self, key: tuple, batch: dict[str, torch.Tensor], update_epochs: int, num_minibatches: int,
+                        masked: bool) -> dict[str, Any]:
+        """The fixed buffers of a graphed update and its CUDA graph (the compiled step captured for every
+        minibatch of every epoch, `_make_chunk`'s loop), for batches shaped like `batch`."""
+        device, params = self._device, [self._params[n].detach() for n in self.names]
+        batch_size = next(iter(batch.values())).shape[0]
+        minibatch_size = batch_size // num_minibatches
+        total = sum(self._sizes)
+
+        def flat() -> tuple[torch.Tensor, list[torch.Tensor]]:
+            buffer = torch.zeros(total, device=device)
+            return buffer, [v.view_as(p) for v, p in zip(buffer.split(self._sizes), params, strict=True)]
+
+        g: dict[str, Any] = {"key": key}
+        (g["params"], g["param_views"]), (g["exp_avg"], g["exp_avg_views"]), (g["exp_avg_sq"], g["exp_avg_sq_views"]) \
+            = flat(), flat(), flat()
+        g["step"] = torch.zeros((), device=device)
+        g["batch"] = {k: torch.zeros_like(v, memory_format=torch.contiguous_format) for k, v in batch.items()}
+        for k, v in batch.items():  # real data for the warm-up run (zeros would give a degenerate loss)
+            g["batch"][k].copy_(v)
+        g["idx"] = torch.arange(batch_size, device=device).repeat(update_epochs).view(
+            update_epochs, num_minibatches, minibatch_size)
+        g["idx_mb"] = torch.zeros(minibatch_size, dtype=torch.int64, device=device)
+        g["lr"], g["kl"] = torch.zeros((), device=device), torch.zeros((), device=device)
+        g["target"] = torch.zeros((), dtype=torch.float64, device=device)
+        step = compile_fn(self._make_step(), True, device=device)
+        chunk = self._make_chunk(update_epochs, num_minibatches, masked, step=step, idx_buffer=g["idx_mb"])
+        n_stats = len(STAT_KEYS)
+
+        def body() -> tuple[torch.Tensor, torch.Tensor]:
+            totals = torch.zeros(n_stats + 2, device=device)
+            return chunk(g["params"], g["exp_avg"], g["exp_avg_sq"], g["step"], g["batch"], g["idx"], g["lr"], g["kl"],
+                         totals, g["target"])
+
+        start = time.perf_counter()
+        g["graph"], g["out"] = capture_cuda_graph(body)
+        if self._timer is not None:
+            self._timer.add(time.perf_counter() - start)
+        return g
+
+    def _graphs_apply(self, device: torch.device) -> bool:
+        """Whether this update is one CUDA graph replay: compiled, on a GPU, no memory core, graphs on and working."""
+        return (self._compiled and device.type == "cuda" and not self.recurrent and not self._graph_failed
+                and cuda_graphs_enabled())
+
+    def _graphed_update(self, batch: dict[str, torch.Tensor], update_epochs: int, num_minibatches: int,
+                        target_kl: float | None, kl_coef: float,
+                        generator: torch.Generator | None) -> UpdateResult | None:
+        """`update` as one CUDA graph replay; None where the capture failed (said once; the caller's path serves).
+
+        The minibatches are drawn on the GPU (a CUDA generator seeded from `generator` at each update: the run's
+        shuffling stays one seeded stream, saved in checkpoints); target_kl's early stop is masked in the graph."""
+        batch_size = next(iter(batch.values())).shape[0]
+        masked = target_kl is not None and update_epochs > 1
+        key = (update_epochs, num_minibatches, masked, tuple((k, v.shape, v.dtype) for k, v in sorted(batch.items())))
+        if self._graph is None or self._graph["key"] != key:
+            self._graph = None
+            try:
+                self._graph = self._capture_update(key, batch, update_epochs, num_minibatches, masked)
+            except Exception as exc:  # any compile or capture failure: the update runs without the graph, said once
+                self._graph_failed = True
+                print(f"note: the CUDA-graph update failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
+                      "the compiled update runs without it", file=sys.stderr, flush=True)
+                return None
+        g, device = self._graph, self._device
+        params = [self._params[n].detach() for n in self.names]
+        exp_avgs, exp_avg_sqs, steps = self._adam_state()
+        if any(float(s) != float(steps[0]) for s in steps[1:]):
+            raise RuntimeError("CompiledUpdate needs every parameter at the same Adam step count")
+        torch._foreach_copy_(g["param_views"], params)
+        torch._foreach_copy_(g["exp_avg_views"], exp_avgs)
+        torch._foreach_copy_(g["exp_avg_sq_views"], exp_avg_sqs)
+        g["step"].fill_(float(steps[0]))
+        for k, v in batch.items():
+            g["batch"][k].copy_(v)
+        if self._graph_generator is None:
+            self._graph_generator = torch.Generator(device=device)
+        self._graph_generator.manual_seed(int(torch.randint(0, 2**62, (), generator=generator)))
+        keys = torch.rand((update_epochs, batch_size), device=device, generator=self._graph_generator)
+        g["idx"].copy_(keys.argsort(dim=1).view_as(g["idx"]))  # one permutation per epoch
+        g["lr"].fill_(float(self.optimizer.param_groups[0]["lr"]))
+        g["kl"].fill_(float(kl_coef))
+        g["target"].fill_(float(target_kl) if target_kl is not None else 0.0)
+        g["graph"].replay()
+        torch._foreach_copy_(params, g["param_views"])
+        torch._foreach_copy_(exp_avgs, g["exp_avg_views"])
+        torch._foreach_copy_(exp_avg_sqs, g["exp_avg_sq_views"])
+        totals, ran = g["out"]
+        sums, epochs_run = totals.tolist(), int(ran)  # the update's one read
+        step_count = float(g["step"])
+        for s in steps:
+            s.fill_(step_count)
+        if self._signature is None and self.cache_key is not None:
+            remember_compiled(self.cache_key)
+        self._signature = key
+        return _result(sums, epochs_run, epochs_run * num_minibatches)
+
     # the loop -----------------------------------------------------------------------------------
     def _adam_state(self) -> tuple[list, list, list]:
         """The optimizer's own state tensors (created like Adam does on its first step)."""
@@ -584,6 +712,10 @@ class CompiledUpdate:
             raise ValueError(f"batch size {batch_size} is not divisible by num_minibatches {num_minibatches}")
         minibatch_size = batch_size // num_minibatches
         device = next(iter(batch.values())).device
+        if self._graphs_apply(device):
+            result = self._graphed_update(batch, update_epochs, num_minibatches, target_kl, kl_coef, generator)
+            if result is not None:
+                return result
         params = [self._params[n].detach() for n in self.names]
         exp_avgs, exp_avg_sqs, steps = self._adam_state()
         # One flat buffer each for the weights and Adam's moments for the length of this update: the
@@ -593,7 +725,8 @@ class CompiledUpdate:
         flat_params = torch.cat([p.reshape(-1) for p in params])
         flat_exp_avg = torch.cat([m.reshape(-1) for m in exp_avgs])
         flat_exp_avg_sq = torch.cat([v.reshape(-1) for v in exp_avg_sqs])
-        step_count = steps[0].detach().clone()
+        # on the device: a CPU scalar in a GPU graph would make inductor build CPU kernels (C++) for it
+        step_count = steps[0].detach().to(device, copy=True)
         if any(float(s) != float(step_count) for s in steps[1:]):
             raise RuntimeError("CompiledUpdate needs every parameter at the same Adam step count")
         lr = torch.tensor(float(self.optimizer.param_groups[0]["lr"]), device=device)
@@ -674,12 +807,17 @@ class CompiledUpdate:
                 torch._foreach_copy_(tensors, [t.view_as(x) for t, x in zip(parts, tensors, strict=True)])
             for s in steps:
                 s.copy_(step_count)
-        sums = totals.tolist()
-        count = sums[n_stats]
-        n = max(count, 1.0)
-        result = {k: sums[i] / n for i, k in enumerate(STAT_KEYS)}
-        optimizer_steps = int(sums[n_stats + 1])
-        return UpdateResult(result, epochs_run, int(count), optimizer_steps, minibatches - optimizer_steps)
+        return _result(totals.tolist(), epochs_run, minibatches)
+
+
+def _result(sums: list[float], epochs_run: int, minibatches: int) -> UpdateResult:
+    """The UpdateResult of summed statistics: [*STAT_KEYS, finite count, applied count]."""
+    n_stats = len(STAT_KEYS)
+    count = sums[n_stats]
+    n = max(count, 1.0)
+    result = {k: sums[i] / n for i, k in enumerate(STAT_KEYS)}
+    optimizer_steps = int(sums[n_stats + 1])
+    return UpdateResult(result, epochs_run, int(count), optimizer_steps, minibatches - optimizer_steps)
 
 
 __all__ = [
@@ -690,10 +828,12 @@ __all__ = [
     "CompiledUpdate",
     "adam_step",
     "adam_supported",
+    "capture_cuda_graph",
     "clip_grad_global_norm",
     "compile_fn",
     "compile_torch_env",
     "compiled_before",
+    "cuda_graphs_enabled",
     "decide_compile",
     "made_on_first_call",
     "minibatch_step",

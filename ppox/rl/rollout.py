@@ -12,6 +12,8 @@ Three backends, one chosen per run by `make_collector` (the only place that deci
 * `CompiledCollector` (ppox.rl.compiled_rollout): a compiled run on ppox's numpy twins with an MLP
   policy: the policy's `act`, the twin's physics and autoreset for several steps per call of one compiled
   library (~3-4x faster than the numpy rollout at CleanRL's 4 envs).
+* `GraphedCollector` (ppox.rl.graphed_rollout): a compiled run on a GPU with ppox's batched torch envs and an
+  MLP policy: the same step function (`rollout_chunk`), the whole rollout one CUDA graph replay.
 
 All sample the policy's distribution; each draws its own random stream (torch's generator; the
 trainer's numpy Generator, saved in checkpoints). None re-implements the network: the fast steps
@@ -31,6 +33,7 @@ import torch
 from ppox.rl.buffer import Carry, Collector, Finished, Rollout
 from ppox.rl.compiled_rollout import CompiledCollector
 from ppox.rl.fast import CompileTimer, compile_fn
+from ppox.rl.graphed_rollout import GraphedCollector
 from ppox.rl.normalize import ObsNormalizer, RewardScaler
 from ppox.rl.policy import Policy
 from ppox.rl.spaces import LOG_SQRT_2PI, MASKED_LOGIT
@@ -49,8 +52,9 @@ def make_collector(
     when the policy runs on the CPU, the envs step in numpy and `NumpyPolicy` runs this policy, else
     torch. "auto" with `config.compile` True (resolved, not "auto") means the compiled rollout
     (ppox.rl.compiled_rollout) where it applies: ppox's numpy twins stepped as they are, an MLP policy,
-    no normalisation. The torch path is the fallback for any policy (memory, any encoder), never an
-    error; `carry`: a recurrent policy's state (required then)."""
+    no normalisation; on a GPU, the CUDA-graph rollout (ppox.rl.graphed_rollout) where it applies: ppox's batched
+    torch envs, an MLP policy, no normalisation. The torch path is the fallback for any policy (memory, any
+    encoder), never an error; `carry`: a recurrent policy's state (required then)."""
     on_cpu = next(policy.parameters()).device.type == "cpu"
     if config.rollout_backend != "torch" and on_cpu and envs.numpy_backend:
         if NumpyPolicy.supported(policy):
@@ -65,7 +69,12 @@ def make_collector(
     if config.rollout_backend == "numpy":
         _note_once(f"rollout_backend numpy cannot run this policy ({_why_not_numpy(policy, on_cpu, envs)}): "
                    "the torch rollout runs it")
-    return TorchCollector(envs, policy, config.num_steps, obs_norm, reward_scaler, config.compile, timer, carry)
+    torch_rollout = TorchCollector(envs, policy, config.num_steps, obs_norm, reward_scaler, config.compile, timer,
+                                   carry)
+    if (config.rollout_backend == "auto" and config.compile is True
+            and GraphedCollector.why_not(envs, policy, obs_norm, reward_scaler) is None):
+        return GraphedCollector(envs, policy, config.num_steps, torch_rollout, timer)
+    return torch_rollout
 
 
 def _why_not_numpy(policy: Policy, on_cpu: bool, envs: VecEnv) -> str:

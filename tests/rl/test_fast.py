@@ -374,3 +374,106 @@ def test_torch_env_physics_built_ahead_of_time_matches_eager(tmp_path, monkeypat
         for got, want in zip(compiled.step(a)[:4], eager.step(a)[:4], strict=True):
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     assert compiled._dynamics.compiled is not None and not compiled._dynamics.failed
+
+
+def run_as_if_graphed(monkeypatch):
+    """The graphed update's loop on a CPU: its body run where a GPU would capture and replay it, uncompiled."""
+    from ppox.rl import fast
+
+    def capture(body):
+        body()  # the warm-up run
+        outputs = body()  # a GPU records this run instead of running it
+
+        class Graph:
+            def replay(self):
+                torch._foreach_copy_(list(outputs), list(body()))
+
+        return Graph(), outputs
+
+    monkeypatch.setattr(fast, "capture_cuda_graph", capture)
+    monkeypatch.setattr(fast, "compile_fn", lambda fn, enabled, **kwargs: fn)
+    monkeypatch.setattr(CompiledUpdate, "_graphs_apply", lambda self, device: True)
+
+
+@pytest.mark.parametrize("target_kl", [None, 0.004])
+def test_the_graphed_update_is_the_eager_update_for_its_minibatches(monkeypatch, target_kl):
+    """Weights, Adam's state and step count, statistics and epochs run (target_kl's stop masked in the graph) equal
+    `ppo_update`'s for the permutations the graphed update draws (one per epoch, from a generator seeded by the
+    run's shuffling generator); three updates in a row, so each starts from the state the last one wrote back."""
+    run_as_if_graphed(monkeypatch)
+    torch.manual_seed(0)
+    spec = ActionSpec("discrete", (3,), 3)
+    eager_agent = Policy(OBS, spec, hidden_sizes=(16, 16))
+    graphed_agent = copy.deepcopy(eager_agent)
+    settings = ObjectiveConfig()
+    eager_opt = torch.optim.Adam(eager_agent.parameters(), lr=3e-2, eps=1e-5)
+    graphed_opt = torch.optim.Adam(graphed_agent.parameters(), lr=3e-2, eps=1e-5)
+    update = CompiledUpdate(graphed_agent, graphed_opt, settings, max_grad_norm=0.5, compile=True)
+    batch = make_batch(eager_agent)
+    shuffle = torch.Generator().manual_seed(5)
+    randperm = torch.randperm
+    epochs = []
+    for _ in range(3):
+        # the graphed update's minibatches: argsort of uniform keys from a generator seeded off `shuffle`
+        ahead = torch.Generator().manual_seed(0)
+        ahead.set_state(shuffle.get_state())
+        seeded = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (), generator=ahead)))
+        perms = list(torch.rand((4, 64), generator=seeded).argsort(dim=1))
+        monkeypatch.setattr(torch, "randperm", lambda n, generator=None, perms=perms: perms.pop(0))
+        r_eager = ppo_update(batch, lambda mb: PolicyOutput(*eager_agent(mb["obs"], mb["actions"])), eager_opt,
+                             eager_agent.parameters(), settings, update_epochs=4, num_minibatches=4, max_grad_norm=0.5,
+                             target_kl=target_kl, kl_coef=0.1)
+        monkeypatch.setattr(torch, "randperm", randperm)
+        r_graphed = update.update(batch, update_epochs=4, num_minibatches=4, target_kl=target_kl, kl_coef=0.1,
+                                  generator=shuffle)
+        assert update._graph is not None  # the graphed path ran
+        assert_same(eager_agent, graphed_agent, eager_opt, graphed_opt, r_eager, r_graphed)
+        epochs.append(r_eager.epochs_run)
+    if target_kl is not None:
+        assert min(epochs) < 4  # the early stop happened (and was masked alike)
+
+
+def test_a_failed_capture_falls_back_to_the_compiled_update_and_says_so(monkeypatch, capsys):
+    from ppox.rl import fast
+
+    run_as_if_graphed(monkeypatch)
+
+    def broken(body):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(fast, "capture_cuda_graph", broken)
+    agent = Policy(OBS, ActionSpec("discrete", (3,), 3), hidden_sizes=(8,))
+    update = CompiledUpdate(agent, torch.optim.Adam(agent.parameters()), ObjectiveConfig(), 0.5, compile=False)
+    update._compiled = True  # as compiled, the graph is tried; compile=False keeps the fallback's chunk eager
+    monkeypatch.setattr(update, "_aot_step", lambda *args: None)
+    result = update.update(make_batch(agent), update_epochs=1, num_minibatches=2, generator=torch.Generator())
+    assert result.optimizer_steps == 2 and update._graph_failed
+    assert "the CUDA-graph update failed (RuntimeError: operation not permitted" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.parametrize("target_kl", [None, 0.004])
+def test_the_graph_replays_the_update_on_a_gpu(monkeypatch, target_kl):
+    """The captured update (compiled step, CUDA graph) equals its loop run eagerly on the same GPU inputs."""
+    torch.manual_seed(0)
+    agent = Policy(OBS, ActionSpec("discrete", (3,), 3), hidden_sizes=(64, 64))
+    batch = {k: v.cuda() for k, v in make_batch(agent, n=4096).items()}
+    agents = [agent.cuda(), copy.deepcopy(agent).cuda()]
+    opts = [torch.optim.Adam(a.parameters(), lr=3e-3, eps=1e-5) for a in agents]
+    graphed, reference = (CompiledUpdate(a, o, ObjectiveConfig(), max_grad_norm=0.5, compile=True)
+                          for a, o in zip(agents, opts, strict=True))
+    shuffles = [torch.Generator().manual_seed(5) for _ in agents]
+    for _ in range(3):
+        results = []
+        for update, shuffle in zip((graphed, reference), shuffles, strict=True):
+            if update is reference:  # the same loop without the graph or the compiler
+                run_as_if_graphed(monkeypatch)
+            results.append(update.update(batch, update_epochs=4, num_minibatches=4, target_kl=target_kl,
+                                         kl_coef=0.1, generator=shuffle))
+            monkeypatch.undo()
+        assert graphed._graph is not None and not graphed._graph_failed
+        assert results[0].epochs_run == results[1].epochs_run
+        for a, b in zip(agents[0].parameters(), agents[1].parameters(), strict=True):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+        for key in results[0].stats:
+            assert results[0].stats[key] == pytest.approx(results[1].stats[key], rel=1e-3, abs=1e-6)
