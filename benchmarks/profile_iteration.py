@@ -11,6 +11,9 @@ Prints one Markdown table (mean ms per iteration per phase over the iterations a
 from __future__ import annotations
 
 import argparse
+import cProfile
+import itertools
+import pstats
 import statistics
 import tempfile
 import time
@@ -30,16 +33,24 @@ def main() -> None:
     p.add_argument("--iterations", type=int, default=30)
     p.add_argument("--skip", type=int, default=5, help="first iterations left out (compile, capture)")
     p.add_argument("--compile", default="true", choices=["true", "false", "auto"])
+    p.add_argument("--profile-construction", action="store_true", help="cProfile of PPO(...) (top 18 entries)")
     a = p.parse_args()
     compile_setting = {"true": True, "false": False, "auto": "auto"}[a.compile]
     sync = torch.cuda.synchronize if a.device.startswith("cuda") else (lambda: None)
     times: dict[str, list[float]] = defaultdict(list)
     with tempfile.TemporaryDirectory() as run_dir:
         start = time.perf_counter()
+        profiler = cProfile.Profile() if a.profile_construction else None
+        if profiler is not None:
+            profiler.enable()
         model = PPO(a.env, env_backend="torch", device=a.device, num_envs=a.num_envs, num_steps=a.num_steps,
                     num_minibatches=4, update_epochs=4, learning_rate=2.5e-4, compile=compile_setting, progress=False,
                     total_timesteps=a.iterations * a.num_envs * a.num_steps, run_dir=run_dir)
         construction = time.perf_counter() - start
+        construction_profile = None
+        if profiler is not None:
+            profiler.disable()
+            construction_profile = pstats.Stats(profiler)
         for phase in ("_collect", "_advantages", "_update", "_record"):
             method = getattr(model, phase)
 
@@ -62,7 +73,7 @@ def main() -> None:
 
         model._record = record_and_mark
         model.learn()
-    iterations = [b - a_ for a_, b in zip(marks, marks[1:], strict=False)][a.skip:]
+    iterations = [b - a_ for a_, b in itertools.pairwise(marks)][a.skip:]
     rows = {k.lstrip("_"): statistics.mean(v[a.skip + 1:]) * 1e3 for k, v in times.items()}
     total = statistics.mean(iterations) * 1e3
     steps = a.num_envs * a.num_steps
@@ -74,6 +85,11 @@ def main() -> None:
     print(f"| iteration | {total:.2f} ({steps / total * 1e3 / 1e6:.2f}M env-steps/s) |")
     print(f"| construction s / compile s | {construction:.1f} / {model.compile_timer.seconds:.1f} |")
     print(f"| collector | {type(model.collector).__name__} |")
+    for what, seconds in model.compile_timer.parts.items():
+        print(f"| compile: {what} | {seconds:.1f} s |")
+    if construction_profile is not None:
+        print("construction, top cumulative:")
+        construction_profile.sort_stats("cumulative").print_stats(18)
 
 
 if __name__ == "__main__":

@@ -69,16 +69,27 @@ class WeightGuard:
         self.optimizer = optimizer
         self._params: list[torch.Tensor] | None = None
         self._optim: dict[torch.Tensor, dict[str, Any]] = {}
+        self._optim_layout: list[tuple] | None = None  # what `_optim` holds copies of
 
     def save(self) -> None:
         with torch.no_grad():
             if self._params is None:
                 self._params = [p.detach().clone() for p in self.params]
             else:
-                for saved, p in zip(self._params, self.params, strict=True):
-                    saved.copy_(p)
-        self._optim = {p: {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in st.items()}
-                       for p, st in self.optimizer.state.items()}
+                torch._foreach_copy_(self._params, [p.detach() for p in self.params])
+            # the optimizer's state into the copies of the last save where its layout is unchanged (one batched
+            # copy: on a GPU, a few launches instead of one clone per tensor), else new copies
+            layout = [(id(p), k, v.shape, v.dtype, v.device) if isinstance(v, torch.Tensor) else (id(p), k, v)
+                      for p, st in self.optimizer.state.items() for k, v in st.items()]
+            if layout == self._optim_layout:
+                def tensors(state: dict) -> list[torch.Tensor]:
+                    return [v for st in state.values() for v in st.values() if isinstance(v, torch.Tensor)]
+
+                torch._foreach_copy_(tensors(self._optim), tensors(self.optimizer.state))
+                return
+            self._optim_layout = layout
+            self._optim = {p: {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in st.items()}
+                           for p, st in self.optimizer.state.items()}
 
     def finite(self) -> bool:
         return all_finite(self.params)

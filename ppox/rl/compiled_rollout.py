@@ -52,7 +52,7 @@ def chunk_length(num_steps: int) -> int:
 
 
 def rollout_chunk(policy: Policy, torch_twin: Any, max_episode_steps: int, chunk_steps: int,
-                  final_values: bool = False, next_value: bool = True) -> Callable:
+                  next_value: bool = True) -> Callable:
     """`chunk_steps` rollout steps as a pure function (see the module docstring):
 
     `chunk(state, elapsed, episode_return, episode_length, obs, resets_used, fresh, noise, action_low, action_high,
@@ -64,9 +64,8 @@ def rollout_chunk(policy: Policy, torch_twin: Any, max_episode_steps: int, chunk
     `physics` and `observe`); noise (chunk_steps, N, head_size) float32 (uniform draws for
     categorical heads, N(0, 1) for Gaussian ones: `Policy.act`'s `noise`); action_low/high (action_dim,) float32
     clip Gaussian actions for the env (the buffer keeps them unclipped), unused otherwise; params: the policy's
-    parameters in `named_parameters` order. `final_values`: each step also returns V(final obs) where the episode
-    was truncated, 0 elsewhere (stacked after the STEP_KEYS; the CUDA graph's rollout, ppox.rl.graphed_rollout, which
-    avoids a host sync per step); `next_value` False: no V(next_obs) at the end.
+    parameters in `named_parameters` order. `next_value` False: no V(next_obs) at the end (the CUDA graph's rollout,
+    ppox.rl.graphed_rollout, calls one step at a time).
     """
     act, value = PolicyMethod(policy, "act"), PolicyMethod(policy, "value")
     names = [f"policy.{n}" for n, _ in policy.named_parameters()]
@@ -95,11 +94,8 @@ def rollout_chunk(policy: Policy, torch_twin: Any, max_episode_steps: int, chunk
             elapsed = torch.where(done, 0, elapsed)
             episode_return = torch.where(done, 0.0, episode_return)
             episode_length = torch.where(done, 0, episode_length)
-            row = (obs, actions, logprobs, values, reward.float(), terminated, done, truncated, final_obs,
-                   ended_return, ended_length)
-            if final_values:
-                row = (*row, torch.where(truncated, functional_call(value, weights, (final_obs,)), 0.0))
-            steps.append(row)
+            steps.append((obs, actions, logprobs, values, reward.float(), terminated, done, truncated, final_obs,
+                          ended_return, ended_length))
             obs = torch_twin.observe(state)
         stacked = [torch.stack(column) for column in zip(*steps, strict=True)]
         carry = (state, elapsed, episode_return, episode_length, obs, resets_used)

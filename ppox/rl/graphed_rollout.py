@@ -8,8 +8,9 @@ CUDA graph and replayed per rollout, with no host sync inside it:
 * each step is `ppox.rl.compiled_rollout.rollout_chunk` (one step; `torch.compile`d where the run compiles): the
   module's own `Policy.act` on the current weights with the step's sampling noise as an input, the env's batched
   torch physics (`physics`/`observe` of a twin of the same class and settings), TimeLimit, same-step autoreset
-  from initial states drawn beforehand, the returns and lengths of the episodes in progress, and V(final obs) at
-  truncations (computed for every env and kept where truncated: no data-dependent shapes);
+  from initial states drawn beforehand, the returns and lengths of the episodes in progress; after the steps,
+  V(final obs) at truncations (the critic over every step's final observations, kept where truncated: no
+  data-dependent shapes);
 * before each replay (outside the graph, a few launches): the sampling noise from torch's CUDA generator, and every
   env's next `num_steps` initial states from the env's own generator (`low + (high - low) * U`, the env's reset
   distribution; an env takes them in order at its resets);
@@ -72,7 +73,7 @@ class GraphedCollector:
         bounds = (spec.low, spec.high) if self._continuous else ([0.0], [0.0])
         self._action_low, self._action_high = (torch.tensor(b, dtype=torch.float32, device=self.device).reshape(-1)
                                                for b in bounds)
-        step = rollout_chunk(policy, self.torch_twin, self.max_episode_steps, 1, final_values=True, next_value=False)
+        step = rollout_chunk(policy, self.torch_twin, self.max_episode_steps, 1, next_value=False)
         self._step = compile_fn(step, compile, device=self.device)
         self._timer = timer
         self._capture = capture
@@ -122,21 +123,26 @@ class GraphedCollector:
             "ended_return": zeros(t, n, dtype=torch.float64), "ended_length": zeros(t, n, dtype=torch.int64),
         }
         s = self._static
+        self._buf = buf
         s["targets"] = [buf.obs, buf.actions, buf.logprobs, buf.values, buf.rewards, buf.terminated, buf.episode_end,
-                        s["truncated"], s["final_obs"], s["ended_return"], s["ended_length"], buf.final_values]
+                        s["truncated"], s["final_obs"], s["ended_return"], s["ended_length"]]
 
     def _body(self) -> torch.Tensor:
         """num_steps steps from the static carry into the rollout buffer; returns V(obs after the last step)."""
         s = self._static
         params = [p.detach() for p in self.policy.parameters()]
         carry = list(s["carry"])
-        n_out = len(STEP_KEYS) + 1  # the step keys and V(final obs) at truncations
+        n_out = len(STEP_KEYS)
         for k in range(self.num_steps):
             s["step_noise"].copy_(s["noise"][k:k + 1])
             out = self._step(*carry, s["fresh"], s["step_noise"], self._action_low, self._action_high, *params)
             torch._foreach_copy_([t[k] for t in s["targets"]], [x[0] for x in out[:n_out]])
             carry = list(out[n_out:n_out + N_CARRY])
         torch._foreach_copy_(s["carry"], carry)
+        # V(final obs) where an episode was truncated: the critic once over all num_steps x num_envs final
+        # observations (fewer, larger launches than per step; kept where truncated, no data-dependent shapes)
+        final_values = self.policy.value(s["final_obs"].flatten(0, 1)).view_as(s["truncated"])
+        self._buf.final_values.copy_(torch.where(s["truncated"], final_values, 0.0))
         return self.policy.value(s["carry"][4])
 
     def _load_start(self, obs: torch.Tensor) -> None:
@@ -208,7 +214,7 @@ class GraphedCollector:
             self.envs.envs._generator.set_state(generator_from)
             self._load_start(obs)
             if self._timer is not None:
-                self._timer.add(time.perf_counter() - start)
+                self._timer.add(time.perf_counter() - start, "rollout graph (compile + capture)")
         self._graph.replay()
         return self._last_value.clone()
 

@@ -47,8 +47,10 @@ from ppox.rl.envs import ACTION_MASK_KEY, EnvFn, VecEnv
 from ppox.rl.fast import (
     CompiledUpdate,
     CompileTimer,
+    GraphedFunction,
     compile_torch_env,
     compiled_before,
+    cuda_graphs_enabled,
     decide_compile,
     update_cache_key,
 )
@@ -183,6 +185,7 @@ class PPO:
         # the numpy rollout's action noise (ppox.rl.rollout.NumpyPolicy): seeded here, saved in checkpoints
         self._policy_rng = np.random.default_rng([config.seed % 2**63, self.collective.rank])
         self.collector = None  # the rollout backend, made with the envs (_attach_envs)
+        self._gae_graph: tuple[Rollout, GraphedFunction] | bool | None = None  # (its buffer, graph); False: failed
         # a recurrent policy's state, carried across rollouts (ppox.rl.buffer.Carry); part of a checkpoint
         self._carry = Carry.fresh(self.agent, config.num_envs) if self.agent.recurrent else None
         self._compile_said = False
@@ -319,11 +322,28 @@ class PPO:
         return last_value
 
     def _advantages(self, buf: Rollout, last_value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        next_values = torch.cat([buf.values[1:], last_value.unsqueeze(0)], dim=0)  # (num_steps, num_envs)
-        truncated = buf.episode_end & ~buf.terminated
-        next_values = torch.where(truncated, buf.final_values, next_values)
-        return gae(buf.rewards, buf.values, next_values, buf.terminated, buf.episode_end,
-                   self.config.gamma, self.config.gae_lambda)
+        """GAE advantages and returns of a rollout, (num_steps, num_envs) each. In a compiled GPU run one CUDA graph
+        replay (the scan's num_steps small steps launched at once; its outputs are rewritten by the next rollout's)."""
+        args = (buf.rewards, buf.values, buf.terminated, buf.episode_end, buf.final_values, last_value)
+        if not (self.device.type == "cuda" and self.compile_decision.enabled and cuda_graphs_enabled()
+                and self._gae_graph is not False):
+            return self._gae(*args)
+        if self._gae_graph is None or self._gae_graph[0] is not buf:
+            try:
+                self._gae_graph = (buf, GraphedFunction(self._gae, args))
+            except Exception as exc:  # a failed capture: the eager scan serves, said once
+                print(f"note: the CUDA graph of GAE failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
+                      "it runs eagerly", file=sys.stderr, flush=True)
+                self._gae_graph = False
+                return self._gae(*args)
+        return self._gae_graph[1](*args)
+
+    def _gae(self, rewards: torch.Tensor, values: torch.Tensor, terminated: torch.Tensor, episode_end: torch.Tensor,
+             final_values: torch.Tensor, last_value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        next_values = torch.cat([values[1:], last_value.unsqueeze(0)], dim=0)  # (num_steps, num_envs)
+        truncated = episode_end & ~terminated
+        next_values = torch.where(truncated, final_values, next_values)
+        return gae(rewards, values, next_values, terminated, episode_end, self.config.gamma, self.config.gae_lambda)
 
     # ------------------------------------------------------------------ training
     def learn(self, total_timesteps: int | None = None, run_dir: str | Path | None = None,

@@ -197,3 +197,21 @@ def test_the_graph_replays_the_loop_on_a_gpu():
         torch.testing.assert_close(value, ref_value, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(envs.envs._state, ref_envs.envs._state, atol=1e-5, rtol=1e-5)
         assert len(finished) == len(ref_finished) > 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_a_compiled_gpu_run_is_graphed_end_to_end_and_learns(tmp_path, capsys):
+    """Rollout, GAE and update each one CUDA graph replay per iteration (no fallback said), and CartPole learns:
+    training return from ~22 (random) past 100 in 2M steps at 1024 envs (measured on an H200: see the assert)."""
+    from ppox.rl.fast import GraphedFunction
+
+    model = PPO("CartPole-v1", env_backend="torch", device="cuda", num_envs=1024, num_steps=32, learning_rate=2.5e-3,
+                total_timesteps=2_000_000, seed=1, compile=True, progress=False, run_dir=tmp_path / "run")
+    assert isinstance(model.collector, GraphedCollector)
+    model.learn()
+    assert "failed" not in capsys.readouterr().err
+    assert model.collector._graph is not None and model._compiled_update._graph is not None
+    assert isinstance(model._gae_graph[1], GraphedFunction)
+    train = sum(model.recent_returns) / len(model.recent_returns)
+    print(f"training return {train:.1f}, eval {model.summary['eval_return_mean']}")
+    assert train > 100
