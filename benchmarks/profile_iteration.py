@@ -5,7 +5,7 @@ GPU work; the synchronisation itself costs a little).
     python benchmarks/profile_iteration.py --device cuda --num-envs 4096 --num-steps 32 --iterations 30
     PPOX_CUDA_GRAPHS=0 python benchmarks/profile_iteration.py --device cuda ...   # without the CUDA graphs
 
-Prints one Markdown table (mean ms per iteration per phase over the iterations after the first `--skip`).
+Prints one Markdown table (median ms per iteration per phase over the iterations after the first `--skip`).
 """
 
 from __future__ import annotations
@@ -74,14 +74,14 @@ def main() -> None:
         model._record = record_and_mark
         model.learn()
     iterations = [b - a_ for a_, b in itertools.pairwise(marks)][a.skip:]
-    rows = {k.lstrip("_"): statistics.mean(v[a.skip + 1:]) * 1e3 for k, v in times.items()}
-    total = statistics.mean(iterations) * 1e3
+    rows = {k.lstrip("_"): statistics.median(v[a.skip + 1:]) * 1e3 for k, v in times.items()}
+    total = statistics.median(iterations) * 1e3
     steps = a.num_envs * a.num_steps
-    print(f"| {a.env} {a.num_envs}x{a.num_steps} on {a.device} | ms per iteration |")
+    print(f"| {a.env} {a.num_envs}x{a.num_steps} on {a.device} | median ms per iteration |")
     print("|---|---:|")
     for k, v in rows.items():
         print(f"| {k} | {v:.2f} |")
-    print(f"| rest of the loop | {total - sum(rows.values()):.2f} |")
+    print(f"| rest of the loop (iteration - phases) | {total - sum(rows.values()):.2f} |")
     print(f"| iteration | {total:.2f} ({steps / total * 1e3 / 1e6:.2f}M env-steps/s) |")
     print(f"| construction s / compile s | {construction:.1f} / {model.compile_timer.seconds:.1f} |")
     print(f"| collector | {type(model.collector).__name__} |")

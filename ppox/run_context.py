@@ -85,7 +85,9 @@ class WeightGuard:
                 def tensors(state: dict) -> list[torch.Tensor]:
                     return [v for st in state.values() for v in st.values() if isinstance(v, torch.Tensor)]
 
-                torch._foreach_copy_(tensors(self._optim), tensors(self.optimizer.state))
+                saved = tensors(self._optim)
+                if saved:
+                    torch._foreach_copy_(saved, tensors(self.optimizer.state))
                 return
             self._optim_layout = layout
             self._optim = {p: {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in st.items()}

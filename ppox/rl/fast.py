@@ -245,6 +245,10 @@ def made_on_first_call(make: Callable[[], Callable]) -> Callable:
 # ~1 ms per minibatch update of a small MLP (benchmarks/bench_compiled_update.py, docs/performance.md). Short runs
 # (and the tests) stay eager, so that trying a new setting never starts with a build longer than the run.
 AUTO_COMPILE_MIN_UPDATES = 2500
+# On a GPU the compiled update and rollout are CUDA graph replays, ~10x the eager iteration at 4096 envs x 32 steps,
+# after ~6 s (warm caches) to ~15 s (cold) of compiling: eager wins up to ~6M (warm) to ~16M (cold) CartPole steps
+# there, 16 minibatch updates per 131k steps (benchmarks/results/gpu_h200_*.md); compiled from ~8M.
+AUTO_COMPILE_MIN_CUDA_UPDATES = 1000
 # A recurrent policy's minibatch update replays whole sequences through both memory cores (~10x the eager time of
 # an MLP's at the cartpole-no-velocity preset's 32 x 32 steps), so fewer of them repay its (larger) build.
 AUTO_COMPILE_MIN_RECURRENT_UPDATES = 500
@@ -287,7 +291,8 @@ def decide_compile(
     """
     if setting is True or setting is False:
         return CompileDecision(setting, "--compile" if setting else "--no-compile")
-    least = AUTO_COMPILE_MIN_RECURRENT_UPDATES if recurrent else AUTO_COMPILE_MIN_UPDATES
+    least = (AUTO_COMPILE_MIN_RECURRENT_UPDATES if recurrent
+             else AUTO_COMPILE_MIN_CUDA_UPDATES if device.type == "cuda" else AUTO_COMPILE_MIN_UPDATES)
     why_not = (
         f"the update of a policy with memory compiles on a CPU only (ahead of time), not on {device.type}"
         if recurrent and not ahead_of_time
@@ -857,6 +862,7 @@ def _result(sums: list[float], epochs_run: int, minibatches: int) -> UpdateResul
 
 
 __all__ = [
+    "AUTO_COMPILE_MIN_CUDA_UPDATES",
     "AUTO_COMPILE_MIN_RECURRENT_UPDATES",
     "AUTO_COMPILE_MIN_UPDATES",
     "CompileDecision",

@@ -36,6 +36,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 from ppox.envs import TORCH_ENV_IDS, make_torch_vec_env
@@ -181,19 +182,23 @@ class GraphedCollector:
             self._failed, self._graph = True, None
             env._generator.set_state(generator_from)
             return self.collect(buf, obs, finished)
-        s = self._static
-        if not (torch.isfinite(s["final_obs"]).all() and torch.isfinite(buf.rewards).all()):
+        s, done = self._static, buf.episode_end
+        finite = torch.isfinite(s["final_obs"]).all() & torch.isfinite(buf.rewards).all()
+        finite, ended = torch.stack([finite.long(), done.sum()]).tolist()  # one read
+        if not finite:
             # nothing of the env is written yet: the torch rollout takes this one from the same start and generator
             env._generator.set_state(generator_from)
             self.fallback.step_hook = None
             return self.fallback.collect(buf, obs, finished)
-        done = buf.episode_end
-        ended = torch.stack([s["ended_return"][done], s["ended_length"][done].double()]).cpu()  # the one read
-        finished.extend(zip(ended[0].tolist(), [int(x) for x in ended[1].tolist()], strict=True))
         state, elapsed, episode_return, episode_length, next_obs, _ = s["carry"]
+        # what the host needs, in one read: the ended episodes' returns and lengths, the episodes in progress
+        n = len(elapsed)
+        read = torch.cat([s["ended_return"][done], s["ended_length"][done].double(), episode_return,
+                          episode_length.double()]).cpu().numpy()
+        finished.extend(zip(read[:ended].tolist(), read[ended:2 * ended].astype(np.int64).tolist(), strict=True))
         env._state = state.clone()
         env.elapsed_steps.copy_(elapsed)
-        self.envs.record_steps(self.num_steps, episode_return.cpu().numpy(), episode_length.cpu().numpy())
+        self.envs.record_steps(self.num_steps, read[2 * ended:2 * ended + n], read[2 * ended + n:].astype(np.int64))
         return next_obs.clone(), last_value
 
     def _run(self, buf: Rollout, obs: torch.Tensor, generator_from: torch.Tensor) -> torch.Tensor:

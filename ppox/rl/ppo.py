@@ -647,19 +647,21 @@ class PPO:
         return float(self.collective.mean_(kl)[0])  # one beta for all ranks
 
     def _record(self, stats, finished, batch, kl_coef, iter_start) -> dict[str, Any]:
-        returns = [r for r, _ in finished]
-        lengths = [n for _, n in finished]
-        self.recent_returns.extend(returns)
+        # one array each (thousands of episodes end per iteration with thousands of envs)
+        returns = np.fromiter((r for r, _ in finished), dtype=np.float64, count=len(finished))
+        lengths = np.fromiter((n for _, n in finished), dtype=np.float64, count=len(finished))
+        self.recent_returns.extend(returns[-(self.recent_returns.maxlen or len(returns)):].tolist())
         elapsed = time.perf_counter() - iter_start
+        ended = len(returns) > 0
         return {
             "iteration": self.iteration,
             "global_step": self.global_step,
             "wall_time": round(time.perf_counter() - self._start_time, 4),
             "episodes": len(returns),
-            "episodic_return_mean": float(np.mean(returns)) if returns else None,
-            "episodic_return_min": float(np.min(returns)) if returns else None,
-            "episodic_return_max": float(np.max(returns)) if returns else None,
-            "episodic_length_mean": float(np.mean(lengths)) if lengths else None,
+            "episodic_return_mean": float(returns.mean()) if ended else None,
+            "episodic_return_min": float(returns.min()) if ended else None,
+            "episodic_return_max": float(returns.max()) if ended else None,
+            "episodic_length_mean": float(lengths.mean()) if ended else None,
             "policy_loss": stats.get("policy_loss", float("nan")),
             "value_loss": stats.get("value_loss", float("nan")),
             "entropy": stats.get("entropy", float("nan")),

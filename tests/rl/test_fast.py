@@ -1,6 +1,7 @@
 """The compiled update of ppox.rl.fast gives the eager update's results (same weights, Adam state, statistics)."""
 
 import copy
+import importlib.util
 import json
 
 import pytest
@@ -286,6 +287,13 @@ def test_auto_compile_decision():
     assert not elsewhere.enabled and elsewhere.said and "CPU only" in elsewhere.reason
     assert not decide(optimizer=torch.optim.SGD(agent.parameters(), lr=0.1)).enabled
     assert not decide(device=torch.device("mps")).enabled
+    # a GPU: compiled (CUDA graphs) from fewer minibatch updates, where triton is there
+    from ppox.rl.fast import AUTO_COMPILE_MIN_CUDA_UPDATES
+
+    cuda, has_triton = torch.device("cuda"), importlib.util.find_spec("triton") is not None
+    assert AUTO_COMPILE_MIN_CUDA_UPDATES < AUTO_COMPILE_MIN_UPDATES
+    assert decide(device=cuda, minibatch_updates=AUTO_COMPILE_MIN_CUDA_UPDATES).enabled == has_triton
+    assert not decide(device=cuda, minibatch_updates=AUTO_COMPILE_MIN_CUDA_UPDATES - 1).enabled
 
 
 def fast_cpp_compiler():
@@ -454,7 +462,8 @@ def test_a_failed_capture_falls_back_to_the_compiled_update_and_says_so(monkeypa
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 @pytest.mark.parametrize("target_kl", [None, 0.004])
 def test_the_graph_replays_the_update_on_a_gpu(monkeypatch, target_kl):
-    """The captured update (compiled step, CUDA graph) equals its loop run eagerly on the same GPU inputs."""
+    """The captured update (compiled step, CUDA graph) equals its loop run eagerly on the same GPU inputs (TF32 off;
+    with it on, the products differ at ~1e-3, by design)."""
     torch.manual_seed(0)
     agent = Policy(OBS, ActionSpec("discrete", (3,), 3), hidden_sizes=(64, 64))
     batch = {k: v.cuda() for k, v in make_batch(agent, n=4096).items()}
@@ -463,14 +472,15 @@ def test_the_graph_replays_the_update_on_a_gpu(monkeypatch, target_kl):
     graphed, reference = (CompiledUpdate(a, o, ObjectiveConfig(), max_grad_norm=0.5, compile=True)
                           for a, o in zip(agents, opts, strict=True))
     shuffles = [torch.Generator().manual_seed(5) for _ in agents]
+    monkeypatch.setenv("PPOX_TF32", "0")  # full float32 in the graph too: the same arithmetic as the reference
     for _ in range(3):
         results = []
         for update, shuffle in zip((graphed, reference), shuffles, strict=True):
-            if update is reference:  # the same loop without the graph or the compiler
-                run_as_if_graphed(monkeypatch)
-            results.append(update.update(batch, update_epochs=4, num_minibatches=4, target_kl=target_kl,
-                                         kl_coef=0.1, generator=shuffle))
-            monkeypatch.undo()
+            with monkeypatch.context() as patch:
+                if update is reference:  # the same loop without the graph or the compiler
+                    run_as_if_graphed(patch)
+                results.append(update.update(batch, update_epochs=4, num_minibatches=4, target_kl=target_kl,
+                                             kl_coef=0.1, generator=shuffle))
         assert graphed._graph is not None and not graphed._graph_failed
         assert results[0].epochs_run == results[1].epochs_run
         for a, b in zip(agents[0].parameters(), agents[1].parameters(), strict=True):
