@@ -234,6 +234,7 @@ class Bench:
         left = self.a.max_total - (time.perf_counter() - self.start)
         if left < 20:
             print(f"{name}: skipped, --max-total {self.a.max_total} s nearly spent", flush=True)
+            self.runs.append({"name": name, "kind": kind, "failed": "skipped (--max-total)", **spec})
             return None
         limit = min(self.a.timeout, left)
         spec_path = self.tmp / f"{name}.spec.json"
@@ -342,9 +343,12 @@ class Bench:
                  "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         summary: dict = {}
         for lib, variant, rs in self.groups():
-            n_failed = sum(1 for r in self.runs if r.get("lib") == lib and r.get("variant") == variant
-                           and r.get("failed"))
-            runs = f"{len(rs)}" + (f" (+{n_failed} failed)" if n_failed else "")
+            ended = [str(r["failed"]) for r in self.runs if r.get("lib") == lib and r.get("variant") == variant
+                     and r.get("failed")]
+            n_skipped = sum(1 for why in ended if why.startswith("skipped"))
+            n_failed = len(ended) - n_skipped
+            runs = f"{len(rs)}" + (f" (+{n_failed} failed)" if n_failed else "") + (
+                f" (+{n_skipped} not run: --max-total)" if n_skipped else "")
             if not rs:
                 lines.append(f"| {lib} | {variant} | {runs} | - | - | - | - | - | - | - | - | - | - |")
                 continue
