@@ -256,6 +256,14 @@ class VecEnv:
             return None
         return self.envs if getattr(self.envs, "randomization", None) is None else None
 
+    @property
+    def torch_env(self) -> Any | None:
+        """ppox's batched torch env behind these envs where it steps them as they are (no randomisation, no hidden
+        velocities): its physics can then run inside a CUDA graph (ppox.rl.graphed_rollout); else None."""
+        if self.backend != "torch" or self._hidden is not None:
+            return None
+        return self.envs if getattr(self.envs, "randomization", None) is None else None
+
     def record_steps(self, steps: int, episode_return: np.ndarray, episode_length: np.ndarray) -> None:
         """After `steps` vector steps of the twin taken outside `step` (ppox.rl.compiled_rollout): the returns and
         lengths of the episodes now in progress, (num_envs,) each."""

@@ -81,7 +81,9 @@ class GraphedCollector:
         self._failed = False
         self._graph: torch.cuda.CUDAGraph | None = None
         self._made_for: tuple | None = None  # (buffer, parameter addresses) the graph was captured for
-        self._static: dict[str, Any] = {}
+        self._static: dict[str, Any] = {}  # the fixed tensors the graph reads and writes (`_make_static`)
+        self._buf: Rollout | None = None  # the rollout buffer the graph writes
+        self._last_value: torch.Tensor | None = None  # the graph's V(obs after the last step), rewritten per replay
 
     @staticmethod
     def why_not(envs: VecEnv, policy: Policy, obs_norm: ObsNormalizer | None,
@@ -92,9 +94,7 @@ class GraphedCollector:
             return f"not on a GPU ({device.type})"
         if not cuda_graphs_enabled():
             return "PPOX_CUDA_GRAPHS=0"
-        env = envs.envs
-        if (envs.backend != "torch" or not isinstance(env, TorchClassicControlVecEnv) or envs.env_id not in
-                TORCH_ENV_IDS or env.randomization is not None or envs._hidden is not None):
+        if not isinstance(envs.torch_env, TorchClassicControlVecEnv) or envs.env_id not in TORCH_ENV_IDS:
             return "the envs are not one of ppox's batched torch envs stepped as they are"
         if policy.recurrent:
             return "a policy with memory"

@@ -157,6 +157,15 @@ def test_only_a_gpu_run_with_torch_envs_gets_it():
     assert isinstance(model.collector, TorchCollector)
 
 
+def test_it_runs_ppox_torch_envs_stepped_as_they_are():
+    cpu = torch.device("cpu")
+    envs = VecEnv("CartPole-v1", 2, 0, cpu, backend="torch")
+    assert envs.torch_env is envs.envs
+    assert VecEnv("CartPole-v1", 2, 0, cpu, backend="torch", mask_velocity=True).torch_env is None  # hidden velocities
+    assert VecEnv("CartPole-v1", 2, 0, cpu, backend="numpy").torch_env is None
+    assert VecEnv("CartPole-v1", 2, 0, cpu, backend="torch").twin is None  # and the reverse
+
+
 @pytest.mark.slow
 def test_a_run_with_it_learns_cartpole(tmp_path):
     """The rollout loop the graph captures, in a training run (no graph on a CPU): CartPole's training return
