@@ -51,7 +51,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from bench_vs_cleanrl import machine_line, train_return
-from bench_vs_purejaxrl import CLEANRL_CONFIG
+from bench_vs_purejaxrl import CLEANRL_CONFIG, compile_and_run
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_PUREJAXRL = Path("shared") / "peers" / "purejaxrl"  # relative to the repository root
@@ -150,14 +150,7 @@ def purejaxrl_child(spec: dict) -> dict:
 
     config = dict(CLEANRL_CONFIG, NUM_ENVS=spec["num_envs"], NUM_STEPS=spec["num_steps"], ENV_NAME=ENV_ID,
                   TOTAL_TIMESTEPS=spec["steps"])
-    train = make_train(config)  # fills NUM_UPDATES: steps // (NUM_STEPS * NUM_ENVS)
-    key = jax.random.PRNGKey(spec["seed"])
-    start = time.perf_counter()
-    compiled = jax.jit(train).lower(key).compile()
-    compile_s = time.perf_counter() - start
-    start = time.perf_counter()
-    out = jax.block_until_ready(compiled(key))
-    run_s = time.perf_counter() - start
+    compile_s, run_s, out = compile_and_run(make_train, config, spec["seed"])
     metrics = out["metrics"]
     ended = np.asarray(metrics["returned_episode"]).reshape(-1, config["NUM_ENVS"])  # (updates * steps, envs)
     returns = np.asarray(metrics["returned_episode_returns"]).reshape(ended.shape)

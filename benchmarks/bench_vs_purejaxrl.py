@@ -62,16 +62,7 @@ def purejaxrl_child(a: argparse.Namespace) -> dict:
     from ppo import make_train
 
     config = dict(CLEANRL_CONFIG, ENV_NAME=a.env, TOTAL_TIMESTEPS=a.steps)
-    train = make_train(config)  # fills NUM_UPDATES: steps // (NUM_STEPS * NUM_ENVS) full iterations
-    key = jax.random.PRNGKey(a.seed)
-    if a.vmapped:
-        train, key = jax.vmap(train), jax.random.split(key, a.vmapped)
-    start = time.perf_counter()
-    compiled = jax.jit(train).lower(key).compile()
-    compile_s = time.perf_counter() - start
-    start = time.perf_counter()
-    out = jax.block_until_ready(compiled(key))
-    run_s = time.perf_counter() - start
+    compile_s, run_s, out = compile_and_run(make_train, config, a.seed, a.vmapped)
     metrics = out["metrics"]
     # (NUM_UPDATES, NUM_STEPS, NUM_ENVS), with a leading agent axis when vmapped
     ended = np.asarray(metrics["returned_episode"]).reshape(a.vmapped or 1, -1, config["NUM_ENVS"])
@@ -84,6 +75,24 @@ def purejaxrl_child(a: argparse.Namespace) -> dict:
                                                                                     strict=True)])
     return {"compile_s": compile_s, "run_s": run_s, "steps": steps, "agents": ended.shape[0], "games": games,
             "jax_backend": jax.default_backend(), "jax_devices": len(jax.devices())}
+
+
+def compile_and_run(make_train, config: dict, seed: int, vmapped: int = 0) -> tuple[float, float, dict]:
+    """PureJaxRL's `make_train(config)` under `jax.jit` (`vmapped` > 0: vmapped over that many keys): (compile
+    seconds, run seconds until its outputs are ready, outputs). `make_train` fills NUM_UPDATES = steps //
+    (NUM_STEPS * NUM_ENVS) full iterations."""
+    import jax
+
+    train = make_train(config)
+    key = jax.random.PRNGKey(seed)
+    if vmapped:
+        train, key = jax.vmap(train), jax.random.split(key, vmapped)
+    start = time.perf_counter()
+    compiled = jax.jit(train).lower(key).compile()
+    compile_s = time.perf_counter() - start
+    start = time.perf_counter()
+    out = jax.block_until_ready(compiled(key))
+    return compile_s, time.perf_counter() - start, out
 
 
 def versions_line(a: argparse.Namespace) -> str:
