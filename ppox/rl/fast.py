@@ -14,7 +14,9 @@ per epoch from the same generator), the same loss (`ppo_loss`), the same clippin
 `clip_grad_norm_`, Adam as torch implements it, non-finite minibatches skipped (weights and Adam
 state untouched, counted), `target_kl` early stopping. Unlike the eager loop it never syncs with
 the host inside an epoch: statistics are summed as tensors and read once at the end.
-tests/rl/test_fast.py checks that both paths give the same weights and statistics.
+tests/rl/test_fast.py checks that both paths give the same weights and statistics. On a GPU every minibatch step
+of an update is captured into one CUDA graph (`_graphed_update`, `capture_cuda_graph`; TF32 inside, PPOX_TF32=0 for
+float32, PPOX_CUDA_GRAPHS=0 without graphs): one replay per update.
 
 Where this is not applicable (grad accumulation, distributed all-reduce, an optimizer other than
 plain Adam, a policy with memory anywhere but in the CPU's ahead-of-time library) `CompiledUpdate.supported` is
