@@ -262,8 +262,13 @@ class TorchClassicControlVecEnv(ClassicControl, VectorEnv[torch.Tensor, torch.Te
 
     def _sample_initial_state(self) -> torch.Tensor:
         """Uniform sample in ``[low, high]`` per state variable, ``(state_dim, num_envs)``."""
+        return self._sample_initial_states(1)[0]
+
+    def _sample_initial_states(self, count: int) -> torch.Tensor:
+        """``count`` initial states of every env, ``(count, state_dim, num_envs)``, in one generator call (the
+        CUDA-graph rollout draws a rollout's worth ahead: ppox.rl.graphed_rollout)."""
         u = torch.rand(
-            (self.state_dim, self.num_envs),
+            (count, self.state_dim, self.num_envs),
             generator=self._generator,
             device=self.device,
             dtype=self.physics_dtype,

@@ -111,6 +111,13 @@ def capture_cuda_graph(body: Callable[[], Any]) -> tuple[torch.cuda.CUDAGraph, A
     return graph, outputs
 
 
+def fallback_note(what: str, exc: BaseException, then: str) -> None:
+    """One line on stderr where a fast path gives way: what failed (the exception's type and first line) and what
+    serves instead."""
+    first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    print(f"note: {what} failed ({type(exc).__name__}: {first_line[:200]}); {then}", file=sys.stderr, flush=True)
+
+
 class GraphedFunction:
     """`fn(*tensors) -> tensors` as one CUDA graph: a call copies its arguments into the graph's fixed inputs and
     replays it; the outputs are the graph's own tensors, which the next call rewrites (copy what must outlive it)."""
@@ -686,14 +693,11 @@ class CompiledUpdate:
                 self._graph = self._capture_update(key, batch, update_epochs, num_minibatches, masked)
             except Exception as exc:  # any compile or capture failure: the update runs without the graph, said once
                 self._graph_failed = True
-                print(f"note: the CUDA-graph update failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
-                      "the compiled update runs without it", file=sys.stderr, flush=True)
+                fallback_note("the CUDA-graph update", exc, "the compiled update runs without it")
                 return None
         g, device = self._graph, self._device
         params = [self._params[n].detach() for n in self.names]
         exp_avgs, exp_avg_sqs, steps = self._adam_state()
-        if any(float(s) != float(steps[0]) for s in steps[1:]):
-            raise RuntimeError("CompiledUpdate needs every parameter at the same Adam step count")
         torch._foreach_copy_(g["param_views"], params)
         torch._foreach_copy_(g["exp_avg_views"], exp_avgs)
         torch._foreach_copy_(g["exp_avg_sq_views"], exp_avg_sqs)
@@ -717,14 +721,13 @@ class CompiledUpdate:
         step_count = float(g["step"])
         for s in steps:
             s.fill_(step_count)
-        if self._signature is None and self.cache_key is not None:
-            remember_compiled(self.cache_key)
-        self._signature = key
+        self._compiled_for(key)
         return _result(sums, epochs_run, epochs_run * num_minibatches)
 
     # the loop -----------------------------------------------------------------------------------
     def _adam_state(self) -> tuple[list, list, list]:
-        """The optimizer's own state tensors (created like Adam does on its first step)."""
+        """The optimizer's own state tensors (created like Adam does on its first step); every parameter must be at
+        the same step count (one count for the flat buffers)."""
         exp_avgs, exp_avg_sqs, steps = [], [], []
         for n in self.names:
             p = self._params[n]
@@ -736,7 +739,16 @@ class CompiledUpdate:
             exp_avgs.append(state["exp_avg"])
             exp_avg_sqs.append(state["exp_avg_sq"])
             steps.append(state["step"])
+        if any(float(s) != float(steps[0]) for s in steps[1:]):
+            raise RuntimeError("CompiledUpdate needs every parameter at the same Adam step count")
         return exp_avgs, exp_avg_sqs, steps
+
+    def _compiled_for(self, signature: tuple) -> None:
+        """After a compiled update: remember it on this machine the first time (the warm/cold note), and the inputs
+        it was compiled for."""
+        if self._signature is None and self.cache_key is not None:
+            remember_compiled(self.cache_key)
+        self._signature = signature
 
     def update(
         self,
@@ -770,8 +782,6 @@ class CompiledUpdate:
         flat_exp_avg_sq = torch.cat([v.reshape(-1) for v in exp_avg_sqs])
         # on the device: a CPU scalar in a GPU graph would make inductor build CPU kernels (C++) for it
         step_count = steps[0].detach().to(device, copy=True)
-        if any(float(s) != float(step_count) for s in steps[1:]):
-            raise RuntimeError("CompiledUpdate needs every parameter at the same Adam step count")
         lr = torch.tensor(float(self.optimizer.param_groups[0]["lr"]), device=device)
         kl = torch.tensor(float(kl_coef), device=device)
 
@@ -841,9 +851,7 @@ class CompiledUpdate:
                             break
         minibatches = epochs_run * num_minibatches
         if self._compiled:
-            if self._signature is None and self.cache_key is not None:
-                remember_compiled(self.cache_key)
-            self._signature = signature
+            self._compiled_for(signature)
         with torch.no_grad():
             for flat, tensors in ((flat_params, params), (flat_exp_avg, exp_avgs), (flat_exp_avg_sq, exp_avg_sqs)):
                 parts = flat.split(self._sizes)
@@ -880,6 +888,7 @@ __all__ = [
     "compiled_before",
     "cuda_graphs_enabled",
     "decide_compile",
+    "fallback_note",
     "made_on_first_call",
     "minibatch_step",
     "remember_compiled",

@@ -31,7 +31,6 @@ loop runs without a graph when asked for (`capture=False`).
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -43,7 +42,7 @@ from ppox.envs import TORCH_ENV_IDS, make_torch_vec_env
 from ppox.envs.torch_envs import TorchClassicControlVecEnv
 from ppox.rl.buffer import Collector, Finished, Rollout
 from ppox.rl.compiled_rollout import STEP_KEYS, rollout_chunk
-from ppox.rl.fast import CompileTimer, capture_cuda_graph, compile_fn, cuda_graphs_enabled
+from ppox.rl.fast import CompileTimer, capture_cuda_graph, compile_fn, cuda_graphs_enabled, fallback_note
 from ppox.rl.policy import Policy
 
 if TYPE_CHECKING:
@@ -157,9 +156,7 @@ class GraphedCollector:
         episode_length.copy_(torch.from_numpy(counters["episode_length"]))
         obs_in.copy_(obs)
         resets_used.zero_()
-        fresh = s["fresh"]
-        fresh.uniform_(generator=env._generator)  # U[0, 1) (N, T, d), then the env's reset range per variable
-        fresh.mul_((env._reset_high - env._reset_low).T).add_(env._reset_low.T)
+        s["fresh"].copy_(env._sample_initial_states(self.num_steps).permute(2, 0, 1))  # (T, d, N) -> (N, T, d)
         if self._continuous:
             s["noise"].normal_()
         else:
@@ -177,8 +174,7 @@ class GraphedCollector:
         except Exception as exc:
             if not self._capture:  # no graph (a CPU's tests): an error is a bug, not a fallback
                 raise
-            print(f"note: the CUDA-graph rollout failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
-                  "the torch rollout serves from now on", file=sys.stderr, flush=True)
+            fallback_note("the CUDA-graph rollout", exc, "the torch rollout serves from now on")
             self._failed, self._graph = True, None
             env._generator.set_state(generator_from)
             return self.collect(buf, obs, finished)
@@ -204,8 +200,7 @@ class GraphedCollector:
     def _run(self, buf: Rollout, obs: torch.Tensor, generator_from: torch.Tensor) -> torch.Tensor:
         """Fill `buf` (replaying the graph, captured first where missing or stale); V(obs after the last step)."""
         made_for = (buf, tuple(p.data_ptr() for p in self.policy.parameters()))
-        stale = self._made_for is None or self._made_for[0] is not made_for[0] or self._made_for[1] != made_for[1]
-        if stale:
+        if self._made_for is None or self._made_for[0] is not buf or self._made_for[1] != made_for[1]:
             self._graph, self._made_for = None, made_for
             self._make_static(buf, obs)
         self._load_start(obs)

@@ -52,6 +52,7 @@ from ppox.rl.fast import (
     compiled_before,
     cuda_graphs_enabled,
     decide_compile,
+    fallback_note,
     update_cache_key,
 )
 from ppox.rl.model_file import (
@@ -332,8 +333,7 @@ class PPO:
             try:
                 self._gae_graph = (buf, GraphedFunction(self._gae, args))
             except Exception as exc:  # a failed capture: the eager scan serves, said once
-                print(f"note: the CUDA graph of GAE failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
-                      "it runs eagerly", file=sys.stderr, flush=True)
+                fallback_note("the CUDA graph of GAE", exc, "it runs eagerly")
                 self._gae_graph = False
                 return self._gae(*args)
         return self._gae_graph[1](*args)
