@@ -250,17 +250,20 @@ class VecEnv:
 
     @property
     def twin(self) -> Any | None:
-        """ppox's numpy twin behind these envs where it steps them as they are (no randomisation, no hidden
-        velocities): its physics can then run elsewhere (ppox.rl.compiled_rollout); else None."""
-        if self.backend != "numpy" or self._hidden is not None:
-            return None
-        return self.envs if getattr(self.envs, "randomization", None) is None else None
+        """ppox's numpy twin behind these envs where it steps them as they are: its physics can then run elsewhere
+        (ppox.rl.compiled_rollout); else None."""
+        return self._as_they_are("numpy")
 
     @property
     def torch_env(self) -> Any | None:
-        """ppox's batched torch env behind these envs where it steps them as they are (no randomisation, no hidden
-        velocities): its physics can then run inside a CUDA graph (ppox.rl.graphed_rollout); else None."""
-        if self.backend != "torch" or self._hidden is not None:
+        """ppox's batched torch env behind these envs where it steps them as they are: its physics can then run
+        inside a CUDA graph (ppox.rl.graphed_rollout); else None."""
+        return self._as_they_are("torch")
+
+    def _as_they_are(self, backend: str) -> Any | None:
+        """The env of `backend` behind these envs, where nothing changes its steps (no randomisation, no hidden
+        velocities); else None."""
+        if self.backend != backend or self._hidden is not None:
             return None
         return self.envs if getattr(self.envs, "randomization", None) is None else None
 
