@@ -193,8 +193,9 @@ def test_env_without_torch_twin_refused(capsys):
 def test_each_agent_learns_like_a_single_run(tmp_path):
     """Two agents with the CartPole-v1 preset (8 envs x 32 steps, 10 epochs, target_kl 0.02) for 20k steps each:
     each agent's deterministic evaluation passes 100 (a random policy scores ~20). Measured (10 episodes after
-    20k steps): this population of seeds 1, 2: 142.4, 139.0 (the same with target_kl 0.03; with the preset's earlier 20 epochs: 149, 173; seeds
-    1-4 in a population of 4: 139, 348, 157, 141; single runs, seeds 1-4: 444, 329, 136, 278)."""
+    20k steps): this population of seeds 1, 2: 142.4, 139.0 (the same with target_kl 0.03; with the preset's
+    earlier 20 epochs: 149, 173; seeds 1-4 in a population of 4: 139, 348, 157, 141; single runs, seeds 1-4: 444,
+    329, 136, 278)."""
     pop = Population("CartPole-v1", seeds=[1, 2], total_timesteps=20_000, progress=False, tensorboard=False,
                      live_doctor=False, eval_episodes=10, compile=False).learn(run_dir=tmp_path / "pop")
     returns = [agent["eval_return_mean"] for agent in pop.summary["per_seed"].values()]
