@@ -254,9 +254,9 @@ def made_on_first_call(make: Callable[[], Callable]) -> Callable:
 # ~1 ms per minibatch update of a small MLP (benchmarks/bench_compiled_update.py, docs/performance.md). Short runs
 # (and the tests) stay eager, so that trying a new setting never starts with a build longer than the run.
 AUTO_COMPILE_MIN_UPDATES = 2500
-# On a GPU the compiled update and rollout are CUDA graph replays, ~10x the eager iteration at 4096 envs x 32 steps,
-# after ~6 s (warm caches) to ~15 s (cold) of compiling: eager wins up to ~6M (warm) to ~16M (cold) CartPole steps
-# there, 16 minibatch updates per 131k steps (benchmarks/results/gpu_h200_*.md); compiled from ~8M.
+# On a GPU the compiled update and rollout are CUDA graph replays, many times the eager iteration's speed at 4096
+# envs x 32 steps, but after seconds of compiling: eager wins short runs there (where the two cross, measured:
+# benchmarks/results/gpu_h200_CartPole-v1_4096x32_graphs.md); 1,000 updates are 8M CartPole steps at 16 per 131k.
 AUTO_COMPILE_MIN_CUDA_UPDATES = 1000
 # A recurrent policy's minibatch update replays whole sequences through both memory cores (~10x the eager time of
 # an MLP's at the cartpole-no-velocity preset's 32 x 32 steps), so fewer of them repay its (larger) build.
