@@ -15,6 +15,11 @@ checking them, so `AotFunction` checks a call's inputs against them and refuses 
 inputs keep their layouts checks once, then uses `call_unchecked`). A library is written atomically (temporary
 file, then rename); one that cannot be loaded is rebuilt. It is code built on this machine by ppox from ppox's
 own sources, like inductor's own cache; a model file never carries one.
+
+A machine's first run of a configuration builds two or three libraries (the update's, the rollout's), each
+mostly a single-threaded C++ compile. `start_build` lets a trainer start one of them in a child process before it
+is needed (`BackgroundBuild`: traced here, compiled there into the same cache path), so that two cores build at
+once; `PPOX_AOT_BACKGROUND=0` builds everything in the training process instead.
 """
 
 from __future__ import annotations
@@ -182,22 +187,15 @@ def _label(label: str, small_batch: bool) -> str:
     return f"{label}|small batch" if small_batch else label
 
 
-def build(fn: Callable[..., Sequence[torch.Tensor]], label: str, example_args: Sequence[torch.Tensor],
-          small_batch: bool = False) -> AotFunction:
-    """Trace `fn(*example_args)` (a pure function of tensors returning a tuple of tensors), compile it with
-    AOTInductor and store the library under its key. Raises whatever tracing or compiling raises.
-
-    `small_batch`: for graphs of many small ops on a few rows (a whole rollout): matrix products as fused loops
-    instead of BLAS calls, and intermediates on the stack instead of one heap allocation each (AOTInductor's
-    `allow_stack_allocation`); together ~3x faster per rollout step than the defaults, which suit the update's
-    larger matrices instead."""
+def export(fn: Callable[..., Sequence[torch.Tensor]], example_args: Sequence[torch.Tensor],
+           small_batch: bool = False) -> torch.export.ExportedProgram:
+    """`fn(*example_args)` (a pure function of tensors returning a tuple of tensors) traced into an exported program
+    of aten ops, with ppox's decompositions (`_tanh_from_exp`; `_matmul_as_loops` for a small batch)."""
     from torch.fx.experimental.proxy_tensor import make_fx
 
     class Wrapped(torch.nn.Module):
         def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
             return tuple(fn(*args))
-
-    from torch._inductor import aoti_compile_and_package  # the compiler: imported only when something is built
 
     args = tuple(example_args)
     # fake tensors: tracing reads no values and changes nothing; make_fx flattens torch.func.grad into aten ops,
@@ -206,12 +204,17 @@ def build(fn: Callable[..., Sequence[torch.Tensor]], label: str, example_args: S
         warnings.simplefilter("ignore", FutureWarning)  # torch's own deprecation notes from inside export
         decompositions = {**_tanh_from_exp(), **(_matmul_as_loops() if small_batch else {})}
         graph = make_fx(Wrapped(), tracing_mode="fake", decomposition_table=decompositions)(*args)
-        exported = torch.export.export(graph, args, strict=False)
-    directory = cache_dir()
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"{aot_key(_label(label, small_batch), args)}.so"
+        return torch.export.export(graph, args, strict=False)
+
+
+def compile_exported(exported: torch.export.ExportedProgram, path: Path, small_batch: bool = False) -> None:
+    """Compile `exported` with AOTInductor into the shared library `path`, written atomically (a concurrent run
+    sees no library or the whole one)."""
+    from torch._inductor import aoti_compile_and_package  # the compiler: imported only when something is built
+
     configs = {"aot_inductor.allow_stack_allocation": True} if small_batch else None
-    with tempfile.TemporaryDirectory(dir=directory, prefix=".build-") as tmp:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".build-") as tmp, _cpu_wrapper_codegen(small_batch):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             package = aoti_compile_and_package(exported, package_path=os.path.join(tmp, "fn.pt2"),
@@ -223,19 +226,176 @@ def build(fn: Callable[..., Sequence[torch.Tensor]], label: str, example_args: S
             staged = Path(tmp) / "fn.so"
             staged.write_bytes(archive.read(libraries[0]))
         os.chmod(staged, 0o755)
-        os.replace(staged, path)  # atomic: a concurrent run sees the old state or the whole library
+        os.replace(staged, path)
     with contextlib.suppress(OSError):
-        prune(directory)
-    return AotFunction(path, args)
+        prune(path.parent)
+
+
+@contextlib.contextmanager
+def _cpu_wrapper_codegen(stack_allocation: bool):
+    """Pin inductor's CPU wrapper generator to the one this build asks for, and restore it after.
+
+    torch registers that generator once per process, from `aot_inductor.allow_stack_allocation` at that moment, so
+    without this a library's wrapper (how it allocates intermediates) would depend on what the process happened to
+    build first, and the same key could hold different code depending on the process that built it. Where torch's
+    internals differ from what this expects, torch's own choice stands."""
+    try:
+        import dataclasses
+
+        from torch._inductor.codegen import common
+        from torch._inductor.codegen.cpp_wrapper_cpu import CppWrapperCpu
+        from torch._inductor.codegen.cpp_wrapper_cpu_array_ref import CppWrapperCpuArrayRef
+
+        common.init_backend_registration()
+        before = common.device_codegens["cpu"]
+        pinned = dataclasses.replace(before, cpp_wrapper_codegen=CppWrapperCpuArrayRef if stack_allocation
+                                     else CppWrapperCpu)
+    except (ImportError, AttributeError, KeyError, TypeError):
+        yield
+        return
+    common.device_codegens["cpu"] = pinned
+    try:
+        yield
+    finally:
+        common.device_codegens["cpu"] = before
+
+
+def library_path(label: str, example_args: Sequence[torch.Tensor], small_batch: bool = False) -> Path:
+    """Where the library of `label`'s function for inputs like `example_args` is cached."""
+    return cache_dir() / f"{aot_key(_label(label, small_batch), example_args)}.so"
+
+
+def build(fn: Callable[..., Sequence[torch.Tensor]], label: str, example_args: Sequence[torch.Tensor],
+          small_batch: bool = False) -> AotFunction:
+    """Trace `fn(*example_args)` (a pure function of tensors returning a tuple of tensors), compile it with
+    AOTInductor and store the library under its key. Raises whatever tracing or compiling raises.
+
+    `small_batch`: for graphs of many small ops on a few rows (a whole rollout): matrix products as fused loops
+    instead of BLAS calls, and intermediates on the stack instead of one heap allocation each (AOTInductor's
+    `allow_stack_allocation`); together ~3x faster per rollout step than the defaults, which suit the update's
+    larger matrices instead."""
+    path = library_path(label, example_args, small_batch)
+    compile_exported(export(fn, example_args, small_batch), path, small_batch)
+    return AotFunction(path, example_args)
+
+
+class BackgroundBuild:
+    """A library being compiled by a child Python process while this one goes on (`start_build`).
+
+    A machine's first run of a compiled configuration builds two or three libraries, each mostly a single-threaded
+    C++ compile: built one after another they keep one core busy; one built in a child while this process builds
+    the other (or collects) uses two. The function is traced here (it is a closure of live objects) and handed to
+    the child as an exported program in a private temporary directory; the child writes the library into the cache
+    atomically, exactly as `build` would. Nothing depends on which process built a library: the same exported
+    program compiles to the same code."""
+
+    def __init__(self, path: Path, process: Any, workdir: Path) -> None:
+        self.path, self.process, self.workdir = path, process, workdir
+
+    def wait(self) -> bool:
+        """Wait for the child; True when it put the library in place. Its log is kept only where it failed."""
+        try:
+            code = self.process.wait()
+        except BaseException:  # interrupted while waiting: the child must not outlive the wait
+            self.cancel()
+            raise
+        ok = code == 0 and self.path.is_file()
+        if not ok:
+            log = (self.workdir / "build.log").read_text(errors="replace").strip().splitlines()
+            last = log[-1][:200] if log else f"exit status {code}"
+            print(f"note: building {self.path.name} in a child process failed ({last}); building it here",
+                  file=sys.stderr, flush=True)
+        _remove_tree(self.workdir)
+        return ok
+
+    def cancel(self) -> None:
+        """Stop the child (the process ends before it needed the library) and remove its files."""
+        with contextlib.suppress(OSError):
+            self.process.kill()
+        with contextlib.suppress(OSError):
+            self.process.wait()
+        _remove_tree(self.workdir)
+
+
+_BACKGROUND: dict[Path, BackgroundBuild] = {}
+
+
+def _remove_tree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _cancel_background_builds() -> None:
+    while _BACKGROUND:
+        _BACKGROUND.popitem()[1].cancel()
+
+
+def start_build(fn: Callable[..., Sequence[torch.Tensor]], label: str, example_args: Sequence[torch.Tensor],
+                prepare: Callable[[], None] | None = None, small_batch: bool = False) -> bool:
+    """Start compiling `fn`'s library for inputs like `example_args` in a child process (`BackgroundBuild`), unless
+    it is cached, already being built, or ahead-of-time compiling is off; the next `load_or_build` of the same key
+    waits for it. True when a child was started. Tracing here or starting the child may raise; then nothing is
+    pending and the later `load_or_build` builds as usual."""
+    import atexit
+    import subprocess
+
+    path = library_path(label, example_args, small_batch)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if (path in _BACKGROUND or cores < 2 or os.environ.get("PPOX_AOT_BACKGROUND", "1") == "0"
+            or load_cached(_label(label, small_batch), example_args) is not None):
+        return False  # (one core: a child would only take turns with this process)
+    if prepare is not None:
+        prepare()
+    exported = export(fn, example_args, small_batch)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(dir=path.parent, prefix=".background-"))
+    try:
+        program = workdir / "program.pt2"
+        torch.export.save(exported, program)
+        env = dict(os.environ)
+        from torch._inductor import config as inductor_config
+
+        if inductor_config.cpp.vec_isa_ok is not None:  # what `prepare` settled here (the SIMD probe): the same there
+            env["TORCHINDUCTOR_VEC_ISA_OK"] = "1" if inductor_config.cpp.vec_isa_ok else "0"
+        with open(workdir / "build.log", "wb") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-c", "import sys; from ppox.rl.aot import _child_main; _child_main(sys.argv[1:])",
+                 str(program), str(path), "small" if small_batch else "default", str(torch.get_num_threads())],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+    except BaseException:
+        _remove_tree(workdir)
+        raise
+    if not _BACKGROUND:
+        atexit.register(_cancel_background_builds)
+    _BACKGROUND[path] = BackgroundBuild(path, process, workdir)
+    return True
+
+
+def _child_main(argv: list[str]) -> None:
+    """A `BackgroundBuild`'s child: compile the saved exported program into the library path, generating code for
+    the parent's thread count as the parent would (inductor's CPU kernels are written for torch's thread count)."""
+    program, path, mode, threads = argv
+    torch.set_num_threads(int(threads))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        exported = torch.export.load(program)
+    compile_exported(exported, Path(path), small_batch=mode == "small")
 
 
 def load_or_build(fn: Callable[..., Sequence[torch.Tensor]], label: str, example_args: Sequence[torch.Tensor],
                   prepare: Callable[[], None] | None = None, small_batch: bool = False) -> tuple[AotFunction, bool]:
     """(the compiled function, whether it was built now) for `fn` under `label` with inputs like `example_args`;
-    `prepare()` runs before a build (not before a load); `small_batch`: see `build`."""
+    `prepare()` runs before a build (not before a load); `small_batch`: see `build`. Where `start_build` started
+    this library's build, waits for it."""
     cached = load_cached(_label(label, small_batch), example_args)
     if cached is not None:
         return cached, False
+    pending = _BACKGROUND.pop(library_path(label, example_args, small_batch), None)
+    if pending is not None and pending.wait():
+        cached = load_cached(_label(label, small_batch), example_args)
+        if cached is not None:
+            return cached, True
     if prepare is not None:
         prepare()
     return build(fn, label, example_args, small_batch), True
@@ -321,12 +481,8 @@ class LazyAot:
         leaves = [leaf.contiguous() for leaf in leaves]
         if self.compiled is None:
             self._spec = spec
-            fn = self.fn
-
-            def flat_fn(*flat: torch.Tensor) -> tuple[torch.Tensor, ...]:
-                return tuple(fn(*tree_unflatten(list(flat), spec)))
-
-            self.compiled = load_or_build_or_none(flat_fn, f"{self.label}|{spec}", leaves, self.prepare, self.timed)
+            self.compiled = load_or_build_or_none(self._flat_fn(spec), f"{self.label}|{spec}", leaves, self.prepare,
+                                                  self.timed)
             if self.compiled is None:
                 self.failed = True
                 return self.fallback(*args)
@@ -335,6 +491,28 @@ class LazyAot:
         return tuple(self.compiled(leaves))
 
 
-__all__ = ["AotFunction", "LazyAot", "aot_key", "build", "cache_dir", "defer_dynamo_import", "enabled", "load_cached",
-           "load_or_build", "load_or_build_or_none", "module_signature", "prune", "settings_signature",
-           "source_digest"]
+    def _flat_fn(self, spec: Any) -> Callable[..., tuple[torch.Tensor, ...]]:
+        fn = self.fn
+
+        def flat_fn(*flat: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            return tuple(fn(*tree_unflatten(list(flat), spec)))
+
+        return flat_fn
+
+    def prebuild(self, *args: Any) -> bool:
+        """Start building the library for calls laid out like `fn(*args)` (values unused) in a child process, where it
+        is not cached (`start_build`); the first call then waits for it. True when a build was started; never raises
+        (the first call builds as usual)."""
+        if self.failed or self.compiled is not None:
+            return False
+        leaves, spec = tree_flatten(args)
+        try:
+            return start_build(self._flat_fn(spec), f"{self.label}|{spec}", [leaf.contiguous() for leaf in leaves],
+                               self.prepare)
+        except Exception:
+            return False
+
+
+__all__ = ["AotFunction", "BackgroundBuild", "LazyAot", "aot_key", "build", "cache_dir", "compile_exported",
+           "defer_dynamo_import", "enabled", "export", "library_path", "load_cached", "load_or_build",
+           "load_or_build_or_none", "module_signature", "prune", "settings_signature", "source_digest", "start_build"]

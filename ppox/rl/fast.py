@@ -595,13 +595,11 @@ class CompiledUpdate:
             self._chunks[key] = fn
         return self._chunks[key]
 
-    def _aot_step(self, signature: tuple, keys: list[str], example_args: list[torch.Tensor]) -> aot.AotFunction | None:
-        """The ahead-of-time compiled minibatch step for inputs like `example_args` (loaded, or built and cached on
-        first use: ppox.rl.aot), or None where it does not apply or could not be built (then torch.compile)."""
-        if not (self._compiled and self.ahead_of_time and self.unroll == "minibatch") or self._aot_failed:
-            return None
-        if signature in self._aot_steps:
-            return self._aot_steps[signature]
+    def _aot_applies(self) -> bool:
+        return self._compiled and self.ahead_of_time and self.unroll == "minibatch" and not self._aot_failed
+
+    def _aot_step_fn(self, keys: list[str]) -> tuple[Callable, str]:
+        """(the pure minibatch step over flat inputs, its library's label) for batches with `keys` (sorted)."""
         group = self.optimizer.param_groups[0]
         beta1, beta2 = group["betas"]
         pure = minibatch_step(self.policy, self.objective, self.max_grad_norm, beta1, beta2, group["eps"])
@@ -615,6 +613,24 @@ class CompiledUpdate:
 
         label = "|".join(("ppo minibatch step", aot.module_signature(self.policy), repr(self.objective),
                           repr(self.max_grad_norm), repr((beta1, beta2, group["eps"])), repr(keys)))
+        return step, label
+
+    @staticmethod
+    def _aot_example(flat_params: torch.Tensor, flat_exp_avg: torch.Tensor, flat_exp_avg_sq: torch.Tensor,
+                     step_count: torch.Tensor, minibatch_size: int, lr: torch.Tensor, kl: torch.Tensor,
+                     values: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The ahead-of-time step's inputs in its order (the minibatch's rows: zeros of their layout)."""
+        idx = torch.zeros(minibatch_size, dtype=torch.int64, device=flat_params.device)
+        return [flat_params, flat_exp_avg, flat_exp_avg_sq, step_count, idx, lr, kl, *values]
+
+    def _aot_step(self, signature: tuple, keys: list[str], example_args: list[torch.Tensor]) -> aot.AotFunction | None:
+        """The ahead-of-time compiled minibatch step for inputs like `example_args` (loaded, or built and cached on
+        first use: ppox.rl.aot), or None where it does not apply or could not be built (then torch.compile)."""
+        if not self._aot_applies():
+            return None
+        if signature in self._aot_steps:
+            return self._aot_steps[signature]
+        step, label = self._aot_step_fn(keys)
         timed = self._timer.add if self._timer is not None else None
         compiled = aot.load_or_build_or_none(step, label, example_args, remember_cpu_isa_probe, timed)
         if compiled is None:
@@ -622,6 +638,33 @@ class CompiledUpdate:
         else:
             self._aot_steps[signature] = compiled
         return compiled
+
+    def prebuild(self, batch: dict[str, torch.Tensor], *, update_epochs: int, num_minibatches: int) -> bool:
+        """Start building the ahead-of-time step that `update` will need for batches laid out like `batch` (values
+        unused) in a child process, where it is not cached yet (ppox.rl.aot.start_build): on a machine's first run
+        of a configuration the trainer then builds its compiled rollout while the child builds this, and the first
+        `update` waits for the child instead of building. True when a build was started; never raises (the first
+        `update` builds as usual)."""
+        if not self._aot_applies() or self._plan(update_epochs, num_minibatches) != (1, 1):
+            return False
+        batch_size = next(iter(batch.values())).shape[0]
+        if batch_size % num_minibatches or next(iter(batch.values())).device.type != "cpu":
+            return False
+        params = [self._params[n].detach() for n in self.names]
+        states = [self.optimizer.state.get(self._params[n], {}) for n in self.names]
+        # the layouts `update` will pass: flat float buffers, Adam's step count as Adam creates it (or as it is)
+        step_count = states[0]["step"].detach().clone() if "step" in states[0] else torch.tensor(0.0)
+        flat_params = torch.cat([p.reshape(-1) for p in params])
+        scalar = torch.tensor(0.0)  # lr and the KL coefficient, as `update` makes them
+        keys = sorted(batch)
+        example = self._aot_example(flat_params, torch.zeros_like(flat_params), torch.zeros_like(flat_params),
+                                    step_count, batch_size // num_minibatches, scalar, scalar.clone(),
+                                    [batch[k].contiguous() for k in keys])
+        step, label = self._aot_step_fn(keys)
+        try:
+            return aot.start_build(step, label, example, remember_cpu_isa_probe)
+        except Exception:  # tracing or starting the child failed: the first update builds (and says why) as usual
+            return False
 
     def _plan(self, update_epochs: int, num_minibatches: int) -> tuple[int, int]:
         """(epochs, minibatches) per compiled call, by `self.unroll`."""
@@ -799,8 +842,8 @@ class CompiledUpdate:
         values = [batch[k].contiguous() for k in keys]
         aot_step = None
         if epochs_per_call == 1 and minibatches_per_call == 1:
-            example = [flat_params, flat_exp_avg, flat_exp_avg_sq, step_count,
-                       torch.zeros(minibatch_size, dtype=torch.int64, device=device), lr, kl, *values]
+            example = self._aot_example(flat_params, flat_exp_avg, flat_exp_avg_sq, step_count, minibatch_size, lr,
+                                        kl, values)
             aot_step = self._aot_step(signature, keys, example)
             if aot_step is not None:
                 aot_step.check(example)

@@ -329,6 +329,19 @@ class Population:
         # PPO's torch.optim.Adam(lr, eps=1e-5)
         return vmap(minibatch_step(self.policy, self.objective, self.config.max_grad_norm, 0.9, 0.999, 1e-5))
 
+    def _prebuild_update(self) -> None:
+        """Where the update's library is not cached yet (a machine's first run of this configuration): build it in a
+        child process while this one builds the rollout's (ppox.rl.aot.LazyAot.prebuild), with `_update`'s layouts."""
+        prebuild = getattr(self._compiled_update, "prebuild", None)
+        if prebuild is None:
+            return
+        buf = self._allocate_rollout()
+        zeros = torch.zeros_like(buf["values"])  # advantages and returns: only their layout matters here
+        n, minibatch_size = self.num_agents, self.config.batch_size // self.config.num_minibatches
+        prebuild(self.flat_params, self.exp_avg, self.exp_avg_sq, self.adam_steps, self._batch(buf, zeros, zeros),
+                 torch.zeros(n, minibatch_size, dtype=torch.long, device=self.device), self.base_lrs,
+                 torch.zeros(n, device=self.device), torch.ones(n, dtype=torch.bool, device=self.device))
+
     def _update(self, batch: dict[str, torch.Tensor], lr: torch.Tensor, kl_coef: torch.Tensor) -> torch.Tensor:
         """The PPO epochs of every agent on its rollout (batch: (N, batch_size, ...) each); returns the summed
         statistics (N, len(STAT_KEYS) + 2). `target_kl` stops an agent's epochs alone (its later steps are no-ops)."""
@@ -388,16 +401,14 @@ class Population:
             return obs
         return self.obs_norm(obs.transpose(0, 1), update).transpose(0, 1)
 
-    def _collect(self) -> tuple[dict[str, torch.Tensor], torch.Tensor, list[list[tuple[float, int]]]]:
-        """num_steps steps of every agent's envs. Returns the rollout {key: (T, N, E, ...)}, V(s_T) (N, E), and the
-        episodes each agent finished [(return, length)]."""
+    def _allocate_rollout(self) -> dict[str, torch.Tensor]:
+        """A rollout's buffers, {key: (T, N, E, ...)} (the ended episodes' returns and lengths (T, N * E))."""
         n, e, t_max = self.num_agents, self.config.num_envs, self.config.num_steps
         dev = self.device
-        action_shape, action_dtype = self.spec.action_shape, (torch.float32 if self.spec.kind == "continuous"
-                                                               else torch.long)
-        buf = {
+        action_dtype = torch.float32 if self.spec.kind == "continuous" else torch.long
+        return {
             "obs": torch.empty(t_max, n, e, self.obs_dim, device=dev),
-            "actions": torch.empty(t_max, n, e, *action_shape, dtype=action_dtype, device=dev),
+            "actions": torch.empty(t_max, n, e, *self.spec.action_shape, dtype=action_dtype, device=dev),
             "logprobs": torch.empty(t_max, n, e, device=dev),
             "values": torch.empty(t_max, n, e, device=dev),
             "rewards": torch.empty(t_max, n, e, device=dev),
@@ -407,6 +418,13 @@ class Population:
             "ep_return": torch.empty(t_max, n * e, device=dev),  # an ended episode's return, at its last step
             "ep_length": torch.empty(t_max, n * e, dtype=torch.long, device=dev),
         }
+
+    def _collect(self) -> tuple[dict[str, torch.Tensor], torch.Tensor, list[list[tuple[float, int]]]]:
+        """num_steps steps of every agent's envs. Returns the rollout {key: (T, N, E, ...)}, V(s_T) (N, E), and the
+        episodes each agent finished [(return, length)]."""
+        n, e, t_max = self.num_agents, self.config.num_envs, self.config.num_steps
+        buf = self._allocate_rollout()
+        action_shape, dev = self.spec.action_shape, self.device
         params = self.params()
         flat_params = self.flat_params.detach()
         obs = self._next_obs
@@ -502,6 +520,7 @@ class Population:
                 if self._next_obs is None:
                     raw, _ = self.envs.reset()
                     self._next_obs = self._normalize(raw.view(n, cfg.num_envs, -1), update=True)
+                self._prebuild_update()
                 while self.iteration < num_iterations:
                     self.iteration += 1
                     iter_start = time.perf_counter()

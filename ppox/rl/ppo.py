@@ -364,6 +364,7 @@ class PPO:
                                    mask=self.envs.action_mask is not None, state_size=self.agent.state_size)
             start_callbacks(callbacks, self.collector)
             self._say_compile_decision()
+            self._prebuild_update(buf)
             while self.iteration < num_iterations:
                 boundary = self.state_dict(rollout_only=True)  # what a stop mid-iteration checkpoints
                 self._guard.save()
@@ -482,6 +483,15 @@ class PPO:
             self._guard.restore()
         if self.iteration > 0 and self.collective.is_main:
             self.save(self.run_dir)
+
+    def _prebuild_update(self, buf: Rollout) -> None:
+        """Where the compiled update's library is not cached yet (a machine's first run of this configuration): build
+        it in a child process while this one builds or runs the first rollout (ppox.rl.fast.CompiledUpdate.prebuild)."""
+        if self._compiled_update is None or not self._compiled_update.supported or self.collective.enabled:
+            return
+        zeros = torch.zeros_like(buf.rewards)  # advantages and returns: only their layout matters here
+        self._compiled_update.prebuild(self._batch(buf, zeros, zeros), update_epochs=self.config.update_epochs,
+                                       num_minibatches=self.config.num_minibatches)
 
     def _update(self, batch: dict[str, torch.Tensor], generator: torch.Generator):
         """The PPO epochs on one rollout: the compiled update (ppox.rl.fast) or core's eager loop."""

@@ -15,3 +15,13 @@ def tiny(tmp_path):
         return PPOConfig(**values)
 
     return make
+
+
+@pytest.fixture(autouse=True)
+def _no_background_build_outlives_its_test():
+    """A library a test started building in a child process (ppox.rl.aot.start_build) and never waited for is stopped
+    with the test, not left to compete with the next ones."""
+    yield
+    from ppox.rl import aot
+
+    aot._cancel_background_builds()

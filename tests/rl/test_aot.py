@@ -187,3 +187,55 @@ print("ok")
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def test_a_library_started_in_a_child_is_waited_for_and_equal_to_one_built_here(tmp_path, monkeypatch):
+    # its own cache and inductor directory: the same code then compiles to the same bytes in either process
+    monkeypatch.setenv("PPOX_CACHE_DIR", str(tmp_path / "a"))
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    x, w = torch.randn(6, 3), torch.randn(3, 2)
+    assert aot.start_build(affine, "affine", [x, w])
+    assert not aot.start_build(affine, "affine", [x, w])  # already under way: one child per library
+    fn, built = aot.load_or_build(affine, "affine", [x, w])  # waits for the child
+    assert built and not aot._BACKGROUND
+    for got, want in zip(fn([x, w]), affine(x, w), strict=True):
+        assert torch.allclose(got, want, atol=1e-6)
+    child_built = aot.library_path("affine", [x, w]).read_bytes()
+    assert not [p for p in (tmp_path / "a" / "aot").iterdir() if p.name.startswith(".")]  # no leftovers
+    assert not aot.start_build(affine, "affine", [x, w])  # cached now
+    # built here after a small-batch build (which once switched torch's CPU wrapper generator for the whole
+    # process): the same library as the child's
+    monkeypatch.setenv("PPOX_CACHE_DIR", str(tmp_path / "b"))
+    aot.build(lambda a: (a * 2,), "double", [torch.randn(4)], small_batch=True)
+    aot.build(affine, "affine", [x, w])
+    assert aot.library_path("affine", [x, w]).read_bytes() == child_built
+
+
+def test_a_failed_child_is_said_and_the_library_built_here(cache, capsys):
+    x, w = torch.randn(9, 3), torch.randn(3, 2)
+    assert aot.start_build(affine, "affine", [x, w])
+    aot._BACKGROUND[aot.library_path("affine", [x, w])].process.kill()  # as a crashed child
+    fn, built = aot.load_or_build(affine, "affine", [x, w])
+    assert built and torch.allclose(fn([x, w])[0], affine(x, w)[0], atol=1e-6)
+    assert capsys.readouterr().err.count("in a child process failed") == 1
+    assert not list(cache.glob(".background-*"))
+
+
+def test_no_child_where_it_cannot_help(cache, monkeypatch):
+    x, w = torch.randn(10, 3), torch.randn(3, 2)
+    monkeypatch.setenv("PPOX_AOT_BACKGROUND", "0")
+    assert not aot.start_build(affine, "affine", [x, w])
+    monkeypatch.delenv("PPOX_AOT_BACKGROUND")
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)  # one core: it would take turns
+    assert not aot.start_build(affine, "affine", [x, w])
+    assert not aot._BACKGROUND
+
+
+def test_lazy_prebuild_builds_what_the_first_call_loads(cache):
+    x, w = torch.randn(11, 3), torch.randn(3, 2)
+    lazy = aot.LazyAot(affine, "affine-lazy", fallback=affine)
+    assert lazy.prebuild(x, w)
+    out = lazy(x, w)  # waits for the child's library, builds nothing here
+    assert not aot._BACKGROUND and lazy.compiled is not None and not lazy.failed
+    assert torch.allclose(out[0], affine(x, w)[0], atol=1e-6)
+    assert not lazy.prebuild(x, w)  # built

@@ -487,3 +487,37 @@ def test_the_graph_replays_the_update_on_a_gpu(monkeypatch, target_kl):
             torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
         for key in results[0].stats:
             assert results[0].stats[key] == pytest.approx(results[1].stats[key], rel=1e-3, abs=1e-6)
+
+
+class _StopAtUpdate(Exception):
+    pass
+
+
+def test_the_update_built_ahead_is_the_one_the_first_update_loads(tmp_path, monkeypatch):
+    """PPO starts the compiled update's library in a child process before the first rollout (ppox.rl.aot.start_build);
+    it must be the library (the key: label and input layouts) that the first update then asks for."""
+    from ppox.rl import aot
+    from ppox.rl.ppo import PPO
+
+    started, asked = [], []
+
+    def start_build(fn, label, example_args, prepare=None, small_batch=False):
+        started.append(aot.library_path(label, example_args, small_batch))
+        return False
+
+    def load_or_build_or_none(fn, label, example_args, prepare=None, timed=None, small_batch=False, fallback=""):
+        if label.startswith("rollout chunk"):
+            return None  # the numpy rollout: this test builds nothing
+        asked.append(aot.library_path(label, example_args, small_batch))
+        raise _StopAtUpdate
+
+    monkeypatch.setattr(aot, "start_build", start_build)
+    monkeypatch.setattr(aot, "load_or_build_or_none", load_or_build_or_none)
+    for target_kl in (None, 0.02):
+        model = PPO("CartPole-v1", run_dir=tmp_path / f"run{target_kl}", num_envs=4, num_steps=16, num_minibatches=4,
+                    total_timesteps=128, compile=True, target_kl=target_kl, progress=False, tensorboard=False,
+                    eval_episodes=0)
+        with pytest.raises(_StopAtUpdate):
+            model.learn()
+        model.close()
+    assert len(started) == len(asked) == 2 and started == asked

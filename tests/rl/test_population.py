@@ -200,3 +200,37 @@ def test_each_agent_learns_like_a_single_run(tmp_path):
                      live_doctor=False, eval_episodes=10, compile=False).learn(run_dir=tmp_path / "pop")
     returns = [agent["eval_return_mean"] for agent in pop.summary["per_seed"].values()]
     assert min(returns) > 100, returns
+
+
+def test_the_update_built_ahead_is_the_one_the_first_update_calls(tiny, monkeypatch):
+    """The population starts its update's library in a child process before the first rollout
+    (ppox.rl.aot.LazyAot.prebuild): its inputs must be laid out as the first update's call lays them out."""
+    from torch.utils._pytree import tree_flatten
+
+    from ppox.rl import population
+
+    class Stop(Exception):
+        pass
+
+    seen = []
+
+    def layouts(args):
+        leaves, spec = tree_flatten(args)
+        return spec, [(tuple(x.shape), tuple(x.contiguous().stride()), x.dtype) for x in leaves]
+
+    class Spy:
+        def prebuild(self, *args):
+            seen.append(layouts(args))
+            return False
+
+        def __call__(self, *args):
+            seen.append(layouts(args))
+            raise Stop
+
+    monkeypatch.setattr(population, "compile_torch_env", lambda envs, timer: None)  # nothing built by this test
+    pop = Population(tiny(env_backend="torch", compile=True, num_minibatches=2), seeds=[1, 2, 3])
+    assert isinstance(pop._compiled_update, aot.LazyAot)
+    pop._compiled_update, pop._act_step = Spy(), pop._act
+    with pytest.raises(Stop):
+        pop.learn()
+    assert len(seen) == 2 and seen[0] == seen[1]
