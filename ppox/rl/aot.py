@@ -151,10 +151,14 @@ def load_cached(label: str, example_args: Sequence[torch.Tensor]) -> AotFunction
 
 def prune(directory: Path, keep: int = MAX_LIBRARIES) -> None:
     """Remove all but the `keep` most recently used libraries (every edit of ppox's sources, torch upgrade or new
-    configuration adds one; the cache must not grow without end)."""
+    configuration adds one; the cache must not grow without end), and build directories older than a day."""
     libraries = sorted(directory.glob("*.so"), key=lambda p: p.stat().st_mtime, reverse=True)
     for old in libraries[keep:]:
         old.unlink(missing_ok=True)
+    # what a killed process left of its builds (a live build's directory is younger than a day)
+    for stale in [*directory.glob(".build-*"), *directory.glob(".background-*")]:
+        if time.time() - stale.stat().st_mtime > 86400:
+            _remove_tree(stale)
 
 
 def _matmul_as_loops() -> dict:
@@ -506,11 +510,15 @@ class LazyAot:
         if self.failed or self.compiled is not None:
             return False
         leaves, spec = tree_flatten(args)
+        start = time.perf_counter()
         try:
-            return start_build(self._flat_fn(spec), f"{self.label}|{spec}", [leaf.contiguous() for leaf in leaves],
-                               self.prepare)
+            started = start_build(self._flat_fn(spec), f"{self.label}|{spec}", [leaf.contiguous() for leaf in leaves],
+                                  self.prepare)
         except Exception:
-            return False
+            started = False
+        if started and self.timed is not None:  # the tracing here is part of the build
+            self.timed(time.perf_counter() - start)
+        return started
 
 
 __all__ = ["AotFunction", "BackgroundBuild", "LazyAot", "aot_key", "build", "cache_dir", "compile_exported",

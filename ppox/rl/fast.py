@@ -661,10 +661,14 @@ class CompiledUpdate:
                                     step_count, batch_size // num_minibatches, scalar, scalar.clone(),
                                     [batch[k].contiguous() for k in keys])
         step, label = self._aot_step_fn(keys)
+        start = time.perf_counter()
         try:
-            return aot.start_build(step, label, example, remember_cpu_isa_probe)
+            started = aot.start_build(step, label, example, remember_cpu_isa_probe)
         except Exception:  # tracing or starting the child failed: the first update builds (and says why) as usual
-            return False
+            started = False
+        if started and self._timer is not None:  # the tracing here is part of the build
+            self._timer.add(time.perf_counter() - start)
+        return started
 
     def _plan(self, update_epochs: int, num_minibatches: int) -> tuple[int, int]:
         """(epochs, minibatches) per compiled call, by `self.unroll`."""

@@ -139,8 +139,14 @@ def test_the_cache_keeps_only_the_most_recently_used_libraries(tmp_path):
         lib = tmp_path / f"{i}.so"
         lib.write_bytes(b"x")
         os.utime(lib, (1000 + i, 1000 + i))
+    stale, live = tmp_path / ".background-old", tmp_path / ".build-now"  # a killed process's, a running one's
+    for d in (stale, live):
+        d.mkdir()
+        (d / "program.pt2").write_bytes(b"x")
+    os.utime(stale, (1000, 1000))
     aot.prune(tmp_path, keep=2)
     assert sorted(p.name for p in tmp_path.glob("*.so")) == ["3.so", "4.so"]
+    assert not stale.exists() and live.exists()
 
 
 def test_a_failing_build_says_so_once_and_the_fallback_serves(cache, monkeypatch, capsys):
