@@ -54,8 +54,10 @@ def run_once(args: list[str], mode: str, caches: Path) -> dict:
         if done.returncode:
             raise SystemExit(f"{mode}: ppox train failed:\n{done.stderr[-3000:]}")
         wall, cpu = time.perf_counter() - start, _children_cpu() - cpu_start
-        summary = json.loads((run_dir / "summary.json").read_text())
-    return {"mode": mode, "process_seconds": wall, "cpu_seconds": cpu, "sps": summary["sps"],
+        single = run_dir / "summary.json"  # `--seeds`: population.json, its rate in agent-env-steps/s
+        summary = json.loads((single if single.exists() else run_dir / "population.json").read_text())
+    sps = summary.get("sps", summary.get("agent_env_steps_per_second"))
+    return {"mode": mode, "process_seconds": wall, "cpu_seconds": cpu, "sps": sps,
             "compile_seconds": summary.get("compile_seconds"), "eval_return": summary.get("eval_return_mean")}
 
 
@@ -95,7 +97,7 @@ def main() -> int:
     lines = [f"# A machine's first run: {ns.label}", "", f"`{command}`", "",
              "Empty ppox and inductor caches per run (`warm`: the last `child` run's caches again). Process wall time "
              "includes start-up, building, training and evaluation.", "",
-             "| mode | run | process s | CPU s | env-steps/s (summary) | compile s (summary) | eval return |",
+             "| mode | run | process s | CPU s | (agent-)env-steps/s (summary) | compile s (summary) | eval return |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         compile_s = "" if r["compile_seconds"] is None else f"{r['compile_seconds']:.1f}"
