@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from _results import write_results
 
 
 def _children_cpu() -> float:
@@ -91,10 +91,7 @@ def main() -> int:
               "|---|---:|---:|---:|"]
     lines += [f"| {n} | {medians[n]:.2f} | {sps[n]:,.0f} | {cpu[n]:.1f} |" for n in names]
     lines += ["", f"{names[0]} / {names[1]} iteration time: {medians[names[0]] / medians[names[1]]:.2f}x"]
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"ab_iteration_{ns.label}.md").write_text("\n".join(lines) + "\n")
-    (RESULTS / f"ab_iteration_{ns.label}.json").write_text(json.dumps({"command": command, "runs": rows}, indent=1))
-    print("\n".join(lines))
+    write_results(f"ab_iteration_{ns.label}", lines, command, rows)
     return 0
 
 

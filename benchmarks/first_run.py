@@ -32,7 +32,8 @@ import tempfile
 import time
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from _results import write_results
+
 MODES = {"child": ({"PPOX_AOT_BACKGROUND": "1"}, []), "here": ({"PPOX_AOT_BACKGROUND": "0"}, []),
          "eager": ({}, ["--no-compile"])}
 
@@ -109,10 +110,7 @@ def main() -> int:
     lines += [f"| {m} | {medians[m]:.1f} |" for m in seen]
     if "child" in medians and "here" in medians:
         lines += ["", f"here / child: {medians['here'] / medians['child']:.2f}x"]
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"first_run_{ns.label}.md").write_text("\n".join(lines) + "\n")
-    (RESULTS / f"first_run_{ns.label}.json").write_text(json.dumps({"command": command, "runs": rows}, indent=1))
-    print("\n".join(lines))
+    write_results(f"first_run_{ns.label}", lines, command, rows)
     return 0
 
 
