@@ -357,7 +357,10 @@ def start_build(fn: Callable[..., Sequence[torch.Tensor]], label: str, example_a
     try:
         program = workdir / "program.pt2"
         torch.export.save(exported, program)
-        env = dict(os.environ)
+        # the child imports this very ppox, wherever it was imported from (a checkout, a path a script added)
+        package_root = str(Path(__file__).resolve().parents[2])
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH"))
+                                                           if p)}
         from torch._inductor import config as inductor_config
 
         if inductor_config.cpp.vec_isa_ok is not None:  # what `prepare` settled here (the SIMD probe): the same there
