@@ -373,7 +373,8 @@ def start_build(fn: Callable[..., Sequence[torch.Tensor]], label: str, example_a
     except BaseException:
         _remove_tree(workdir)
         raise
-    if not _BACKGROUND:
+    if not _BACKGROUND:  # registered once per process: unregister drops an earlier registration
+        atexit.unregister(_cancel_background_builds)
         atexit.register(_cancel_background_builds)
     _BACKGROUND[path] = BackgroundBuild(path, process, workdir)
     return True
