@@ -346,8 +346,8 @@ def start_build(fn: Callable[..., Sequence[torch.Tensor]], label: str, example_a
 
     path = library_path(label, example_args, small_batch)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    if (path in _BACKGROUND or cores < 2 or os.environ.get("PPOX_AOT_BACKGROUND", "1") == "0"
-            or load_cached(_label(label, small_batch), example_args) is not None):
+    # a file in place is left to `load_or_build` (which loads it, or rebuilds a broken one): no load here as well
+    if path in _BACKGROUND or cores < 2 or os.environ.get("PPOX_AOT_BACKGROUND", "1") == "0" or path.is_file():
         return False  # (one core: a child would only take turns with this process)
     if prepare is not None:
         prepare()
@@ -378,6 +378,20 @@ def start_build(fn: Callable[..., Sequence[torch.Tensor]], label: str, example_a
         atexit.register(_cancel_background_builds)
     _BACKGROUND[path] = BackgroundBuild(path, process, workdir)
     return True
+
+
+def try_start_build(fn: Callable[..., Sequence[torch.Tensor]], label: str, example_args: Sequence[torch.Tensor],
+                    prepare: Callable[[], None] | None = None, timed: Callable[[float], None] | None = None) -> bool:
+    """`start_build`, or False where tracing or starting the child fails (the later `load_or_build` then builds, and
+    says why where it fails too). `timed(seconds)` receives the tracing time here when a child was started."""
+    start = time.perf_counter()
+    try:
+        started = start_build(fn, label, example_args, prepare)
+    except Exception:
+        return False
+    if started and timed is not None:
+        timed(time.perf_counter() - start)
+    return started
 
 
 def _child_main(argv: list[str]) -> None:
@@ -514,17 +528,11 @@ class LazyAot:
         if self.failed or self.compiled is not None:
             return False
         leaves, spec = tree_flatten(args)
-        start = time.perf_counter()
-        try:
-            started = start_build(self._flat_fn(spec), f"{self.label}|{spec}", [leaf.contiguous() for leaf in leaves],
-                                  self.prepare)
-        except Exception:
-            started = False
-        if started and self.timed is not None:  # the tracing here is part of the build
-            self.timed(time.perf_counter() - start)
-        return started
+        return try_start_build(self._flat_fn(spec), f"{self.label}|{spec}", [leaf.contiguous() for leaf in leaves],
+                               self.prepare, self.timed)
 
 
 __all__ = ["AotFunction", "BackgroundBuild", "LazyAot", "aot_key", "build", "cache_dir", "compile_exported",
            "defer_dynamo_import", "enabled", "export", "library_path", "load_cached", "load_or_build",
-           "load_or_build_or_none", "module_signature", "prune", "settings_signature", "source_digest", "start_build"]
+           "load_or_build_or_none", "module_signature", "prune", "settings_signature", "source_digest", "start_build",
+           "try_start_build"]

@@ -661,14 +661,8 @@ class CompiledUpdate:
                                     step_count, batch_size // num_minibatches, scalar, scalar.clone(),
                                     [batch[k].contiguous() for k in keys])
         step, label = self._aot_step_fn(keys)
-        start = time.perf_counter()
-        try:
-            started = aot.start_build(step, label, example, remember_cpu_isa_probe)
-        except Exception:  # tracing or starting the child failed: the first update builds (and says why) as usual
-            started = False
-        if started and self._timer is not None:  # the tracing here is part of the build
-            self._timer.add(time.perf_counter() - start)
-        return started
+        return aot.try_start_build(step, label, example, remember_cpu_isa_probe,
+                                   self._timer.add if self._timer is not None else None)
 
     def _plan(self, update_epochs: int, num_minibatches: int) -> tuple[int, int]:
         """(epochs, minibatches) per compiled call, by `self.unroll`."""
