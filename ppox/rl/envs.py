@@ -220,6 +220,9 @@ class VecEnv:
         self.spec: ActionSpec = action_spec(self.single_action_space)
         # the numpy policy's actions are the env's as they are (no clipping, no offset): to_env_action_np is a no-op
         self._raw_np_actions = self.spec.kind != "continuous" and not any(self.spec.start)
+        # a continuous space's bounds (float32 arrays (dim,)), made once: numpy actions are clipped to them each step
+        self._np_bounds = ((np.asarray(self.spec.low, np.float32), np.asarray(self.spec.high, np.float32))
+                           if self.spec.kind == "continuous" else None)
         self.obs_dim = obs_dim(self.single_observation_space)
         self._episode_return = np.zeros(num_envs, dtype=np.float64)
         self._episode_length = np.zeros(num_envs, dtype=np.int64)
@@ -512,7 +515,11 @@ class VecEnv:
 
     def _step(self, actions: torch.Tensor | np.ndarray) -> StepResult:
         if isinstance(actions, np.ndarray):
-            return self._step_np(actions if self._raw_np_actions else to_env_action_np(actions, self.spec))
+            if self._raw_np_actions:
+                return self._step_np(actions)
+            if self._np_bounds is not None:  # np.clip without its Python wrapper: the same values
+                return self._step_np(np.minimum(np.maximum(actions, self._np_bounds[0]), self._np_bounds[1]))
+            return self._step_np(to_env_action_np(actions, self.spec))
         if self.numpy_backend:
             r = self._step_np(to_env_action(actions, self.spec))
             device = self.device
@@ -577,7 +584,14 @@ class VecEnv:
         )
 
     def _check_finite(self, reward: np.ndarray, obs: np.ndarray) -> None:
-        """NonFiniteEnvValue naming the first env whose reward or (float) observation is NaN/Inf."""
+        """NonFiniteEnvValue naming the first env whose reward or (float) observation is NaN/Inf.
+
+        First one float64 sum per array instead of isfinite().all() (half the calls): a NaN/inf entry makes the sum
+        non-finite, float32 entries cannot overflow it (a float64 reward sum that does goes to the exact check,
+        which then finds nothing).
+        """
+        if math.isfinite(reward.sum()) and (obs.dtype.kind != "f" or math.isfinite(obs.sum(dtype=np.float64))):
+            return
         if not np.isfinite(reward).all():
             bad = int(np.flatnonzero(~np.isfinite(reward))[0])
             raise NonFiniteEnvValue(bad, f"environment {bad} returned a non-finite reward ({reward[bad]})")
@@ -590,11 +604,7 @@ class VecEnv:
         array, float64 rewards, bool flags, no action masks, and an info that is non-empty exactly when an
         episode ended: the same results with a fraction of the per-step calls."""
         obs, reward, terminated, truncated, info = self.envs.step(env_actions)
-        # one float64 sum per array instead of isfinite().all() (half the calls): a NaN/inf entry makes the sum
-        # non-finite, float32 entries cannot overflow it (a float64 reward sum that does goes to the exact
-        # check, which then finds nothing)
-        if not (math.isfinite(reward.sum()) and math.isfinite(obs.sum(dtype=np.float64))):
-            self._check_finite(reward, obs)
+        self._check_finite(reward, obs)
         self._episode_return += reward
         self._episode_length += 1
         final_obs = obs

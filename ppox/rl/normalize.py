@@ -1,4 +1,11 @@
-"""Running statistics for observation normalisation and reward scaling (details c4-c7)."""
+"""Running statistics for observation normalisation and reward scaling (details c4-c7).
+
+Two paths share each statistic: torch (`update`, `__call__`: any device) and numpy (`update_np`, `normalize_np`,
+`scale_np`: the CPU rollout of ppox.rl.rollout, once per env step). The numpy path keeps its own arrays and makes
+torch tensors of them only when someone reads `mean`, `var`, `count` or `returns`: the per-step cost is a few numpy
+operations on small arrays, not tensor conversions. Both paths compute the same float64 expressions, so they give the
+same bits.
+"""
 
 from __future__ import annotations
 
@@ -7,39 +14,74 @@ import torch
 
 
 class RunningMeanStd:
-    """Mean and variance of a stream of batches (parallel algorithm of Chan et al.), in float64."""
+    """Mean and variance of a stream of batches (parallel algorithm of Chan et al.), in float64.
+
+    `mean`, `var` (shape `shape`) and `count` (scalar) are tensors; an update replaces them (never writes into a tensor
+    handed out before), so a reader's copy stays as it was and `(id, _version)` keys see the change.
+    """
 
     def __init__(self, shape: tuple[int, ...] = (), device: torch.device | str = "cpu", epsilon: float = 1e-4):
-        self.mean = torch.zeros(shape, dtype=torch.float64, device=device)
-        self.var = torch.ones(shape, dtype=torch.float64, device=device)
-        self.count = torch.tensor(epsilon, dtype=torch.float64, device=device)
+        self._tensors: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = (
+            torch.zeros(shape, dtype=torch.float64, device=device),
+            torch.ones(shape, dtype=torch.float64, device=device),
+            torch.tensor(epsilon, dtype=torch.float64, device=device),
+        )
+        # (mean, var, count) as float64 arrays and a float, while the numpy path wrote last; tensors made on demand
+        self._arrays: tuple[np.ndarray, np.ndarray, float] | None = None
+
+    def _get(self, i: int) -> torch.Tensor:
+        if self._tensors is None:
+            mean, var, count = self._arrays
+            self._tensors = (torch.from_numpy(mean), torch.from_numpy(var), torch.tensor(count, dtype=torch.float64))
+        return self._tensors[i]
+
+    def _set(self, i: int, value: torch.Tensor) -> None:
+        tensors = [self._get(0), self._get(1), self._get(2)]
+        tensors[i] = value
+        self._tensors = (tensors[0], tensors[1], tensors[2])
+        self._arrays = None
+
+    mean = property(lambda self: self._get(0), lambda self, v: self._set(0, v))
+    var = property(lambda self: self._get(1), lambda self, v: self._set(1, v))
+    count = property(lambda self: self._get(2), lambda self, v: self._set(2, v))
 
     def update(self, x: torch.Tensor) -> None:
         x = x.to(torch.float64)
         batch_mean = x.mean(dim=0)
         batch_var = x.var(dim=0, unbiased=False)
         batch_count = x.shape[0]
-        delta = batch_mean - self.mean
-        total = self.count + batch_count
-        self.mean = self.mean + delta * batch_count / total
-        m2 = self.var * self.count + batch_var * batch_count + delta**2 * self.count * batch_count / total
-        self.var = m2 / total
-        self.count = total
-
-    def update_np(self, x: np.ndarray) -> None:
-        """`update` for a numpy batch (CPU statistics only; the CPU rollout of ppox.rl.ppo)."""
-        x = np.asarray(x, dtype=np.float64)
-        batch_mean = x.mean(axis=0)
-        centred = x - batch_mean
-        batch_var = (centred * centred).mean(axis=0)
-        batch_count = x.shape[0]
-        mean, var, count = self.mean.numpy(), self.var.numpy(), float(self.count)
+        mean, var, count = self.mean, self.var, self.count
         delta = batch_mean - mean
         total = count + batch_count
         m2 = var * count + batch_var * batch_count + delta**2 * count * batch_count / total
-        self.mean = torch.from_numpy(np.asarray(mean + delta * batch_count / total, dtype=np.float64))
-        self.var = torch.from_numpy(np.asarray(m2 / total, dtype=np.float64))
-        self.count = torch.tensor(total, dtype=torch.float64)
+        self._tensors = (mean + delta * batch_count / total, m2 / total, total)
+        self._arrays = None
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, float]:
+        """(mean, var, count) as float64 numpy arrays and a float (CPU statistics only); do not write into them."""
+        if self._arrays is None:
+            mean, var, count = self._tensors
+            self._arrays = (mean.numpy(), var.numpy(), float(count))
+        return self._arrays
+
+    def update_np(self, x: np.ndarray) -> None:
+        """`update` for a numpy batch (CPU statistics only): the same float64 expressions, the same bits."""
+        x = np.asarray(x, dtype=np.float64)
+        mean, var, count = self.arrays()
+        batch_count = x.shape[0]
+        total = count + batch_count
+        if batch_count == 1:  # mean of one row: the row; variance: 0 (exact, as the general case computes them)
+            delta = x[0] - mean  # (x * 1 is x: the general case's factors of batch_count are left out)
+            m2 = var * count + delta**2 * count / total
+        else:
+            batch_mean = x.mean(axis=0)
+            centred = x - batch_mean
+            batch_var = (centred * centred).mean(axis=0)
+            delta = batch_mean - mean
+            m2 = var * count + batch_var * batch_count + delta**2 * count * batch_count / total
+            delta = delta * batch_count
+        self._arrays = (np.asarray(mean + delta / total), np.asarray(m2 / total), total)
+        self._tensors = None
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Copies of mean, var and count (float64)."""
@@ -47,9 +89,13 @@ class RunningMeanStd:
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         device = self.mean.device
-        self.mean = state["mean"].to(device, torch.float64).clone()
-        self.var = state["var"].to(device, torch.float64).clone()
-        self.count = state["count"].to(device, torch.float64).clone()
+        self._tensors = tuple(state[k].to(device, torch.float64).clone() for k in ("mean", "var", "count"))
+        self._arrays = None
+
+
+def _clip(x: np.ndarray, bound: float) -> np.ndarray:
+    """np.clip(x, -bound, bound) in place without its Python wrapper (NaN stays NaN, as with np.clip)."""
+    return np.minimum(np.maximum(x, -bound, out=x), bound, out=x)
 
 
 class ObsNormalizer:
@@ -77,8 +123,8 @@ class ObsNormalizer:
         """`__call__` for numpy observations (CPU): float32 (batch, dim)."""
         if update:
             self.rms.update_np(obs)
-        normed = (obs - self.rms.mean.numpy()) / np.sqrt(self.rms.var.numpy() + self.eps)
-        return np.clip(normed, -self.clip, self.clip).astype(np.float32)
+        mean, var, _ = self.rms.arrays()
+        return _clip((obs - mean) / np.sqrt(var + self.eps), self.clip).astype(np.float32)
 
 
 class RewardScaler:
@@ -91,6 +137,17 @@ class RewardScaler:
         self.gamma = gamma
         self.clip = clip
         self.eps = eps
+
+    @property
+    def returns(self) -> torch.Tensor:
+        """Each env's running discounted return (num_envs,) float64."""
+        if self._returns is None:
+            self._returns = torch.from_numpy(self._returns_np)
+        return self._returns
+
+    @returns.setter
+    def returns(self, value: torch.Tensor) -> None:
+        self._returns, self._returns_np = value, None
 
     def __call__(self, reward: torch.Tensor, episode_end: torch.Tensor) -> torch.Tensor:
         self.returns = self.returns * self.gamma + reward.to(torch.float64)
@@ -109,8 +166,9 @@ class RewardScaler:
 
     def scale_np(self, reward: np.ndarray, episode_end: np.ndarray) -> np.ndarray:
         """`__call__` for numpy rewards and flags (CPU): float32 (num_envs,)."""
-        returns = self.returns.numpy() * self.gamma + reward.astype(np.float64)
+        returns = self._returns_np if self._returns_np is not None else self._returns.numpy()
+        returns = returns * self.gamma + reward.astype(np.float64)
         self.rms.update_np(returns)
-        self.returns = torch.from_numpy(np.where(episode_end, 0.0, returns))
-        scaled = reward / np.sqrt(self.rms.var.numpy() + self.eps)
-        return np.clip(scaled, -self.clip, self.clip).astype(np.float32)
+        self._returns_np, self._returns = np.where(episode_end, 0.0, returns), None
+        var = self.rms.arrays()[1]
+        return _clip(reward / np.sqrt(var + self.eps), self.clip).astype(np.float32)

@@ -301,16 +301,19 @@ class PPO:
         if self.obs_norm is not None:
             tensors += [self.obs_norm.rms.mean, self.obs_norm.rms.var]
         # predict runs once per env step: check again only after a tensor changed (in-place updates bump
-        # _version; the normaliser replaces its tensors)
-        key = tuple((id(t), t._version) for t in tensors)
-        if key == getattr(self, "_finite_key", None):
+        # _version; the normaliser replaces its tensors). The key holds the tensors, not their ids: a freed
+        # tensor's id can come back on its replacement.
+        versions = [t._version for t in tensors]
+        last = getattr(self, "_finite_key", None)
+        if (last is not None and last[1] == versions and len(last[0]) == len(tensors)
+                and all(a is b for a, b in zip(last[0], tensors, strict=True))):
             return
         if not all_finite(tensors):
             raise PPOXError(
                 "the policy's weights are not finite (NaN or Inf): training diverged; load the last good "
                 "checkpoint (RUN_DIR/checkpoints/ckpt_N, the one RUN_DIR/checkpoints/latest names)"
             )
-        self._finite_key = key
+        self._finite_key = (tensors, versions)
 
     # ------------------------------------------------------------------ observations
     def _normalize(self, obs: torch.Tensor, update: bool) -> torch.Tensor:
