@@ -86,6 +86,8 @@ def make_single_env(env_id: str, **kwargs) -> gym.Env:
     """One env of a registered id (see `check_env_id`); an Atari game comes with the Atari preprocessing
     (ppox.rl.atari.make_atari_env)."""
     env_id = check_env_id(env_id)
+    if "mujoco" in str(gym.spec(env_id).entry_point):
+        _route_mujoco_warnings()
     try:
         return make_atari_env(env_id, **kwargs) if is_atari(env_id) else gym.make(env_id, **kwargs)
     except gym.error.DependencyNotInstalled as exc:
@@ -93,6 +95,23 @@ def make_single_env(env_id: str, **kwargs) -> gym.Env:
         raise EnvError(f"{env_id} needs an optional dependency: {exc} ({extra})") from None
     except gym.error.Error as exc:
         raise EnvError(f"could not create {env_id}: {exc}") from None
+
+
+def _route_mujoco_warnings() -> None:
+    """MuJoCo's default warning handler prints every warning and appends it to MUJOCO_LOG.TXT in the working
+    directory: a file in the user's directory and, with gymnasium's HalfCheetah under MuJoCo 4, the same deprecation
+    line for each env made (9 per default run: training and evaluation envs). Unless the process set its own handler,
+    say each distinct warning once on stderr and write no file."""
+    try:
+        import mujoco
+    except ImportError:  # gym.make says which dependency is missing
+        return
+    if mujoco.get_mju_user_warning() is None:
+        mujoco.set_mju_user_warning(_mujoco_warning)
+
+
+def _mujoco_warning(message: str) -> None:
+    _warn_once("MuJoCo", message, f"reported: {message}")
 
 
 class NonFiniteEnvValue(EnvError):
