@@ -36,6 +36,8 @@ RL_RUNS: dict[str, tuple[str, dict]] = {
                                             "num_steps": 32}),
     # memory: the numpy recurrent rollout and the eager sequence update (a run this short stays eager)
     "cartpole_lstm_no_velocity": ("CartPole-v1", {"preset": "cartpole-no-velocity", "total_timesteps": 8192}),
+    # one gymnasium env (MuJoCo), CleanRL's continuous settings: the normalisers' one-row path, action clipping
+    "hopper_cleanrl_continuous": ("Hopper-v5", {"preset": "cleanrl-continuous", "total_timesteps": 6144}),
 }
 
 
