@@ -133,11 +133,18 @@ class Progress:
         self._note = note
         if enabled:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+            from rich.table import Column
+
+            def whole() -> Column:  # never cut: on a narrow terminal the bar gives way (else "6144/184…")
+                return Column(no_wrap=True)
 
             self._progress = Progress(
-                TextColumn(f"[bold]{env_id}"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
-                TextColumn("{task.fields[sps]} SPS (last iter)"), TextColumn("return {task.fields[ret]}"),
-                TimeRemainingColumn(), transient=False,
+                TextColumn(f"[bold]{env_id}", table_column=whole()),
+                BarColumn(bar_width=None, table_column=Column(ratio=1)),
+                MofNCompleteColumn(table_column=whole()), TextColumn("steps", table_column=whole()),
+                TextColumn("{task.fields[sps]} SPS (last iter)", table_column=whole()),
+                TextColumn("return {task.fields[ret]}", table_column=whole()),
+                TimeRemainingColumn(table_column=whole()), transient=False,
             )
             self._task = self._progress.add_task("train", total=total, sps="-", ret="-")
 

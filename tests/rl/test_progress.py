@@ -33,3 +33,18 @@ def test_bar_sps_is_labelled_last_iteration_and_summary_sps_mean(tmp_path, capsy
     assert main(["train", "CartPole-v1", "--num-steps", "16", "--num-envs", "2", "--total-timesteps", "64",
                  "--no-tensorboard", "--no-progress", "--eval-episodes", "0", "--run-dir", run]) == 0
     assert "sps (mean)" in capsys.readouterr().out
+
+
+def test_bar_keeps_its_numbers_whole_on_an_80_column_terminal():
+    """rich cut the step count first ("6144/184…" for 18,432 steps, "333333…" for 1M): the bar gives way instead."""
+    from rich.console import Console
+
+    console = Console(width=80, force_terminal=True, color_system=None, record=True)
+    for env_id, total in (("Hopper-v5", 18_432), ("HalfCheetah-v5", 1_000_000)):
+        progress = Progress(True, total, env_id)
+        progress._progress.update(progress._task, completed=total // 3, sps="5000", ret="177.3")
+        console.print(progress._progress.make_tasks_table(progress._progress.tasks))
+    text = console.export_text()
+    assert "6144/18432 steps 5000 SPS (last iter) return 177.3" in text
+    assert "333333/1000000 steps 5000 SPS (last iter) return 177.3" in text
+    assert "…" not in text
