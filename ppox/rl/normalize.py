@@ -17,7 +17,8 @@ class RunningMeanStd:
     """Mean and variance of a stream of batches (parallel algorithm of Chan et al.), in float64.
 
     `mean`, `var` (shape `shape`) and `count` (scalar) are tensors; an update replaces them (never writes into a tensor
-    handed out before), so a reader's copy stays as it was and `(id, _version)` keys see the change.
+    handed out before), so a reader's reference stays as it was and a changed statistic is a new tensor (what
+    `PPO.predict`'s finiteness check goes by).
     """
 
     def __init__(self, shape: tuple[int, ...] = (), device: torch.device | str = "cpu", epsilon: float = 1e-4):
@@ -41,9 +42,32 @@ class RunningMeanStd:
         self._tensors = (tensors[0], tensors[1], tensors[2])
         self._arrays = None
 
-    mean = property(lambda self: self._get(0), lambda self, v: self._set(0, v))
-    var = property(lambda self: self._get(1), lambda self, v: self._set(1, v))
-    count = property(lambda self: self._get(2), lambda self, v: self._set(2, v))
+    @property
+    def mean(self) -> torch.Tensor:
+        """The running mean, `shape` float64."""
+        return self._get(0)
+
+    @mean.setter
+    def mean(self, value: torch.Tensor) -> None:
+        self._set(0, value)
+
+    @property
+    def var(self) -> torch.Tensor:
+        """The running (population) variance, `shape` float64."""
+        return self._get(1)
+
+    @var.setter
+    def var(self, value: torch.Tensor) -> None:
+        self._set(1, value)
+
+    @property
+    def count(self) -> torch.Tensor:
+        """How many rows the statistics hold (plus the prior's epsilon), a float64 scalar."""
+        return self._get(2)
+
+    @count.setter
+    def count(self, value: torch.Tensor) -> None:
+        self._set(2, value)
 
     def update(self, x: torch.Tensor) -> None:
         x = x.to(torch.float64)
