@@ -237,11 +237,13 @@ class VecEnv:
         self._hidden = velocity_indices(self.name) if mask_velocity else None
         check_observation_space(self.single_observation_space)
         self.spec: ActionSpec = action_spec(self.single_action_space)
-        # the numpy policy's actions are the env's as they are (no clipping, no offset): to_env_action_np is a no-op
-        self._raw_np_actions = self.spec.kind != "continuous" and not any(self.spec.start)
-        # a continuous space's bounds (float32 arrays (dim,)), made once: numpy actions are clipped to them each step
-        self._np_bounds = ((np.asarray(self.spec.low, np.float32), np.asarray(self.spec.high, np.float32))
-                           if self.spec.kind == "continuous" else None)
+        # what `_env_actions_np` applies, made once: a continuous space's bounds (float32 (dim,) each), else the
+        # offsets of Discrete/MultiDiscrete spaces that do not start at 0 (None: the actions are the env's as they are)
+        spec = self.spec
+        self._np_bounds = ((np.asarray(spec.low, np.float32), np.asarray(spec.high, np.float32))
+                           if spec.kind == "continuous" else None)
+        self._np_offset = (np.asarray(spec.start if spec.kind == "multidiscrete" else spec.start[0])
+                           if spec.kind != "continuous" and any(spec.start) else None)
         self.obs_dim = obs_dim(self.single_observation_space)
         self._episode_return = np.zeros(num_envs, dtype=np.float64)
         self._episode_length = np.zeros(num_envs, dtype=np.int64)
@@ -534,11 +536,7 @@ class VecEnv:
 
     def _step(self, actions: torch.Tensor | np.ndarray) -> StepResult:
         if isinstance(actions, np.ndarray):
-            if self._raw_np_actions:
-                return self._step_np(actions)
-            if self._np_bounds is not None:  # np.clip without its Python wrapper: the same values
-                return self._step_np(np.minimum(np.maximum(actions, self._np_bounds[0]), self._np_bounds[1]))
-            return self._step_np(to_env_action_np(actions, self.spec))
+            return self._step_np(self._env_actions_np(actions))
         if self.numpy_backend:
             r = self._step_np(to_env_action(actions, self.spec))
             device = self.device
@@ -601,6 +599,15 @@ class VecEnv:
             finished_lengths=finished_lengths,
             finished_envs=np.flatnonzero(done).tolist(),
         )
+
+    def _env_actions_np(self, actions: np.ndarray) -> np.ndarray:
+        """`to_env_action` for numpy policy actions: Gaussian actions clipped to the bounds (np.clip's values, without
+        its Python wrapper), offsets added."""
+        if self._np_bounds is not None:
+            return np.minimum(np.maximum(actions, self._np_bounds[0]), self._np_bounds[1])
+        if self._np_offset is not None:
+            return actions + self._np_offset
+        return actions
 
     def _check_finite(self, reward: np.ndarray, obs: np.ndarray) -> None:
         """NonFiniteEnvValue naming the first env whose reward or (float) observation is NaN/Inf.
@@ -794,15 +801,6 @@ def _game_infos(info: dict) -> dict[int, dict]:
     if stats is None or mask is None:
         return {}
     return {int(i): {"r": stats["r"][i], "l": stats["l"][i]} for i in np.flatnonzero(mask)}
-
-
-def to_env_action_np(actions: np.ndarray, spec: ActionSpec) -> np.ndarray:
-    """`to_env_action` for numpy policy actions: Gaussian actions clipped to the bounds, offsets added."""
-    if spec.kind == "continuous":
-        return np.clip(actions, np.asarray(spec.low, dtype=np.float32), np.asarray(spec.high, dtype=np.float32))
-    if any(spec.start):
-        return actions + np.asarray(spec.start if spec.kind == "multidiscrete" else spec.start[0])
-    return actions
 
 
 def _as_numpy(result: StepResult) -> StepResult:

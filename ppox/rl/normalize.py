@@ -3,14 +3,20 @@
 Two paths share each statistic: torch (`update`, `__call__`: any device) and numpy (`update_np`, `normalize_np`,
 `scale_np`: the CPU rollout of ppox.rl.rollout, once per env step). The numpy path keeps its own arrays and makes
 torch tensors of them only when someone reads `mean`, `var`, `count` or `returns`: the per-step cost is a few numpy
-operations on small arrays, not tensor conversions. Both paths compute the same float64 expressions, so they give the
-same bits.
+operations on small arrays, not tensor conversions. Both paths compute the same float64 expressions: for one env the
+same statistics to the bit (with more, torch and numpy sum a batch's rows in their own orders); torch divides float32
+rewards in float32 where numpy divides them in float64.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
+
+
+def _statistic(index: int, doc: str) -> property:
+    """One of RunningMeanStd's statistics, read through `_get` and set through `_set`."""
+    return property(lambda self: self._get(index), lambda self, value: self._set(index, value), doc=doc)
 
 
 class RunningMeanStd:
@@ -42,32 +48,9 @@ class RunningMeanStd:
         self._tensors = (tensors[0], tensors[1], tensors[2])
         self._arrays = None
 
-    @property
-    def mean(self) -> torch.Tensor:
-        """The running mean, `shape` float64."""
-        return self._get(0)
-
-    @mean.setter
-    def mean(self, value: torch.Tensor) -> None:
-        self._set(0, value)
-
-    @property
-    def var(self) -> torch.Tensor:
-        """The running (population) variance, `shape` float64."""
-        return self._get(1)
-
-    @var.setter
-    def var(self, value: torch.Tensor) -> None:
-        self._set(1, value)
-
-    @property
-    def count(self) -> torch.Tensor:
-        """How many rows the statistics hold (plus the prior's epsilon), a float64 scalar."""
-        return self._get(2)
-
-    @count.setter
-    def count(self, value: torch.Tensor) -> None:
-        self._set(2, value)
+    mean = _statistic(0, "The running mean, `shape` float64.")
+    var = _statistic(1, "The running (population) variance, `shape` float64.")
+    count = _statistic(2, "How many rows the statistics hold (plus the prior's epsilon), a float64 scalar.")
 
     def update(self, x: torch.Tensor) -> None:
         x = x.to(torch.float64)
@@ -89,7 +72,7 @@ class RunningMeanStd:
         return self._arrays
 
     def update_np(self, x: np.ndarray) -> None:
-        """`update` for a numpy batch (CPU statistics only): the same float64 expressions, the same bits."""
+        """`update` for a numpy batch (CPU statistics only), with `update`'s float64 expressions."""
         x = np.asarray(x, dtype=np.float64)
         mean, var, count = self.arrays()
         batch_count = x.shape[0]

@@ -305,8 +305,7 @@ class PPO:
         # tensor's id can come back on its replacement.
         versions = [t._version for t in tensors]
         last = getattr(self, "_finite_key", None)
-        if (last is not None and last[1] == versions and len(last[0]) == len(tensors)
-                and all(a is b for a, b in zip(last[0], tensors, strict=True))):
+        if last is not None and last[1] == versions and all(a is b for a, b in zip(last[0], tensors, strict=True)):
             return
         if not all_finite(tensors):
             raise PPOXError(

@@ -12,7 +12,7 @@ from ppox.rl.envs import NonFiniteEnvValue, VecEnv, make_single_env
 
 
 class Recorder(gym.Env):
-    """Box(-2, 3) actions, recorded; observation 0 turns NaN at step `nan_at`."""
+    """Box([-2, -1], [3, 0.5]) actions, recorded; observation 0 turns NaN at step `nan_at`."""
 
     observation_space = gym.spaces.Box(-np.inf, np.inf, (2,), np.float64)
     action_space = gym.spaces.Box(np.array([-2.0, -1.0], np.float32), np.array([3.0, 0.5], np.float32))
@@ -84,3 +84,28 @@ def test_a_warning_handler_the_process_set_is_kept():
         assert any("settotalmass" in m for m in seen)
     finally:
         mujoco.set_mju_user_warning(previous)
+
+
+@pytest.mark.parametrize("space, actions, expected", [
+    (gym.spaces.MultiDiscrete([3, 2], start=[-1, 5]), [[0, 1], [2, 0]], [[-1, 6], [1, 5]]),
+    (gym.spaces.Discrete(3, start=-1), [0, 2], [-1, 1]),
+    (gym.spaces.Discrete(3), [0, 2], [0, 2]),
+])
+def test_numpy_discrete_actions_get_the_spaces_offsets(space, actions, expected):
+    class Offset(Recorder):
+        action_space = space
+        observation_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
+
+        def reset(self, seed=None, options=None):
+            super().reset(seed=seed)
+            return np.zeros(2, np.float32), {}
+
+        def step(self, action):
+            self.actions.append(np.array(action))
+            return np.zeros(2, np.float32), 0.0, False, False, {}
+
+    envs = VecEnv("Offset", 2, 0, torch.device("cpu"), env_fn=Offset)
+    envs.reset()
+    envs.step(np.array(actions))
+    assert [env.unwrapped.actions[-1].tolist() for env in envs.envs.envs] == expected
+    envs.close()
